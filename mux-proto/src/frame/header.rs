@@ -1,0 +1,123 @@
+//! The fixed 10-byte frame header (spec/frames.md#frame-header), parsed with nom.
+
+use bytes::BufMut;
+use nom::number::complete::{be_u32, be_u8};
+use nom::Parser;
+
+use super::{FrameError, FrameType};
+use crate::id::SessionId;
+
+/// Bytes in every frame header.
+pub const HEADER_LEN: usize = 10;
+/// The protocol version carried in the high nibble of every header's first byte.
+pub const VERSION: u8 = 1;
+
+/// DATA flag: this frame completes a message.
+pub const FLAG_END: u8 = 0x01;
+/// DATA flag: the sender will send no more messages on this session (half-close).
+pub const FLAG_FIN: u8 = 0x02;
+
+/// A validated frame header: every rule that can be checked without the payload holds.
+///
+/// Parsing the header alone lets a receiver check a frame's declared length against its
+/// limits before it looks at, buffers or copies any payload (spec/frames.md#limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The frame's type.
+    pub frame_type: FrameType,
+    /// Type-specific flags; reserved bits are guaranteed zero.
+    pub flags: u8,
+    /// The session the frame belongs to (0 for connection frames).
+    pub session_id: SessionId,
+    /// Payload length in bytes, not counting the header.
+    pub len: u32,
+}
+
+type RawHeader = (u8, u8, u32, u32);
+
+fn raw_header(input: &[u8]) -> nom::IResult<&[u8], RawHeader> {
+    (be_u8, be_u8, be_u32, be_u32).parse(input)
+}
+
+impl Header {
+    /// Parses and validates the header at the start of `input`.
+    ///
+    /// Checks, in order: that ten bytes are present, the version, the frame type, reserved
+    /// flags, the session scope (control frames on 0, session frames elsewhere), the length
+    /// bounds of the type, and the DATA flag combinations. The payload is not examined.
+    #[inline]
+    pub fn parse(input: &[u8]) -> Result<Header, FrameError> {
+        // nom::Err never escapes frame/: the only way the complete parsers fail on a byte
+        // slice is running out of input.
+        let (_, (ver_type, flags, session_id, len)) =
+            raw_header(input).map_err(|_| FrameError::TruncatedHeader {
+                available: input.len(),
+            })?;
+        let version = ver_type >> 4;
+        if version != VERSION {
+            return Err(FrameError::UnsupportedVersion { version });
+        }
+        let frame_type =
+            FrameType::from_nibble(ver_type & 0x0f).ok_or(FrameError::UnknownType {
+                frame_type: ver_type & 0x0f,
+            })?;
+        let header = Header {
+            frame_type,
+            flags,
+            session_id: SessionId(session_id),
+            len,
+        };
+        header.validate()?;
+        Ok(header)
+    }
+
+    fn validate(&self) -> Result<(), FrameError> {
+        let frame_type = self.frame_type;
+        let reserved = self.flags & !frame_type.defined_flags();
+        if reserved != 0 {
+            return Err(FrameError::ReservedFlags {
+                frame_type,
+                flags: self.flags,
+            });
+        }
+        if frame_type.is_connection_frame() != self.session_id.is_control() {
+            return Err(FrameError::WrongSession {
+                frame_type,
+                session_id: self.session_id,
+            });
+        }
+        let (min, max) = frame_type.len_bounds();
+        if self.len < min || self.len > max {
+            return Err(FrameError::BadLength {
+                frame_type,
+                len: self.len,
+                min,
+                max,
+            });
+        }
+        if frame_type == FrameType::Data {
+            let end = self.flags & FLAG_END != 0;
+            let fin = self.flags & FLAG_FIN != 0;
+            // spec/frames.md#data: an empty frame must end a message or the session, and a
+            // frame with payload cannot end the session while leaving its message unfinished.
+            let empty_without_purpose = self.len == 0 && !end && !fin;
+            let fin_leaves_message_open = self.len > 0 && fin && !end;
+            if empty_without_purpose || fin_leaves_message_open {
+                return Err(FrameError::InvalidFlags {
+                    frame_type,
+                    flags: self.flags,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the header in wire order.
+    #[inline]
+    pub fn encode<B: BufMut>(&self, out: &mut B) {
+        out.put_u8((VERSION << 4) | self.frame_type as u8);
+        out.put_u8(self.flags);
+        out.put_u32(self.session_id.0);
+        out.put_u32(self.len);
+    }
+}
