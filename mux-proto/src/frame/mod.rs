@@ -28,7 +28,7 @@ pub use goaway::GoAway;
 pub use header::{Header, FLAG_END, FLAG_FIN, HEADER_LEN, VERSION};
 pub use open::{Open, OpenRequest, MAX_KIND_LEN, OPEN_FIXED_LEN};
 pub use ping::PING_LEN;
-pub use settings::{Setting, Settings, MAX_SETTINGS};
+pub use settings::{Setting, Settings, MAX_SETTINGS, MIN_FRAGMENT};
 pub use text::Text;
 
 use reader::Reader;

@@ -5,6 +5,9 @@ use bytes::{BufMut, BytesMut};
 use super::reader::Reader;
 use super::{FrameError, FrameType};
 
+/// Smallest payload a DATA frame that does not end its message may carry.
+pub const MIN_FRAGMENT: u32 = 1024;
+
 /// Most entries one SETTINGS frame may carry (known and unknown together).
 pub const MAX_SETTINGS: usize = 16;
 const ENTRY_LEN: usize = 6;
@@ -18,9 +21,9 @@ pub enum Setting {
     MaxFrameSize = 0x1,
     /// Sessions the receiver may have open at once that it opened itself.
     MaxSessions = 0x2,
-    /// Messages of credit each new session starts with, for the receiver's sending.
+    /// Messages of credit each new session starts with, for the receiver's sending: ≥ 1.
     InitialCreditMessages = 0x3,
-    /// Bytes of credit each new session starts with, for the receiver's sending.
+    /// Bytes of credit each new session starts with, for the receiver's sending: ≥ 1,024.
     InitialCreditBytes = 0x4,
     /// Largest message the sender accepts on any session unless a grant says less: ≥ 1.
     MaxMessageSize = 0x5,
@@ -54,6 +57,10 @@ impl Setting {
         match self {
             Setting::MaxFrameSize => (1024, 16 * 1024 * 1024),
             Setting::MaxMessageSize | Setting::ControlBudget => (1, u32::MAX),
+            // spec/frames.md#credit: a window must hold at least one message and one
+            // minimum-size fragment, or a sender could never make progress.
+            Setting::InitialCreditMessages => (1, u32::MAX),
+            Setting::InitialCreditBytes => (MIN_FRAGMENT, u32::MAX),
             _ => (0, u32::MAX),
         }
     }
