@@ -4,7 +4,7 @@ use bytes::BufMut;
 use nom::number::complete::{be_u32, be_u8};
 use nom::Parser;
 
-use super::{FrameError, FrameType};
+use super::{FrameError, FrameType, MIN_FRAGMENT};
 use crate::id::SessionId;
 
 /// Bytes in every frame header.
@@ -106,6 +106,16 @@ impl Header {
                 return Err(FrameError::InvalidFlags {
                     frame_type,
                     flags: self.flags,
+                });
+            }
+            // spec/frames.md#data: fragments that do not end a message carry at least
+            // MIN_FRAGMENT bytes, so a message costs at most len / 1024 + 1 frames.
+            if !end && !fin && self.len < MIN_FRAGMENT {
+                return Err(FrameError::BadLength {
+                    frame_type,
+                    len: self.len,
+                    min: MIN_FRAGMENT,
+                    max: u32::MAX,
                 });
             }
         }
