@@ -97,6 +97,9 @@ close_codes! {
 }
 
 impl CloseCode {
+    /// Local only, never sent: the transport ended without a close frame (RFC 6455's 1006).
+    pub const ABNORMAL: CloseCode = CloseCode(1006);
+
     /// Whether an endpoint may put this value on the wire (spec/close-codes.md#valid-values).
     ///
     /// 1005, 1006 and 1015 are reserved by RFC 6455 for local use; 1004, 1012 and 1014 and

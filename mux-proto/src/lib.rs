@@ -33,8 +33,24 @@
 )]
 
 pub mod code;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod event;
 pub mod frame;
 pub mod id;
+mod rate;
+pub mod session;
+pub mod stats;
+pub mod time;
 
 pub use code::{CloseCode, Scope};
+pub use config::{Config, Grant, Limits, PeerSettings, RatePolicy, Timeouts};
+pub use connection::{Connection, MIN_TRANSMIT};
+pub use error::{OpenError, SendError, SessionError};
+pub use event::{Event, Initiator, LimitKind};
+pub use frame::{OpenRequest, Permissions, RateLimits, Text};
 pub use id::{SessionId, Side};
+pub use session::{Phase, Window};
+pub use stats::{ConnectionStats, SessionStats};
+pub use time::Timestamp;

@@ -35,6 +35,7 @@ pub struct Header {
 
 type RawHeader = (u8, u8, u32, u32);
 
+#[inline]
 fn raw_header(input: &[u8]) -> nom::IResult<&[u8], RawHeader> {
     (be_u8, be_u8, be_u32, be_u32).parse(input)
 }
@@ -71,6 +72,7 @@ impl Header {
         Ok(header)
     }
 
+    #[inline]
     fn validate(&self) -> Result<(), FrameError> {
         let frame_type = self.frame_type;
         let reserved = self.flags & !frame_type.defined_flags();

@@ -1,0 +1,463 @@
+//! C. commands from the application.
+
+use bytes::Bytes;
+
+use super::{reason_text, Connection, Control, State};
+use crate::code::CloseCode;
+use crate::config::Grant;
+use crate::error::{OpenError, SendError, SessionError};
+use crate::event::{Event, Initiator};
+use crate::frame::{
+    Accept, Frame, GoAway, Open, OpenRequest, RateLimits, SessionClose, Text, MAX_KIND_LEN,
+};
+use crate::id::SessionId;
+use crate::rate::TokenBucket;
+use crate::session::{PendingClose, Phase, RecvHalf, SendHalf, Session, Window};
+use crate::time::Timestamp;
+
+impl Connection {
+    /// Opens a session of `kind` with credentials `auth`. DATA may be sent at once, within
+    /// the peer's initial credit; [`Event::Opened`] or [`Event::SessionClosed`] follows.
+    pub fn open(
+        &mut self,
+        now: Timestamp,
+        kind: &str,
+        auth: Bytes,
+        request: OpenRequest,
+    ) -> Result<SessionId, OpenError> {
+        if self.state != State::Open {
+            return Err(OpenError::NotOpen);
+        }
+        if self.goaway_received.is_some() || self.goaway_sent.is_some() {
+            return Err(OpenError::GoingAway);
+        }
+        let peer = self.now_peer();
+        if self.local_live >= peer.max_sessions {
+            return Err(OpenError::TooManySessions {
+                max: peer.max_sessions,
+            });
+        }
+        let metadata = kind.len().saturating_add(auth.len());
+        let max_metadata = usize::try_from(peer.max_open_metadata).unwrap_or(usize::MAX);
+        if kind.len() > MAX_KIND_LEN
+            || auth.len() > usize::from(u16::MAX)
+            || metadata > max_metadata
+        {
+            return Err(OpenError::MetadataTooLarge {
+                len: metadata,
+                max: max_metadata.min(MAX_KIND_LEN.saturating_add(usize::from(u16::MAX))),
+            });
+        }
+        let id = match self.last_local_id {
+            0 => match self.side {
+                crate::Side::Client => SessionId::FIRST_CLIENT,
+                crate::Side::Server => SessionId::FIRST_SERVER,
+            },
+            last => SessionId(last).next().ok_or(OpenError::IdsExhausted)?,
+        };
+        let limits = &self.config.limits;
+        let window = Window::new(limits.initial_credit_messages, limits.initial_credit_bytes);
+        if !self.reserve_window(window) {
+            return Err(OpenError::RecvBufferFull);
+        }
+        let limits = &self.config.limits;
+        let send = SendHalf::new(
+            Window::new(peer.initial_credit_messages, peer.initial_credit_bytes),
+            peer.max_message_for_initial_window(),
+        );
+        let recv = RecvHalf::new(
+            window,
+            limits.max_message_size.min(window.bytes),
+            limits.rate_policy,
+        );
+        self.sessions
+            .insert(Session::new(id, Phase::Opening, send, recv, now));
+        self.last_local_id = id.0;
+        self.local_live = self.local_live.saturating_add(1);
+        self.control.push_back(Control::Frame(Frame::Open(Open {
+            session_id: id,
+            request,
+            kind: Text::truncated(kind, MAX_KIND_LEN),
+            auth,
+        })));
+        Ok(id)
+    }
+
+    /// Accepts a session the peer opened ([`Event::Incoming`]) with the application's
+    /// authorization decision. Early data it already sent becomes readable if the grant
+    /// lets it send; otherwise the session is closed with 1008.
+    pub fn accept(
+        &mut self,
+        now: Timestamp,
+        id: SessionId,
+        grant: Grant,
+    ) -> Result<(), SessionError> {
+        let session = self
+            .sessions
+            .get(id)
+            .ok_or(SessionError::UnknownSession(id))?;
+        if session.phase != Phase::Pending {
+            return Err(SessionError::NotPending(id));
+        }
+        let extra = grant
+            .extra_credit
+            .map(|(m, b)| Window::new(m, b))
+            .unwrap_or_default();
+        let new_window = session
+            .recv
+            .window
+            .checked_add(extra)
+            .ok_or(SessionError::CreditOverflow)?;
+        if !extra.is_zero() && !self.reserve_window(extra) {
+            return Err(SessionError::RecvBufferFull);
+        }
+        let limits = &self.config.limits;
+        let rate = grant.rate.unwrap_or(limits.session_rate);
+        let policy = grant.rate_policy.unwrap_or(limits.rate_policy);
+        let max_message = grant
+            .max_message_size
+            .unwrap_or(limits.max_message_size)
+            .min(new_window.bytes)
+            .max(1);
+        let Some(session) = self.sessions.get_mut(id) else {
+            return Err(SessionError::UnknownSession(id));
+        };
+        session.phase = Phase::Open;
+        session.weight = u32::from(grant.weight.max(1));
+        session.recv.permitted = grant.permissions.opener_may_send();
+        session.send.permitted = grant.permissions.acceptor_may_send();
+        session.recv.window = new_window;
+        session.recv.unannounced = session.recv.unannounced.checked_add(extra).unwrap_or(extra);
+        session.recv.max_message = max_message;
+        session.recv.policy = policy;
+        session.recv.messages_bucket = bucket(rate.messages_per_sec, rate.burst_messages, now);
+        session.recv.bytes_bucket = bucket(rate.bytes_per_sec, rate.burst_bytes, now);
+        let early_messages = !session.recv.queue.is_empty();
+        let early_any = early_messages || session.recv.partial.is_some() || session.recv.fin;
+        let early_too_big = session
+            .recv
+            .queue
+            .iter()
+            .map(Bytes::len)
+            .chain(std::iter::once(session.recv.partial_len()))
+            .any(|len| len > usize::try_from(max_message).unwrap_or(usize::MAX));
+        let early_fin = session.recv.fin;
+        let permitted = session.recv.permitted;
+        let credit_now = !extra.is_zero() && !session.recv.credit_queued;
+        if credit_now {
+            session.recv.credit_queued = true;
+        }
+        self.control.push_back(Control::Frame(Frame::Accept(Accept {
+            session_id: id,
+            permissions: grant.permissions,
+            max_message_size: max_message,
+            rate: RateLimits { ..rate },
+        })));
+        if credit_now {
+            self.control.push_back(Control::Credit(id));
+        }
+        self.stats.sessions_opened = self.stats.sessions_opened.saturating_add(1);
+        if early_any && !permitted {
+            self.session_error(
+                now,
+                id,
+                CloseCode::POLICY_VIOLATION,
+                "sending is not permitted",
+            );
+            return Ok(());
+        }
+        if early_too_big {
+            self.session_error(now, id, CloseCode::MESSAGE_TOO_BIG, "message too big");
+            return Ok(());
+        }
+        if early_messages {
+            self.emit(Event::Readable { id });
+        }
+        if early_fin {
+            self.emit(Event::Finished { id });
+        }
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Refuses a session the peer opened, with a code (e.g. 4000 UNAUTHORIZED, 4001 FORBIDDEN).
+    pub fn reject(
+        &mut self,
+        now: Timestamp,
+        id: SessionId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        let session = self
+            .sessions
+            .get(id)
+            .ok_or(SessionError::UnknownSession(id))?;
+        if session.phase != Phase::Pending {
+            return Err(SessionError::NotPending(id));
+        }
+        check_code(code)?;
+        self.stats.opens_refused = self.stats.opens_refused.saturating_add(1);
+        let close = SessionClose::new(id, code, reason);
+        self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+        Ok(())
+    }
+
+    /// Queues one whole message. It is fragmented into frames of at most the peer's
+    /// MAX_FRAME_SIZE and sent as credit allows, interleaved fairly with other sessions.
+    ///
+    /// [`SendError::Blocked`] is backpressure: wait for [`Event::Writable`] and retry.
+    pub fn send(
+        &mut self,
+        _now: Timestamp,
+        id: SessionId,
+        message: Bytes,
+    ) -> Result<(), SendError> {
+        let overhead = u64::from(self.config.limits.per_message_overhead);
+        let max_queued = self.config.limits.max_queued_messages;
+        let max_buffer = self.config.limits.max_send_buffer;
+        let send_buffered = self.send_buffered;
+        let session = self
+            .sessions
+            .get_mut(id)
+            .ok_or(SendError::UnknownSession(id))?;
+        if session.phase == Phase::Pending || !session.send.permitted {
+            return Err(SendError::NotPermitted);
+        }
+        if session.send.fin_requested
+            || session.local_close.is_some()
+            || session.peer_close.is_some()
+        {
+            return Err(SendError::Finished);
+        }
+        if message.len() > usize::try_from(session.send.max_message).unwrap_or(usize::MAX) {
+            return Err(SendError::TooLarge {
+                len: message.len(),
+                max: session.send.max_message,
+            });
+        }
+        let cost = u64::try_from(message.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(overhead);
+        let queue_full = u32::try_from(session.send.queue.len()).unwrap_or(u32::MAX) >= max_queued;
+        let buffer_full = send_buffered.saturating_add(cost) > max_buffer;
+        if queue_full || buffer_full {
+            if !session.send.owes_writable {
+                session.send.owes_writable = true;
+                if buffer_full && !queue_full {
+                    self.blocked.push_back(id);
+                }
+            }
+            return Err(SendError::Blocked);
+        }
+        session.send.queued_bytes = session
+            .send
+            .queued_bytes
+            .saturating_add(u64::try_from(message.len()).unwrap_or(u64::MAX));
+        session.send.queue.push_back(message);
+        self.send_buffered = self.send_buffered.saturating_add(cost);
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Takes the next complete message of a session, if any. Reading is what returns credit
+    /// to the peer (spec/sessions.md#credit), so a session the application does not read
+    /// holds at most its window.
+    pub fn recv(&mut self, now: Timestamp, id: SessionId) -> Option<Bytes> {
+        let overhead = self.config.limits.per_message_overhead;
+        let session = self.sessions.get_mut(id)?;
+        if session.phase != Phase::Open {
+            return None;
+        }
+        let message = session.recv.queue.pop_front()?;
+        let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
+        session.recv.queued_bytes = session.recv.queued_bytes.saturating_sub(u64::from(len));
+        session.recv.unannounced = session
+            .recv
+            .unannounced
+            .checked_add(Window::new(1, len))
+            .unwrap_or(session.recv.window);
+        self.recv_buffered = self
+            .recv_buffered
+            .saturating_sub(u64::from(len).saturating_add(u64::from(overhead)));
+        self.maybe_announce(now, id);
+        self.maybe_complete(now, id);
+        Some(message)
+    }
+
+    /// Adds `messages` and `bytes` to a session's receive window and announces them at once
+    /// (an explicit request for more, like RSocket's REQUEST_N).
+    pub fn grant_credit(
+        &mut self,
+        _now: Timestamp,
+        id: SessionId,
+        messages: u32,
+        bytes: u32,
+    ) -> Result<(), SessionError> {
+        let extra = Window::new(messages, bytes);
+        let session = self
+            .sessions
+            .get(id)
+            .ok_or(SessionError::UnknownSession(id))?;
+        let window = session
+            .recv
+            .window
+            .checked_add(extra)
+            .ok_or(SessionError::CreditOverflow)?;
+        let unannounced = session
+            .recv
+            .unannounced
+            .checked_add(extra)
+            .ok_or(SessionError::CreditOverflow)?;
+        if !self.reserve_window(extra) {
+            return Err(SessionError::RecvBufferFull);
+        }
+        let Some(session) = self.sessions.get_mut(id) else {
+            return Err(SessionError::UnknownSession(id));
+        };
+        session.recv.window = window;
+        session.recv.unannounced = unannounced;
+        if !session.recv.credit_queued && !unannounced.is_zero() {
+            session.recv.credit_queued = true;
+            self.control.push_back(Control::Credit(id));
+        }
+        Ok(())
+    }
+
+    /// Half-closes: no more messages from this side after those queued.
+    pub fn finish(&mut self, _now: Timestamp, id: SessionId) -> Result<(), SessionError> {
+        let session = self
+            .sessions
+            .get_mut(id)
+            .ok_or(SessionError::UnknownSession(id))?;
+        session.send.fin_requested = true;
+        self.schedule(id);
+        Ok(())
+    }
+
+    /// Closes a session gracefully: queued messages go out, then CLOSE with `code`.
+    /// Messages still arriving are discarded.
+    pub fn close_session(
+        &mut self,
+        now: Timestamp,
+        id: SessionId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        check_code(code)?;
+        let session = self
+            .sessions
+            .get_mut(id)
+            .ok_or(SessionError::UnknownSession(id))?;
+        if session.phase == Phase::Pending {
+            return self.reject(now, id, code, reason);
+        }
+        if session.send.queue.is_empty() {
+            let close = SessionClose::new(id, code, reason);
+            self.end_session(now, id, close, Initiator::Local, Some(Frame::Close));
+            return Ok(());
+        }
+        session.local_close = Some(PendingClose {
+            code,
+            reason: reason_text(reason),
+            retry_after_ms: 0,
+        });
+        // Stop delivering: release what was received but not read.
+        let overhead = u64::from(self.config.limits.per_message_overhead);
+        let held = u64::from(session.recv.held_messages()).saturating_mul(overhead);
+        let released = session.recv.queued_bytes.saturating_add(held);
+        session.recv.queue.clear();
+        session.recv.partial = None;
+        session.recv.queued_bytes = 0;
+        self.recv_buffered = self.recv_buffered.saturating_sub(released);
+        Ok(())
+    }
+
+    /// Aborts a session at once with RESET; undelivered data is discarded on both sides.
+    pub fn reset(
+        &mut self,
+        now: Timestamp,
+        id: SessionId,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        check_code(code)?;
+        if self.sessions.get(id).is_none() {
+            return Err(SessionError::UnknownSession(id));
+        }
+        let close = SessionClose::new(id, code, reason);
+        self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+        Ok(())
+    }
+
+    /// Revokes a session's authorization: it ends at once with 4007 REVOKED, nothing more is
+    /// delivered or sent on it, and its credit is released.
+    pub fn revoke(
+        &mut self,
+        now: Timestamp,
+        id: SessionId,
+        reason: &str,
+    ) -> Result<(), SessionError> {
+        self.reset(now, id, CloseCode::REVOKED, reason)
+    }
+
+    /// Starts a graceful shutdown: GOAWAY now, no new peer sessions, and CONN_CLOSE 1001 once
+    /// the live sessions finish or `Timeouts::shutdown_grace` passes.
+    pub fn go_away(&mut self, now: Timestamp, code: CloseCode, reason: &str) {
+        if self.state != State::Open || self.goaway_sent.is_some() {
+            return;
+        }
+        let last = SessionId(self.last_peer_id);
+        self.goaway_sent = Some(last);
+        self.control.push_back(Control::Frame(Frame::GoAway(GoAway {
+            last_session_id: last,
+            code,
+            reason: reason_text(reason),
+        })));
+        self.timers.start_shutdown(&self.config.timeouts, now);
+        self.maybe_finish_shutdown();
+    }
+
+    /// Closes the connection now with `code`: CONN_CLOSE is the last frame sent.
+    pub fn close(&mut self, _now: Timestamp, code: CloseCode, reason: &str) {
+        self.begin_close(code, reason, Initiator::Local);
+    }
+
+    /// Queues a CREDIT if enough was consumed, unless throttled (spec/sessions.md#credit).
+    pub(super) fn maybe_announce(&mut self, now: Timestamp, id: SessionId) {
+        let Some(session) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if !session.recv.should_announce() {
+            return;
+        }
+        let throttling = session.recv.policy == crate::config::RatePolicy::Throttle
+            && !(session.recv.messages_bucket.has_token(now)
+                && session.recv.bytes_bucket.has_token(now));
+        if throttling {
+            if !session.recv.throttled {
+                session.recv.throttled = true;
+                self.throttled.push_back(id);
+                self.arm_throttle(now);
+            }
+            return;
+        }
+        session.recv.credit_queued = true;
+        self.control.push_back(Control::Credit(id));
+    }
+}
+
+fn bucket(rate: u32, burst: u32, now: Timestamp) -> TokenBucket {
+    if rate == 0 {
+        TokenBucket::unlimited()
+    } else {
+        TokenBucket::new(rate, burst.max(1), now)
+    }
+}
+
+fn check_code(code: CloseCode) -> Result<(), SessionError> {
+    if code.is_valid_on_wire() {
+        Ok(())
+    } else {
+        Err(SessionError::InvalidCode(code))
+    }
+}

@@ -1,0 +1,454 @@
+//! The connection state machine: it coordinates sessions, limits, credit, scheduling and
+//! timers, and only emits actions.
+//!
+//! Public methods fall in four groups (the quinn-proto shape):
+//!
+//! - **A. getters** (`&self`): [`side`](Connection::side), [`stats`](Connection::stats),
+//!   [`session_stats`](Connection::session_stats), [`is_closed`](Connection::is_closed), ...
+//! - **B. inputs** from the peer or the clock: [`handle_message`](Connection::handle_message),
+//!   [`handle_text_message`](Connection::handle_text_message),
+//!   [`handle_timeout`](Connection::handle_timeout),
+//!   [`handle_transport_closed`](Connection::handle_transport_closed).
+//! - **C. commands** from the application: [`open`](Connection::open),
+//!   [`accept`](Connection::accept), [`reject`](Connection::reject),
+//!   [`send`](Connection::send), [`recv`](Connection::recv), [`finish`](Connection::finish),
+//!   [`close_session`](Connection::close_session), [`reset`](Connection::reset),
+//!   [`revoke`](Connection::revoke), [`grant_credit`](Connection::grant_credit),
+//!   [`go_away`](Connection::go_away), [`close`](Connection::close).
+//! - **D. outputs**: [`poll_transmit`](Connection::poll_transmit),
+//!   [`poll_event`](Connection::poll_event), [`poll_timeout`](Connection::poll_timeout).
+//!
+//! The contract: after every B or C call, drain the D outputs until they are empty, then
+//! sleep until `poll_timeout()` or the next input.
+
+mod commands;
+mod recv;
+mod timers;
+mod transmit;
+
+pub use transmit::MIN_TRANSMIT;
+
+use std::collections::VecDeque;
+
+use crate::code::CloseCode;
+use crate::config::{Config, PeerSettings};
+use crate::event::{Event, Initiator, LimitKind};
+use crate::frame::{ConnClose, Frame, SessionClose, Text, MAX_REASON_LEN};
+use crate::id::{SessionId, Side};
+use crate::rate::TokenBucket;
+use crate::session::{Phase, Session, Store};
+use crate::stats::{ConnectionStats, SessionStats};
+use crate::time::Timestamp;
+
+use timers::Timers;
+
+/// A control frame waiting to be sent. CREDIT is built when sent, so several consumptions
+/// coalesce into one frame.
+#[derive(Debug)]
+enum Control {
+    Frame(Frame),
+    Credit(SessionId),
+}
+
+/// The connection's lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Waiting for the peer's SETTINGS.
+    Handshaking,
+    /// Running.
+    Open,
+    /// CONN_CLOSE is queued; nothing else will be sent or processed.
+    Closing,
+    /// Done.
+    Closed,
+}
+
+/// One endpoint of one multiplexed connection. Fully deterministic: no I/O, no clock.
+///
+/// See the [module docs](self) for the method groups and the driving contract.
+#[derive(Debug)]
+pub struct Connection {
+    side: Side,
+    config: Config,
+    state: State,
+    peer: Option<PeerSettings>,
+    settings_sent: bool,
+    close_code: Option<CloseCode>,
+    sessions: Store,
+    /// Highest ID the peer opened (0 before any).
+    last_peer_id: u32,
+    /// Highest ID this side opened (0 before any).
+    last_local_id: u32,
+    /// Sessions open now, by who opened them.
+    local_live: u32,
+    peer_live: u32,
+    /// Peer opens waiting for the application, in arrival order (so deadline order).
+    pending: VecDeque<(SessionId, Timestamp)>,
+    /// Σ of live sessions' receive windows, overhead included: never above max_recv_buffer.
+    recv_reserved: u64,
+    recv_buffered: u64,
+    send_buffered: u64,
+    control: VecDeque<Control>,
+    /// Bound on `control`: beyond it the connection stops asking for input (wants_read).
+    control_high_water: usize,
+    pending_pong: Option<u64>,
+    ping_due: Option<u64>,
+    ping_counter: u64,
+    goaway_sent: Option<SessionId>,
+    goaway_received: Option<SessionId>,
+    /// Deficit round robin ring of sessions with sendable data.
+    ring: VecDeque<SessionId>,
+    /// Sessions owed `Writable` once the connection's send buffer has room.
+    blocked: VecDeque<SessionId>,
+    /// Sessions whose credit is withheld by the throttle policy.
+    throttled: VecDeque<SessionId>,
+    events: VecDeque<Event>,
+    control_budget: TokenBucket,
+    open_bucket: TokenBucket,
+    conn_messages: TokenBucket,
+    conn_bytes: TokenBucket,
+    timers: Timers,
+    stats: ConnectionStats,
+}
+
+impl Connection {
+    /// A new connection for `side`. SETTINGS is queued at once; call
+    /// [`poll_transmit`](Connection::poll_transmit) to send it.
+    pub fn new(side: Side, config: Config, now: Timestamp) -> Connection {
+        let l = &config.limits;
+        let control_high_water = usize::try_from(
+            u64::from(l.max_sessions)
+                .saturating_add(u64::from(l.max_pending_opens))
+                .saturating_add(u64::from(l.control_budget))
+                .saturating_add(64),
+        )
+        .unwrap_or(usize::MAX);
+        let timers = Timers::new(&config.timeouts, now);
+        Connection {
+            side,
+            state: State::Handshaking,
+            peer: None,
+            settings_sent: false,
+            close_code: None,
+            sessions: Store::new(config.hash_seed, l.max_tombstones),
+            last_peer_id: 0,
+            last_local_id: 0,
+            local_live: 0,
+            peer_live: 0,
+            pending: VecDeque::new(),
+            recv_reserved: 0,
+            recv_buffered: 0,
+            send_buffered: 0,
+            control: VecDeque::new(),
+            control_high_water,
+            pending_pong: None,
+            ping_due: None,
+            ping_counter: 0,
+            goaway_sent: None,
+            goaway_received: None,
+            ring: VecDeque::new(),
+            blocked: VecDeque::new(),
+            throttled: VecDeque::new(),
+            events: VecDeque::new(),
+            control_budget: TokenBucket::new(l.control_budget, l.control_budget, now),
+            open_bucket: TokenBucket::new(l.opens_per_sec, l.opens_burst, now),
+            conn_messages: TokenBucket::new(
+                l.connection_rate.messages_per_sec,
+                l.connection_rate.burst_messages,
+                now,
+            ),
+            conn_bytes: TokenBucket::new(
+                l.connection_rate.bytes_per_sec,
+                l.connection_rate.burst_bytes,
+                now,
+            ),
+            timers,
+            stats: ConnectionStats::default(),
+            config,
+        }
+    }
+
+    // ---- A. getters -------------------------------------------------------------------
+
+    /// Which side this endpoint is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The peer's limits, once its SETTINGS arrived.
+    pub fn peer_settings(&self) -> Option<&PeerSettings> {
+        self.peer.as_ref()
+    }
+
+    /// True once the peer's SETTINGS arrived and until the connection starts closing.
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// True once nothing more will be sent: close the transport with [`Connection::close_code`].
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// The code the connection closed (or is closing) with.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.close_code
+    }
+
+    /// Whether the driver should read more input now. False while the receive buffer or
+    /// the queue of control replies is full (the reader pauses instead of buffering), and
+    /// after close.
+    pub fn wants_read(&self) -> bool {
+        matches!(self.state, State::Handshaking | State::Open)
+            && self.recv_buffered < self.config.limits.max_recv_buffer
+            && self.control.len() < self.control_high_water
+    }
+
+    /// Connection counters, with current buffer levels.
+    pub fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats;
+        s.sessions_live = self.local_live.saturating_add(self.peer_live);
+        s.recv_buffered = self.recv_buffered;
+        s.send_buffered = self.send_buffered;
+        s
+    }
+
+    /// A session's counters, if it is live.
+    pub fn session_stats(&self, id: SessionId) -> Option<SessionStats> {
+        self.sessions.get(id).map(Session::snapshot)
+    }
+
+    /// A live session's phase.
+    pub fn session_phase(&self, id: SessionId) -> Option<Phase> {
+        self.sessions.get(id).map(|s| s.phase)
+    }
+
+    /// IDs of live sessions (in no particular order).
+    pub fn session_ids(&self) -> impl Iterator<Item = SessionId> + '_ {
+        self.sessions.ids()
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Closed sessions still remembered to absorb late frames.
+    pub fn tombstone_count(&self) -> usize {
+        self.sessions.tombstone_count()
+    }
+
+    /// Peer opens waiting for an authorization decision.
+    pub fn pending_open_count(&self) -> usize {
+        self.pending
+            .iter()
+            .filter(|(id, _)| self.session_phase(*id) == Some(Phase::Pending))
+            .count()
+    }
+
+    /// Control frames queued for sending.
+    pub fn queued_control_frames(&self) -> usize {
+        self.control.len()
+    }
+
+    /// Bytes reserved for the receive windows of live sessions (overhead included).
+    pub fn recv_reserved(&self) -> u64 {
+        self.recv_reserved
+    }
+
+    // ---- D. outputs -------------------------------------------------------------------
+
+    /// The next event, if any. Drain after every input and command.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- internals shared by the input, command and output halves ---------------------
+
+    fn emit(&mut self, event: Event) {
+        self.events.push_back(event);
+    }
+
+    fn limit_hit(&mut self, id: Option<SessionId>, limit: LimitKind) {
+        self.emit(Event::LimitHit { id, limit });
+    }
+
+    fn now_peer(&self) -> PeerSettings {
+        self.peer.unwrap_or(PeerSettings::DEFAULT)
+    }
+
+    /// Charges one control frame (received, or an error this side generates). Returns false
+    /// if the budget is exhausted, after closing the connection with 1008.
+    fn charge_control(&mut self, now: Timestamp) -> bool {
+        self.stats.control_frames_charged = self.stats.control_frames_charged.saturating_add(1);
+        if self.control_budget.try_take(now, 1) {
+            return true;
+        }
+        self.limit_hit(None, LimitKind::ControlBudget);
+        self.fail(
+            CloseCode::POLICY_VIOLATION,
+            "control frame budget exhausted",
+        );
+        false
+    }
+
+    /// A connection error detected locally: queue CONN_CLOSE and stop.
+    fn fail(&mut self, code: CloseCode, reason: &str) {
+        self.begin_close(code, reason, Initiator::Local);
+    }
+
+    fn begin_close(&mut self, code: CloseCode, reason: &str, initiator: Initiator) {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return;
+        }
+        self.close_code = Some(code);
+        let frame = ConnClose::new(code, reason);
+        self.release_all_sessions(code);
+        self.control.clear();
+        self.ring.clear();
+        self.blocked.clear();
+        self.throttled.clear();
+        self.pending.clear();
+        self.pending_pong = None;
+        self.ping_due = None;
+        self.emit(Event::ConnectionClosed {
+            code,
+            initiator,
+            reason: frame.reason.clone(),
+        });
+        if initiator == Initiator::Local {
+            self.control
+                .push_back(Control::Frame(Frame::ConnClose(frame)));
+            self.state = State::Closing;
+        } else {
+            self.state = State::Closed;
+        }
+    }
+
+    /// Drops every session at connection close. Their end is reported by ConnectionClosed.
+    fn release_all_sessions(&mut self, code: CloseCode) {
+        let count = self.sessions.len();
+        for _ in self.sessions.drain() {}
+        for _ in 0..count {
+            self.stats.record_close(code);
+        }
+        self.local_live = 0;
+        self.peer_live = 0;
+        self.recv_reserved = 0;
+        self.recv_buffered = 0;
+        self.send_buffered = 0;
+    }
+
+    /// Ends a live session: releases its state, remembers its ID as a tombstone, queues
+    /// `frame` (RESET or CLOSE) if given, and reports it unless the application never saw it.
+    fn end_session(
+        &mut self,
+        now: Timestamp,
+        id: SessionId,
+        close: SessionClose,
+        initiator: Initiator,
+        send: Option<fn(SessionClose) -> Frame>,
+    ) {
+        let Some(session) = self.sessions.remove(id) else {
+            return;
+        };
+        let overhead = self.config.limits.per_message_overhead;
+        self.recv_reserved = self
+            .recv_reserved
+            .saturating_sub(session.recv.window.memory_cost(overhead));
+        let held = u64::from(session.recv.held_messages()).saturating_mul(u64::from(overhead));
+        self.recv_buffered = self
+            .recv_buffered
+            .saturating_sub(session.recv.queued_bytes.saturating_add(held));
+        let queued = u64::try_from(session.send.queue.len())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(u64::from(overhead));
+        self.send_buffered = self
+            .send_buffered
+            .saturating_sub(session.send.queued_bytes.saturating_add(queued));
+        if id.initiator() == Some(self.side) {
+            self.local_live = self.local_live.saturating_sub(1);
+        } else {
+            self.peer_live = self.peer_live.saturating_sub(1);
+        }
+        self.sessions
+            .bury(id, now.saturating_add(self.config.timeouts.tombstone_ttl));
+        self.stats.record_close(close.code);
+        let event = Event::SessionClosed {
+            id,
+            code: close.code,
+            initiator,
+            reason: close.reason.clone(),
+            retry_after_ms: close.retry_after_ms,
+        };
+        if let Some(build) = send {
+            self.control.push_back(Control::Frame(build(close)));
+        }
+        self.emit(event);
+        self.maybe_finish_shutdown();
+    }
+
+    /// A session error this side detected: charge it to the control budget (so forced
+    /// errors cannot be free, spec/sessions.md#control-budget), then reset the session.
+    fn session_error(&mut self, now: Timestamp, id: SessionId, code: CloseCode, reason: &str) {
+        if !self.charge_control(now) {
+            return;
+        }
+        let close = SessionClose::new(id, code, reason);
+        self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+    }
+
+    /// Refuses a peer OPEN before the application saw it: RESET, tombstone, no event.
+    fn refuse_open(
+        &mut self,
+        now: Timestamp,
+        id: SessionId,
+        code: CloseCode,
+        retry_after_ms: u32,
+        reason: &str,
+    ) {
+        self.stats.opens_refused = self.stats.opens_refused.saturating_add(1);
+        if !self.charge_control(now) {
+            return;
+        }
+        let mut close = SessionClose::new(id, code, reason);
+        close.retry_after_ms = retry_after_ms;
+        self.sessions
+            .bury(id, now.saturating_add(self.config.timeouts.tombstone_ttl));
+        self.stats.record_close(code);
+        self.control.push_back(Control::Frame(Frame::Reset(close)));
+    }
+
+    /// Puts a session in the scheduler ring if it has something to send.
+    fn schedule(&mut self, id: SessionId) {
+        let max_frame = self.now_peer().max_frame_size;
+        if let Some(s) = self.sessions.get_mut(id) {
+            if !s.in_ring && s.wants_to_send(max_frame) {
+                s.in_ring = true;
+                self.ring.push_back(id);
+            }
+        }
+    }
+
+    /// After GOAWAY, close the connection once no session is left.
+    fn maybe_finish_shutdown(&mut self) {
+        if self.goaway_sent.is_some() && self.sessions.len() == 0 && self.state == State::Open {
+            self.fail(CloseCode::GOING_AWAY, "shutdown complete");
+        }
+    }
+}
+
+/// Cuts `reason` to what a close frame carries.
+pub(crate) fn reason_text(reason: &str) -> Text {
+    Text::truncated(reason, MAX_REASON_LEN)
+}
+
+/// Converts a duration in µs-precision to whole milliseconds for retry hints, rounding up.
+pub(crate) fn retry_ms(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u32::MAX)
+}

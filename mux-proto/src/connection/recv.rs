@@ -1,0 +1,534 @@
+//! B. inputs from the peer: one WebSocket message at a time (spec/frames.md, spec/sessions.md).
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Connection, State};
+use crate::code::CloseCode;
+use crate::config::{PeerSettings, RatePolicy};
+use crate::event::{Event, Initiator, LimitKind};
+use crate::frame::{
+    split_frame, Accept, Credit, Frame, FrameType, GoAway, Header, Open, SessionClose,
+};
+use crate::id::SessionId;
+use crate::session::{PendingClose, Phase, RecvHalf, SendHalf, Session, Window};
+use crate::time::Timestamp;
+
+impl Connection {
+    /// Feeds one WebSocket **binary** message from the peer.
+    ///
+    /// Frames are processed in order; a malformed frame closes the connection with its code
+    /// (spec/frames.md#errors) and the rest of the message is ignored. Then drain the outputs.
+    pub fn handle_message(&mut self, now: Timestamp, mut message: Bytes) {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
+        }
+        self.timers.on_receive(&self.config.timeouts, now);
+        if message.is_empty() {
+            self.fail(CloseCode::PROTOCOL_ERROR, "empty message");
+            return;
+        }
+        while !message.is_empty() {
+            let (header, payload) = match split_frame(&mut message) {
+                Ok(split) => split,
+                Err(e) => {
+                    self.fail(e.close_code(), &e.to_string());
+                    return;
+                }
+            };
+            self.stats.frames_received = self.stats.frames_received.saturating_add(1);
+            self.handle_frame(now, header, payload);
+            if self.state != State::Open {
+                // Closed, or SETTINGS not yet in (only possible after an error).
+                return;
+            }
+        }
+    }
+
+    /// Feeds a WebSocket **text** message: always a connection error 1003.
+    pub fn handle_text_message(&mut self, _now: Timestamp) {
+        self.fail(
+            CloseCode::UNSUPPORTED_DATA,
+            "text messages are not part of the protocol",
+        );
+    }
+
+    /// The transport ended without CONN_CLOSE (or after it). Every session ends.
+    pub fn handle_transport_closed(&mut self, _now: Timestamp) {
+        match self.state {
+            State::Closed => {}
+            State::Closing => self.state = State::Closed,
+            State::Handshaking | State::Open => {
+                self.begin_close(CloseCode::ABNORMAL, "transport closed", Initiator::Peer);
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, now: Timestamp, header: Header, payload: Bytes) {
+        if self.state == State::Handshaking && header.frame_type != FrameType::Settings {
+            self.fail(
+                CloseCode::PROTOCOL_ERROR,
+                "the first frame must be SETTINGS",
+            );
+            return;
+        }
+        if header.frame_type == FrameType::Data {
+            // spec/frames.md#data: the frame limit is checked from the header alone.
+            if header.len > self.config.limits.max_frame_size {
+                self.limit_hit(None, LimitKind::FrameSize);
+                self.fail(
+                    CloseCode::MESSAGE_TOO_BIG,
+                    "frame larger than MAX_FRAME_SIZE",
+                );
+                return;
+            }
+            self.on_data(now, header, payload);
+            return;
+        }
+        let frame = match Frame::decode_body(&header, payload) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.fail(e.close_code(), &e.to_string());
+                return;
+            }
+        };
+        if frame.frame_type() != FrameType::Settings && !self.charge_control(now) {
+            return;
+        }
+        match frame {
+            Frame::Settings(settings) => {
+                self.on_settings(now, PeerSettings::from_settings(&settings))
+            }
+            Frame::Open(open) => self.on_open(now, open),
+            Frame::Accept(accept) => self.on_accept(now, accept),
+            Frame::Credit(credit) => self.on_credit(now, credit),
+            Frame::Close(close) => self.on_close(now, close),
+            Frame::Reset(reset) => self.on_reset(now, reset),
+            // spec/frames.md#ping: at most one PONG pending; a newer PING replaces it.
+            Frame::Ping(payload) => self.pending_pong = Some(payload),
+            Frame::Pong(_) => {}
+            Frame::GoAway(goaway) => self.on_goaway(now, goaway),
+            Frame::ConnClose(close) => {
+                let reason = close.reason.as_str().to_owned();
+                self.begin_close(close.code, &reason, Initiator::Peer);
+            }
+            Frame::Data(_) => {}
+        }
+    }
+
+    fn on_settings(&mut self, _now: Timestamp, peer: PeerSettings) {
+        if self.peer.is_some() {
+            self.fail(CloseCode::PROTOCOL_ERROR, "second SETTINGS");
+            return;
+        }
+        self.peer = Some(peer);
+        self.state = State::Open;
+        self.emit(Event::Connected { settings: peer });
+    }
+
+    /// Classifies a frame for a session that is not live (spec/frames.md#session-ids).
+    /// Returns false if the connection closed.
+    fn on_not_live(&mut self, now: Timestamp, id: SessionId) -> bool {
+        let never_opened = if id.initiator() == Some(self.side) {
+            id.0 > self.last_local_id
+        } else {
+            id.0 > self.last_peer_id
+        };
+        if never_opened {
+            self.fail(
+                CloseCode::UNKNOWN_SESSION,
+                "frame for a session never opened",
+            );
+            return false;
+        }
+        self.stats.late_frames = self.stats.late_frames.saturating_add(1);
+        // spec/sessions.md#late-frames: free while the tombstone lasts, charged after.
+        if self.sessions.is_buried(id) {
+            return true;
+        }
+        self.charge_control(now)
+    }
+
+    fn on_open(&mut self, now: Timestamp, open: Open) {
+        let id = open.session_id;
+        if id.initiator() == Some(self.side) || id.0 <= self.last_peer_id {
+            self.fail(
+                CloseCode::PROTOCOL_ERROR,
+                "OPEN with a reused, backwards or wrong-parity ID",
+            );
+            return;
+        }
+        self.last_peer_id = id.0;
+        let limits = &self.config.limits;
+        let metadata = open.kind.len().saturating_add(open.auth.len());
+        if self.goaway_sent.is_some() {
+            self.refuse_open(now, id, CloseCode::REFUSED, 0, "going away");
+            return;
+        }
+        if metadata > usize::try_from(limits.max_open_metadata).unwrap_or(usize::MAX) {
+            self.limit_hit(Some(id), LimitKind::OpenMetadata);
+            self.refuse_open(
+                now,
+                id,
+                CloseCode::MESSAGE_TOO_BIG,
+                0,
+                "open metadata too large",
+            );
+            return;
+        }
+        if !self.open_bucket.try_take(now, 1) {
+            let retry = super::retry_ms(self.open_bucket.time_until(now, 1));
+            self.limit_hit(Some(id), LimitKind::OpenRate);
+            self.refuse_open(
+                now,
+                id,
+                CloseCode::RATE_LIMITED,
+                retry,
+                "too many opens per second",
+            );
+            return;
+        }
+        let pending = u32::try_from(self.pending_open_count()).unwrap_or(u32::MAX);
+        if self.peer_live >= limits.max_sessions || pending >= limits.max_pending_opens {
+            self.limit_hit(Some(id), LimitKind::Sessions);
+            self.refuse_open(
+                now,
+                id,
+                CloseCode::TOO_MANY_SESSIONS,
+                0,
+                "too many sessions",
+            );
+            return;
+        }
+        let window = Window::new(limits.initial_credit_messages, limits.initial_credit_bytes);
+        if !self.reserve_window(window) {
+            self.limit_hit(Some(id), LimitKind::RecvBuffer);
+            self.refuse_open(
+                now,
+                id,
+                CloseCode::TOO_MANY_SESSIONS,
+                0,
+                "receive buffer full",
+            );
+            return;
+        }
+        let peer = self.now_peer();
+        let send = SendHalf::new(
+            Window::new(peer.initial_credit_messages, peer.initial_credit_bytes),
+            peer.max_message_for_initial_window(),
+        );
+        let limits = &self.config.limits;
+        let max_message = limits.max_message_size.min(window.bytes);
+        let recv = RecvHalf::new(window, max_message, limits.rate_policy);
+        self.sessions
+            .insert(Session::new(id, Phase::Pending, send, recv, now));
+        self.peer_live = self.peer_live.saturating_add(1);
+        let deadline = now.saturating_add(self.config.timeouts.authorization);
+        self.pending.push_back((id, deadline));
+        self.emit(Event::Incoming {
+            id,
+            kind: open.kind,
+            auth: open.auth,
+            request: open.request,
+        });
+    }
+
+    /// Reserves receive buffer for a session window; false if it does not fit.
+    pub(super) fn reserve_window(&mut self, window: Window) -> bool {
+        let cost = window.memory_cost(self.config.limits.per_message_overhead);
+        match self.recv_reserved.checked_add(cost) {
+            Some(total) if total <= self.config.limits.max_recv_buffer => {
+                self.recv_reserved = total;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_accept(&mut self, now: Timestamp, accept: Accept) {
+        let id = accept.session_id;
+        let Some(session) = self.sessions.get_mut(id) else {
+            self.on_not_live(now, id);
+            return;
+        };
+        if session.phase != Phase::Opening {
+            self.session_error(now, id, CloseCode::PROTOCOL_ERROR, "unexpected ACCEPT");
+            return;
+        }
+        session.phase = Phase::Open;
+        session.send.permitted = accept.permissions.opener_may_send();
+        session.recv.permitted = accept.permissions.acceptor_may_send();
+        // spec/sessions.md#limits: the acceptor's grant is the opener's limit from now on
+        // (it never exceeds the acceptor's window for the session).
+        session.send.max_message = accept.max_message_size;
+        self.stats.sessions_opened = self.stats.sessions_opened.saturating_add(1);
+        self.emit(Event::Opened { id, grant: accept });
+        self.schedule(id);
+    }
+
+    fn on_credit(&mut self, now: Timestamp, credit: Credit) {
+        let id = credit.session_id;
+        let max_frame = self.now_peer().max_frame_size;
+        let Some(session) = self.sessions.get_mut(id) else {
+            self.on_not_live(now, id);
+            return;
+        };
+        let Some(total) = session
+            .send
+            .credit
+            .checked_add(Window::new(credit.messages, credit.bytes))
+        else {
+            self.limit_hit(Some(id), LimitKind::Credit);
+            self.session_error(now, id, CloseCode::FLOW_CONTROL, "credit window overflow");
+            return;
+        };
+        session.send.credit = total;
+        if let Some(since) = session.send.stalled_since {
+            if !session.send.is_stalled(max_frame) {
+                session.send.stalled_since = None;
+                let stalled = now.saturating_duration_since(since);
+                session.stats.stalled = session.stats.stalled.saturating_add(stalled);
+            }
+        }
+        self.schedule(id);
+    }
+
+    fn on_close(&mut self, now: Timestamp, close: SessionClose) {
+        let id = close.session_id;
+        let Some(session) = self.sessions.get_mut(id) else {
+            self.on_not_live(now, id);
+            return;
+        };
+        // spec/sessions.md#closing: the peer has sent everything; this side stops sending.
+        // What the application has not read yet is still delivered, then the session ends.
+        let nothing_to_read = session.recv.queue.is_empty() || session.phase == Phase::Pending;
+        if nothing_to_read {
+            self.end_session(now, id, close, Initiator::Peer, None);
+            return;
+        }
+        session.peer_close = Some(PendingClose {
+            code: close.code,
+            reason: close.reason,
+            retry_after_ms: close.retry_after_ms,
+        });
+        session.recv.partial = None;
+        session.send.queue.clear();
+        session.send.fin_requested = true;
+        session.send.fin_sent = true;
+    }
+
+    fn on_reset(&mut self, now: Timestamp, reset: SessionClose) {
+        let id = reset.session_id;
+        if self.sessions.get(id).is_none() {
+            self.on_not_live(now, id);
+            return;
+        }
+        self.end_session(now, id, reset, Initiator::Peer, None);
+    }
+
+    fn on_goaway(&mut self, now: Timestamp, goaway: GoAway) {
+        if let Some(previous) = self.goaway_received {
+            if goaway.last_session_id > previous {
+                self.fail(CloseCode::PROTOCOL_ERROR, "GOAWAY raised last_session_id");
+                return;
+            }
+        }
+        self.goaway_received = Some(goaway.last_session_id);
+        // spec/frames.md#goaway: our sessions above the last ID were not processed.
+        let refused: Vec<SessionId> = self
+            .sessions
+            .ids()
+            .filter(|id| id.initiator() == Some(self.side) && *id > goaway.last_session_id)
+            .collect();
+        for id in refused {
+            let close = SessionClose::new(id, CloseCode::REFUSED, "refused by GOAWAY");
+            self.end_session(now, id, close, Initiator::Peer, None);
+        }
+        self.emit(Event::GoAway {
+            last_session_id: goaway.last_session_id,
+            code: goaway.code,
+        });
+    }
+
+    fn on_data(&mut self, now: Timestamp, header: Header, payload: Bytes) {
+        let id = header.session_id;
+        let Some(session) = self.sessions.get_mut(id) else {
+            self.on_not_live(now, id);
+            return;
+        };
+        let end = header.flags & crate::frame::FLAG_END != 0;
+        let fin = header.flags & crate::frame::FLAG_FIN != 0;
+        if session.local_close.is_some() || session.peer_close.is_some() {
+            // spec/frames.md#close: after CLOSE, DATA still arriving is discarded.
+            return;
+        }
+        if session.phase == Phase::Opening {
+            self.session_error(now, id, CloseCode::PROTOCOL_ERROR, "DATA before ACCEPT");
+            return;
+        }
+        if !session.recv.permitted {
+            self.session_error(
+                now,
+                id,
+                CloseCode::POLICY_VIOLATION,
+                "sending is not permitted",
+            );
+            return;
+        }
+        if session.recv.fin {
+            self.session_error(now, id, CloseCode::PROTOCOL_ERROR, "DATA after FIN");
+            return;
+        }
+        if !end && fin && session.recv.partial.is_some() {
+            self.session_error(now, id, CloseCode::PROTOCOL_ERROR, "FIN inside a message");
+            return;
+        }
+        let carries_message = end || header.len > 0;
+        let starting = carries_message && session.recv.partial.is_none();
+        let len = header.len;
+        // spec/sessions.md#credit: checked from the header, before any byte is buffered.
+        if (starting && session.recv.credit.messages == 0) || session.recv.credit.bytes < len {
+            self.limit_hit(Some(id), LimitKind::Credit);
+            self.session_error(now, id, CloseCode::FLOW_CONTROL, "DATA beyond credit");
+            return;
+        }
+        let size = u64::try_from(session.recv.partial_len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(u64::from(len));
+        if size > u64::from(session.recv.max_message) {
+            self.limit_hit(Some(id), LimitKind::MessageSize);
+            self.session_error(now, id, CloseCode::MESSAGE_TOO_BIG, "message too big");
+            return;
+        }
+        if carries_message && !self.admit_rate(now, id, starting, len) {
+            return;
+        }
+        let overhead = self.config.limits.per_message_overhead;
+        let Some(session) = self.sessions.get_mut(id) else {
+            return;
+        };
+        let consumed = Window::new(u32::from(starting), len);
+        // Both units were checked above; the fallback is unreachable.
+        session.recv.credit = session
+            .recv
+            .credit
+            .checked_sub(consumed)
+            .unwrap_or_default();
+        session.last_activity = now;
+        let mut charged = u64::from(len);
+        if starting {
+            charged = charged.saturating_add(u64::from(overhead));
+        }
+        let mut completed = None;
+        if carries_message {
+            session.recv.queued_bytes = session.recv.queued_bytes.saturating_add(u64::from(len));
+            session.stats.bytes_received =
+                session.stats.bytes_received.saturating_add(u64::from(len));
+            if end && session.recv.partial.is_none() {
+                // One-frame message: hand out the slice of the input, zero-copy.
+                completed = Some(payload);
+            } else {
+                let partial = session.recv.partial.get_or_insert_with(BytesMut::new);
+                partial.extend_from_slice(&payload);
+                if end {
+                    completed = session.recv.partial.take().map(BytesMut::freeze);
+                }
+            }
+        }
+        let mut readable = false;
+        if let Some(message) = completed {
+            readable = session.recv.queue.is_empty() && session.phase == Phase::Open;
+            session.recv.queue.push_back(message);
+            session.stats.messages_received = session.stats.messages_received.saturating_add(1);
+            self.stats.messages_received = self.stats.messages_received.saturating_add(1);
+        }
+        if fin {
+            session.recv.fin = true;
+        }
+        let announce_fin = fin && session.phase == Phase::Open;
+        self.recv_buffered = self.recv_buffered.saturating_add(charged);
+        self.stats.bytes_received = self.stats.bytes_received.saturating_add(u64::from(len));
+        if readable {
+            self.emit(Event::Readable { id });
+        }
+        if announce_fin {
+            self.emit(Event::Finished { id });
+            self.maybe_complete(now, id);
+        }
+    }
+
+    /// Applies the session and connection rate limits to a DATA frame. Returns false if
+    /// the frame must be dropped because the session or connection was closed.
+    fn admit_rate(&mut self, now: Timestamp, id: SessionId, starting: bool, len: u32) -> bool {
+        let messages = u64::from(starting);
+        let bytes = u64::from(len);
+        let Some(session) = self.sessions.get_mut(id) else {
+            return false;
+        };
+        let session_ok = session.recv.messages_bucket.try_take(now, messages)
+            && session.recv.bytes_bucket.try_take(now, bytes);
+        let policy = session.recv.policy;
+        if !session_ok {
+            session.stats.rate_limit_hits = session.stats.rate_limit_hits.saturating_add(1);
+        }
+        let conn_ok =
+            self.conn_messages.try_take(now, messages) && self.conn_bytes.try_take(now, bytes);
+        if session_ok && conn_ok {
+            return true;
+        }
+        self.stats.rate_limit_hits = self.stats.rate_limit_hits.saturating_add(1);
+        let limit = if session_ok {
+            LimitKind::ConnectionRate
+        } else {
+            LimitKind::SessionRate
+        };
+        self.limit_hit(Some(id), limit);
+        match policy {
+            // Accepted (it was within credit); credit returns only as the buckets refill.
+            RatePolicy::Throttle => true,
+            RatePolicy::CloseSession => {
+                let retry = match self.sessions.get_mut(id) {
+                    Some(s) => s
+                        .recv
+                        .messages_bucket
+                        .time_until(now, messages)
+                        .max(s.recv.bytes_bucket.time_until(now, bytes)),
+                    None => std::time::Duration::ZERO,
+                };
+                if self.charge_control(now) {
+                    let mut close =
+                        SessionClose::new(id, CloseCode::RATE_LIMITED, "rate limit exceeded");
+                    close.retry_after_ms = super::retry_ms(retry);
+                    self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+                }
+                false
+            }
+            RatePolicy::CloseConnection => {
+                self.fail(CloseCode::POLICY_VIOLATION, "rate limit exceeded");
+                false
+            }
+        }
+    }
+
+    /// Ends a session whose both directions are finished and fully read.
+    pub(super) fn maybe_complete(&mut self, now: Timestamp, id: SessionId) {
+        let Some(session) = self.sessions.get(id) else {
+            return;
+        };
+        if let Some(close) = &session.peer_close {
+            if session.recv.queue.is_empty() {
+                let close = SessionClose {
+                    session_id: id,
+                    code: close.code,
+                    retry_after_ms: close.retry_after_ms,
+                    reason: close.reason.clone(),
+                };
+                self.end_session(now, id, close, Initiator::Peer, None);
+            }
+            return;
+        }
+        if session.is_done() {
+            let close = SessionClose::new(id, CloseCode::NORMAL, "");
+            self.end_session(now, id, close, Initiator::Local, None);
+        }
+    }
+}

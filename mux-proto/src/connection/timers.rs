@@ -1,0 +1,194 @@
+//! Connection timers: a fixed table, next deadline = the minimum over it. Per-session
+//! deadlines live in FIFO queues (same timeout, so arrival order is deadline order) or are
+//! checked by a periodic sweep, so `poll_timeout` is O(1) whatever the session count.
+
+use std::time::Duration;
+
+use super::{Connection, State};
+use crate::code::CloseCode;
+use crate::config::Timeouts;
+use crate::event::Initiator;
+use crate::frame::{Frame, SessionClose};
+use crate::session::Phase;
+use crate::time::Timestamp;
+
+#[derive(Debug)]
+pub(super) struct Timers {
+    /// The peer's SETTINGS must arrive by then.
+    settings: Timestamp,
+    /// Send a PING then (silence since the last receipt).
+    keepalive: Timestamp,
+    /// Something must arrive by then after a PING.
+    pong: Timestamp,
+    /// After GOAWAY, close by then.
+    shutdown: Timestamp,
+    /// Next idle sweep over the sessions.
+    idle_sweep: Timestamp,
+    /// Next re-check of throttled sessions.
+    throttle: Timestamp,
+}
+
+impl Timers {
+    pub(super) fn new(t: &Timeouts, now: Timestamp) -> Self {
+        Timers {
+            settings: now.saturating_add(t.settings_timeout),
+            keepalive: t
+                .keepalive_interval
+                .map_or(Timestamp::NEVER, |i| now.saturating_add(i)),
+            pong: Timestamp::NEVER,
+            shutdown: Timestamp::NEVER,
+            idle_sweep: t
+                .session_idle
+                .map_or(Timestamp::NEVER, |i| now.saturating_add(sweep_period(i))),
+            throttle: Timestamp::NEVER,
+        }
+    }
+
+    /// Anything received proves the peer alive: push the keepalive back, clear the PONG wait.
+    pub(super) fn on_receive(&mut self, t: &Timeouts, now: Timestamp) {
+        self.keepalive = t
+            .keepalive_interval
+            .map_or(Timestamp::NEVER, |i| now.saturating_add(i));
+        self.pong = Timestamp::NEVER;
+    }
+
+    pub(super) fn start_shutdown(&mut self, t: &Timeouts, now: Timestamp) {
+        self.shutdown = now.saturating_add(t.shutdown_grace);
+    }
+}
+
+/// Sessions are swept for idleness four times per idle timeout, so a session is reset
+/// between 1× and 1.25× its idle timeout after its last DATA.
+fn sweep_period(idle: Duration) -> Duration {
+    idle.checked_div(4)
+        .unwrap_or(idle)
+        .max(Duration::from_millis(1))
+}
+
+impl Connection {
+    /// When [`handle_timeout`](Connection::handle_timeout) should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let t = &self.timers;
+        let mut next = t.pong.min(t.shutdown).min(t.throttle);
+        if self.peer.is_none() {
+            next = next.min(t.settings);
+        }
+        if self.state == State::Open {
+            next = next.min(t.keepalive);
+            if self.sessions.len() > 0 {
+                next = next.min(t.idle_sweep);
+            }
+        }
+        if let Some((_, deadline)) = self.pending.front() {
+            next = next.min(*deadline);
+        }
+        if let Some(expiry) = self.sessions.next_expiry() {
+            next = next.min(expiry);
+        }
+        (next != Timestamp::NEVER).then_some(next)
+    }
+
+    /// Advances the clock to `now`, firing every deadline at or before it. Then drain.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
+        }
+        if self.peer.is_none() && now >= self.timers.settings {
+            self.fail(CloseCode::TIMEOUT, "SETTINGS not received in time");
+            return;
+        }
+        if now >= self.timers.pong {
+            self.fail(CloseCode::TIMEOUT, "keepalive timeout");
+            return;
+        }
+        if now >= self.timers.shutdown {
+            self.fail(CloseCode::GOING_AWAY, "shutdown deadline passed");
+            return;
+        }
+        if self.state == State::Open && now >= self.timers.keepalive {
+            self.ping_counter = self.ping_counter.wrapping_add(1);
+            self.ping_due = Some(self.ping_counter);
+            self.timers.keepalive = Timestamp::NEVER;
+            self.timers.pong = now.saturating_add(self.config.timeouts.keepalive_timeout);
+        }
+        self.expire_pending(now);
+        self.sessions.expire(now);
+        if now >= self.timers.idle_sweep {
+            self.sweep_idle(now);
+        }
+        if now >= self.timers.throttle {
+            self.recheck_throttled(now);
+        }
+    }
+
+    /// Refuses peer opens the application did not decide on in time (spec/sessions.md#authorization).
+    fn expire_pending(&mut self, now: Timestamp) {
+        while let Some(&(id, deadline)) = self.pending.front() {
+            if deadline > now {
+                break;
+            }
+            self.pending.pop_front();
+            if self.session_phase(id) == Some(Phase::Pending) {
+                self.stats.opens_refused = self.stats.opens_refused.saturating_add(1);
+                let close =
+                    SessionClose::new(id, CloseCode::TIMEOUT, "authorization deadline passed");
+                self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+            }
+        }
+    }
+
+    fn sweep_idle(&mut self, now: Timestamp) {
+        let Some(idle) = self.config.timeouts.session_idle else {
+            self.timers.idle_sweep = Timestamp::NEVER;
+            return;
+        };
+        self.timers.idle_sweep = now.saturating_add(sweep_period(idle));
+        let expired: Vec<_> = self
+            .sessions
+            .iter()
+            .filter(|s| {
+                s.phase == Phase::Open && now.saturating_duration_since(s.last_activity) >= idle
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in expired {
+            let close = SessionClose::new(id, CloseCode::TIMEOUT, "session idle");
+            self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+        }
+    }
+
+    fn recheck_throttled(&mut self, now: Timestamp) {
+        self.timers.throttle = Timestamp::NEVER;
+        let count = self.throttled.len();
+        for _ in 0..count {
+            let Some(id) = self.throttled.pop_front() else {
+                break;
+            };
+            if let Some(s) = self.sessions.get_mut(id) {
+                s.recv.throttled = false;
+            }
+            self.maybe_announce(now, id);
+        }
+        self.arm_throttle(now);
+    }
+
+    /// Arms the throttle re-check for when the first throttled session's buckets refill.
+    pub(super) fn arm_throttle(&mut self, now: Timestamp) {
+        let mut next = Timestamp::NEVER;
+        for id in self.throttled.iter() {
+            if let Some(s) = self.sessions.get_mut(*id) {
+                let wait = s
+                    .recv
+                    .messages_bucket
+                    .time_until(now, 1)
+                    .max(s.recv.bytes_bucket.time_until(now, 1))
+                    .max(Duration::from_millis(1));
+                next = next.min(now.saturating_add(wait));
+            }
+        }
+        self.timers.throttle = next;
+    }
+}

@@ -1,0 +1,292 @@
+//! D. output: one WebSocket message of coalesced frames per call. Control frames go first,
+//! then DATA by deficit round robin across sessions (spec/sessions.md#scheduling).
+
+use bytes::BytesMut;
+
+use super::{Connection, Control, State};
+use crate::event::{Event, Initiator};
+use crate::frame::{Credit, Data, Frame, SessionClose, HEADER_LEN};
+use crate::id::SessionId;
+use crate::session::Window;
+use crate::time::Timestamp;
+
+/// Smallest size a transmit may grow to, whatever the peer's frame size: every receiver
+/// accepts messages of 65,536 bytes (spec/frames.md#transport).
+pub const MIN_TRANSMIT: usize = 65_536;
+
+impl Connection {
+    /// The largest message `poll_transmit` produces: 64 KiB, or one maximal frame.
+    pub fn max_transmit_size(&self) -> usize {
+        let frame = usize::try_from(self.now_peer().max_frame_size).unwrap_or(usize::MAX);
+        MIN_TRANSMIT.max(frame.saturating_add(HEADER_LEN))
+    }
+
+    /// Appends the next WebSocket message to send to `buf` (which should be empty) and
+    /// returns true, or returns false if there is nothing to send now. Call until false.
+    pub fn poll_transmit(&mut self, now: Timestamp, buf: &mut BytesMut) -> bool {
+        if self.state == State::Closed {
+            return false;
+        }
+        let start = buf.len();
+        let limit = self.max_transmit_size();
+        let mut frames = 0u64;
+        if !self.settings_sent {
+            self.settings_sent = true;
+            Frame::Settings(self.config.settings()).encode(buf);
+            frames = frames.saturating_add(1);
+        }
+        if self.state == State::Closing {
+            // Only CONN_CLOSE is left in the control queue (begin_close cleared the rest).
+            while let Some(Control::Frame(frame)) = self.control.pop_front() {
+                frame.encode(buf);
+                frames = frames.saturating_add(1);
+            }
+            self.state = State::Closed;
+            self.count_transmit(frames);
+            return buf.len() > start;
+        }
+        if self.peer.is_some() {
+            frames = frames.saturating_add(self.write_control(now, buf, start, limit));
+            frames = frames.saturating_add(self.write_data(now, buf, start, limit));
+        }
+        self.count_transmit(frames);
+        buf.len() > start
+    }
+
+    fn count_transmit(&mut self, frames: u64) {
+        if frames > 0 {
+            self.stats.frames_sent = self.stats.frames_sent.saturating_add(frames);
+            self.stats.transmits = self.stats.transmits.saturating_add(1);
+        }
+    }
+
+    fn write_control(
+        &mut self,
+        _now: Timestamp,
+        buf: &mut BytesMut,
+        start: usize,
+        limit: usize,
+    ) -> u64 {
+        let mut frames = 0u64;
+        let fits = |buf: &BytesMut, frame: &Frame| {
+            buf.len()
+                .saturating_sub(start)
+                .saturating_add(frame.encoded_len())
+                <= limit
+        };
+        if let Some(payload) = self.pending_pong.take() {
+            Frame::Pong(payload).encode(buf);
+            frames = frames.saturating_add(1);
+        }
+        if let Some(payload) = self.ping_due.take() {
+            Frame::Ping(payload).encode(buf);
+            frames = frames.saturating_add(1);
+        }
+        while let Some(control) = self.control.front() {
+            let frame = match control {
+                Control::Frame(frame) => frame.clone(),
+                Control::Credit(id) => match self.credit_frame(*id) {
+                    Some(frame) => frame,
+                    None => {
+                        self.control.pop_front();
+                        continue;
+                    }
+                },
+            };
+            if !fits(buf, &frame) {
+                break;
+            }
+            self.control.pop_front();
+            if let Frame::Credit(credit) = &frame {
+                self.commit_credit(credit);
+            }
+            frame.encode(buf);
+            frames = frames.saturating_add(1);
+        }
+        frames
+    }
+
+    /// The CREDIT a session owes now, built from what the application consumed.
+    fn credit_frame(&self, id: SessionId) -> Option<Frame> {
+        let s = self.sessions.get(id)?;
+        let owed = s.recv.unannounced;
+        (!owed.is_zero()).then_some(Frame::Credit(Credit {
+            session_id: id,
+            messages: owed.messages,
+            bytes: owed.bytes,
+        }))
+    }
+
+    /// The CREDIT is going out: from now on the peer may use it.
+    fn commit_credit(&mut self, credit: &Credit) {
+        if let Some(s) = self.sessions.get_mut(credit.session_id) {
+            let granted = Window::new(credit.messages, credit.bytes);
+            // credit + held + unannounced == window, so this cannot overflow the window.
+            s.recv.credit = s.recv.credit.checked_add(granted).unwrap_or(s.recv.window);
+            s.recv.unannounced = Window::ZERO;
+            s.recv.credit_queued = false;
+        }
+    }
+
+    fn write_data(
+        &mut self,
+        now: Timestamp,
+        buf: &mut BytesMut,
+        start: usize,
+        limit: usize,
+    ) -> u64 {
+        let max_frame = self.now_peer().max_frame_size;
+        let quantum = u64::from(max_frame);
+        let overhead = u64::from(self.config.limits.per_message_overhead);
+        let mut frames = 0u64;
+        let mut full = false;
+        while let Some(id) = self.ring.pop_front() {
+            let Some(s) = self.sessions.get_mut(id) else {
+                continue;
+            };
+            s.in_ring = false;
+            if !s.wants_to_send(max_frame) {
+                s.deficit = 0;
+                self.note_stall(now, id);
+                continue;
+            }
+            s.deficit = s
+                .deficit
+                .saturating_add(quantum.saturating_mul(u64::from(s.weight)));
+            let mut sent_any = false;
+            while let Some(s) = self.sessions.get_mut(id) {
+                let Some(plan) = s.send.plan(max_frame) else {
+                    break;
+                };
+                let len = u64::try_from(plan.len).unwrap_or(u64::MAX);
+                if sent_any && len > s.deficit {
+                    break;
+                }
+                let used = buf.len().saturating_sub(start);
+                if used.saturating_add(HEADER_LEN).saturating_add(plan.len) > limit {
+                    full = true;
+                    break;
+                }
+                s.deficit = s.deficit.saturating_sub(len);
+                sent_any = true;
+                frames = frames.saturating_add(1);
+                let payload = match s.send.queue.front() {
+                    Some(front) => {
+                        front.slice(s.send.offset..s.send.offset.saturating_add(plan.len))
+                    }
+                    None => bytes::Bytes::new(),
+                };
+                let starting = s.send.offset == 0 && !s.send.queue.is_empty();
+                let used_credit = Window::new(
+                    u32::from(starting),
+                    u32::try_from(plan.len).unwrap_or(u32::MAX),
+                );
+                s.send.credit = s.send.credit.checked_sub(used_credit).unwrap_or_default();
+                s.send.offset = s.send.offset.saturating_add(plan.len);
+                s.stats.bytes_sent = s.stats.bytes_sent.saturating_add(len);
+                if plan.end {
+                    if let Some(message) = s.send.queue.pop_front() {
+                        let mlen = u64::try_from(message.len()).unwrap_or(u64::MAX);
+                        s.send.queued_bytes = s.send.queued_bytes.saturating_sub(mlen);
+                        self.send_buffered = self
+                            .send_buffered
+                            .saturating_sub(mlen.saturating_add(overhead));
+                    }
+                    s.send.offset = 0;
+                    s.stats.messages_sent = s.stats.messages_sent.saturating_add(1);
+                    self.stats.messages_sent = self.stats.messages_sent.saturating_add(1);
+                }
+                if plan.fin {
+                    s.send.fin_sent = true;
+                }
+                s.last_activity = now;
+                self.stats.bytes_sent = self.stats.bytes_sent.saturating_add(len);
+                Frame::Data(Data {
+                    session_id: id,
+                    end: plan.end,
+                    fin: plan.fin,
+                    payload,
+                })
+                .encode(buf);
+            }
+            self.after_send(now, id);
+            if full {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    if !s.in_ring && s.wants_to_send(max_frame) {
+                        s.in_ring = true;
+                        self.ring.push_front(id);
+                    }
+                }
+                break;
+            }
+            if let Some(s) = self.sessions.get_mut(id) {
+                if s.wants_to_send(max_frame) {
+                    s.in_ring = true;
+                    self.ring.push_back(id);
+                } else {
+                    s.deficit = 0;
+                }
+            }
+            self.note_stall(now, id);
+        }
+        self.wake_blocked();
+        frames
+    }
+
+    /// Records the start of a credit stall.
+    fn note_stall(&mut self, now: Timestamp, id: SessionId) {
+        let max_frame = self.now_peer().max_frame_size;
+        if let Some(s) = self.sessions.get_mut(id) {
+            if s.send.stalled_since.is_none() && s.send.is_stalled(max_frame) {
+                s.send.stalled_since = Some(now);
+                s.stats.credit_stalls = s.stats.credit_stalls.saturating_add(1);
+                self.stats.credit_stalls = self.stats.credit_stalls.saturating_add(1);
+            }
+        }
+    }
+
+    /// After a session sent: owed `Writable`, a graceful close whose queue drained, or both
+    /// directions finished.
+    fn after_send(&mut self, now: Timestamp, id: SessionId) {
+        let max_queued =
+            usize::try_from(self.config.limits.max_queued_messages).unwrap_or(usize::MAX);
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if s.send.owes_writable && s.send.queue.len() < max_queued {
+            s.send.owes_writable = false;
+            self.emit(Event::Writable { id });
+        }
+        let Some(s) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if s.send.queue.is_empty() {
+            if let Some(close) = s.local_close.take() {
+                let close = SessionClose {
+                    session_id: id,
+                    code: close.code,
+                    retry_after_ms: close.retry_after_ms,
+                    reason: close.reason,
+                };
+                self.end_session(now, id, close, Initiator::Local, Some(Frame::Close));
+                return;
+            }
+        }
+        self.maybe_complete(now, id);
+    }
+
+    /// Sessions blocked by the connection's send buffer get `Writable` once it has room.
+    fn wake_blocked(&mut self) {
+        if self.blocked.is_empty() || self.send_buffered >= self.config.limits.max_send_buffer {
+            return;
+        }
+        while let Some(id) = self.blocked.pop_front() {
+            if let Some(s) = self.sessions.get_mut(id) {
+                if s.send.owes_writable {
+                    s.send.owes_writable = false;
+                    self.emit(Event::Writable { id });
+                }
+            }
+        }
+    }
+}

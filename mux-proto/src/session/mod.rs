@@ -1,0 +1,269 @@
+//! One session's state: its phase, its send half (queue, credit) and its receive half
+//! (reassembly, delivered queue, window, rate buckets).
+
+mod store;
+mod window;
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+pub(crate) use store::Store;
+pub use window::Window;
+
+use crate::code::CloseCode;
+use crate::config::RatePolicy;
+use crate::frame::{Text, MIN_FRAGMENT};
+use crate::id::SessionId;
+use crate::rate::TokenBucket;
+use crate::stats::SessionStats;
+use crate::time::Timestamp;
+
+/// Where a session is in its lifecycle (spec/sessions.md#states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// This side sent OPEN and waits for ACCEPT or RESET.
+    Opening,
+    /// The peer sent OPEN; the application has not decided yet.
+    Pending,
+    /// Accepted: DATA may flow per the grant.
+    Open,
+}
+
+/// The next DATA frame a session can send now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FramePlan {
+    pub(crate) len: usize,
+    pub(crate) end: bool,
+    pub(crate) fin: bool,
+}
+
+/// This side's sending on one session.
+#[derive(Debug)]
+pub(crate) struct SendHalf {
+    /// The grant allows this side to send.
+    pub(crate) permitted: bool,
+    /// Credit the peer has given and this side has not used.
+    pub(crate) credit: Window,
+    /// Largest message the peer accepts on this session.
+    pub(crate) max_message: u32,
+    /// Whole messages waiting; the front one may be partly sent.
+    pub(crate) queue: VecDeque<Bytes>,
+    /// Bytes of `queue` not yet sent.
+    pub(crate) queued_bytes: u64,
+    /// Bytes of the front message already sent.
+    pub(crate) offset: usize,
+    /// The application half-closed; FIN goes out after the queue.
+    pub(crate) fin_requested: bool,
+    /// FIN went out.
+    pub(crate) fin_sent: bool,
+    /// The application saw `Blocked` and is owed `Writable`.
+    pub(crate) owes_writable: bool,
+    /// Since when the session has data but no credit.
+    pub(crate) stalled_since: Option<Timestamp>,
+}
+
+impl SendHalf {
+    pub(crate) fn new(credit: Window, max_message: u32) -> Self {
+        SendHalf {
+            permitted: true,
+            credit,
+            max_message,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            offset: 0,
+            fin_requested: false,
+            fin_sent: false,
+            owes_writable: false,
+            stalled_since: None,
+        }
+    }
+
+    /// The next frame credit allows, if any (spec/sessions.md#sending).
+    pub(crate) fn plan(&self, max_frame: u32) -> Option<FramePlan> {
+        let Some(front) = self.queue.front() else {
+            // Only a pure half-close is left to send, if asked for.
+            return (self.fin_requested && !self.fin_sent).then_some(FramePlan {
+                len: 0,
+                end: false,
+                fin: true,
+            });
+        };
+        let remaining = front.len().saturating_sub(self.offset);
+        let starting = self.offset == 0;
+        if starting && self.credit.messages == 0 {
+            return None;
+        }
+        let credit = usize::try_from(self.credit.bytes).unwrap_or(usize::MAX);
+        let frame = usize::try_from(max_frame).unwrap_or(usize::MAX);
+        let len = remaining.min(credit).min(frame);
+        let end = len == remaining;
+        // spec/frames.md#data: a fragment that does not end the message carries at least
+        // MIN_FRAGMENT bytes; with less credit than that, wait (no data dribble).
+        let min_fragment = usize::try_from(MIN_FRAGMENT).unwrap_or(usize::MAX);
+        if !end && len < min_fragment {
+            return None;
+        }
+        let fin = end && self.fin_requested && self.queue.len() == 1;
+        Some(FramePlan { len, end, fin })
+    }
+
+    /// Whether the session has something it cannot send for lack of credit.
+    pub(crate) fn is_stalled(&self, max_frame: u32) -> bool {
+        !self.queue.is_empty() && self.plan(max_frame).is_none()
+    }
+}
+
+/// The peer's sending on one session, as this side receives it.
+#[derive(Debug)]
+pub(crate) struct RecvHalf {
+    /// The grant allows the peer to send.
+    pub(crate) permitted: bool,
+    /// The window: what the peer may have outstanding at most.
+    pub(crate) window: Window,
+    /// Credit the peer has left, as announced and not yet used.
+    pub(crate) credit: Window,
+    /// Consumed by the application and not yet announced back.
+    pub(crate) unannounced: Window,
+    /// A CREDIT for this session is in the control queue.
+    pub(crate) credit_queued: bool,
+    /// Complete messages not yet read.
+    pub(crate) queue: VecDeque<Bytes>,
+    /// Payload bytes in `queue` and `partial`.
+    pub(crate) queued_bytes: u64,
+    /// The message being reassembled from several frames.
+    pub(crate) partial: Option<BytesMut>,
+    /// Largest message the peer may send.
+    pub(crate) max_message: u32,
+    /// The peer half-closed.
+    pub(crate) fin: bool,
+    /// Rate buckets on the peer's DATA.
+    pub(crate) messages_bucket: TokenBucket,
+    pub(crate) bytes_bucket: TokenBucket,
+    pub(crate) policy: RatePolicy,
+    /// Credit is being withheld until the rate buckets refill.
+    pub(crate) throttled: bool,
+}
+
+impl RecvHalf {
+    pub(crate) fn new(window: Window, max_message: u32, policy: RatePolicy) -> Self {
+        RecvHalf {
+            permitted: true,
+            window,
+            credit: window,
+            unannounced: Window::ZERO,
+            credit_queued: false,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            partial: None,
+            max_message,
+            fin: false,
+            messages_bucket: TokenBucket::unlimited(),
+            bytes_bucket: TokenBucket::unlimited(),
+            policy,
+            throttled: false,
+        }
+    }
+
+    pub(crate) fn partial_len(&self) -> usize {
+        self.partial.as_ref().map_or(0, BytesMut::len)
+    }
+
+    /// Messages held: complete ones plus one being reassembled.
+    pub(crate) fn held_messages(&self) -> u32 {
+        let partial = u32::from(self.partial.is_some());
+        u32::try_from(self.queue.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(partial)
+    }
+
+    /// Whether consumed credit should be announced now (spec/sessions.md#credit): a quarter
+    /// of the window in either unit, or everything once the application has read all.
+    pub(crate) fn should_announce(&self) -> bool {
+        if self.credit_queued || self.unannounced.is_zero() || self.fin {
+            return false;
+        }
+        let quarter_messages = (self.window.messages / 4).max(1);
+        let quarter_bytes = self.window.bytes / 4;
+        self.unannounced.messages >= quarter_messages
+            || self.unannounced.bytes >= quarter_bytes
+            || (self.queue.is_empty() && self.partial.is_none())
+    }
+}
+
+/// A graceful close waiting for something: this side's queue to drain before CLOSE goes
+/// out, or the application to read what the peer sent before its CLOSE.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingClose {
+    pub(crate) code: CloseCode,
+    pub(crate) reason: Text,
+    pub(crate) retry_after_ms: u32,
+}
+
+/// One session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) phase: Phase,
+    pub(crate) send: SendHalf,
+    pub(crate) recv: RecvHalf,
+    /// This side asked for a graceful close; CLOSE goes out when the send queue is empty.
+    pub(crate) local_close: Option<PendingClose>,
+    /// The peer closed gracefully; the session ends when the application has read all.
+    pub(crate) peer_close: Option<PendingClose>,
+    /// Deficit round robin state.
+    pub(crate) weight: u32,
+    pub(crate) deficit: u64,
+    pub(crate) in_ring: bool,
+    pub(crate) last_activity: Timestamp,
+    pub(crate) stats: SessionStats,
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: SessionId,
+        phase: Phase,
+        send: SendHalf,
+        recv: RecvHalf,
+        now: Timestamp,
+    ) -> Self {
+        Session {
+            id,
+            phase,
+            send,
+            recv,
+            local_close: None,
+            peer_close: None,
+            weight: 1,
+            deficit: 0,
+            in_ring: false,
+            last_activity: now,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Whether the scheduler should visit this session.
+    pub(crate) fn wants_to_send(&self, max_frame: u32) -> bool {
+        self.phase != Phase::Pending && self.send.plan(max_frame).is_some()
+    }
+
+    /// Both directions finished and everything read: the session can end normally.
+    pub(crate) fn is_done(&self) -> bool {
+        self.send.fin_sent
+            && self.recv.fin
+            && self.recv.queue.is_empty()
+            && self.recv.partial.is_none()
+    }
+
+    /// A snapshot of the counters with the current queue depths.
+    pub(crate) fn snapshot(&self) -> SessionStats {
+        let mut s = self.stats;
+        s.send_queued_messages = u32::try_from(self.send.queue.len()).unwrap_or(u32::MAX);
+        s.send_queued_bytes = self.send.queued_bytes;
+        s.recv_queued_messages = u32::try_from(self.recv.queue.len()).unwrap_or(u32::MAX);
+        s.recv_queued_bytes = self.recv.queued_bytes;
+        s.send_credit = (self.send.credit.messages, self.send.credit.bytes);
+        s.recv_credit = (self.recv.credit.messages, self.recv.credit.bytes);
+        s
+    }
+}
