@@ -43,6 +43,8 @@ mod rate;
 pub mod session;
 pub mod stats;
 pub mod time;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use code::{CloseCode, Scope};
 pub use config::{Config, Grant, Limits, PeerSettings, RatePolicy, Timeouts};
