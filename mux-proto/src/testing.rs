@@ -3,15 +3,23 @@
 //!
 //! Enabled by the `testing` feature; used by this crate's tests, the workspace suites, the
 //! benchmarks and the fuzz targets.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    missing_docs
+)]
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::frame::{decode_message, encode_message, Frame};
-use crate::{CloseCode, Config, Connection, Event, Grant, OpenRequest, SessionId, Side, Timestamp};
+use crate::frame::{decode_message, encode_message, Frame, Settings};
+use crate::{
+    CloseCode, Config, Connection, Event, Grant, Initiator, OpenRequest, SessionId, Side, Timestamp,
+};
 
 /// One endpoint inside a [`Pair`]: its connection, the messages in flight towards it, and
 /// the events it produced that the test has not taken yet.
@@ -31,19 +39,56 @@ impl Endpoint {
         }
     }
 
-    /// Takes the first event matching `pred`, leaving the others in order.
+    /// Takes the first event matching `pred`, leaving the others in order. Events the
+    /// connection produced since the last poll (e.g. from a `recv` call) are included.
     pub fn take_event(&mut self, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        self.pull_events();
         let pos = self.events.iter().position(pred)?;
         self.events.remove(pos)
+    }
+
+    /// Moves the connection's pending events into `events`.
+    pub fn pull_events(&mut self) {
+        while let Some(e) = self.conn.poll_event() {
+            self.events.push_back(e);
+        }
     }
 
     /// Every `Incoming` event's ID, removing those events.
     pub fn take_incoming(&mut self) -> Vec<SessionId> {
         let mut ids = Vec::new();
-        while let Some(Event::Incoming { id, .. }) = self.take_event(|e| matches!(e, Event::Incoming { .. })) {
+        while let Some(Event::Incoming { id, .. }) =
+            self.take_event(|e| matches!(e, Event::Incoming { .. }))
+        {
             ids.push(id);
         }
         ids
+    }
+
+    /// The `SessionClosed` event for `id`, removed from `events`: (code, initiator).
+    pub fn take_closed(&mut self, id: SessionId) -> Option<(CloseCode, Initiator)> {
+        match self.take_event(|e| matches!(e, Event::SessionClosed { id: i, .. } if *i == id))? {
+            Event::SessionClosed {
+                code, initiator, ..
+            } => Some((code, initiator)),
+            _ => None,
+        }
+    }
+
+    /// The `ConnectionClosed` event, removed from `events`: (code, initiator).
+    pub fn take_conn_closed(&mut self) -> Option<(CloseCode, Initiator)> {
+        match self.take_event(|e| matches!(e, Event::ConnectionClosed { .. }))? {
+            Event::ConnectionClosed {
+                code, initiator, ..
+            } => Some((code, initiator)),
+            _ => None,
+        }
+    }
+
+    /// Whether an event matching `pred` is waiting (without taking it).
+    pub fn has_event(&mut self, pred: impl Fn(&Event) -> bool) -> bool {
+        self.pull_events();
+        self.events.iter().any(pred)
     }
 
     /// Every message readable on `id` now.
@@ -92,12 +137,24 @@ impl Pair {
     pub fn connected_with(client: Config, server: Config) -> Pair {
         let mut pair = Pair::new(client, server);
         pair.drive();
-        assert!(pair.client.take_event(|e| matches!(e, Event::Connected { .. })).is_some());
-        assert!(pair.server.take_event(|e| matches!(e, Event::Connected { .. })).is_some());
+        assert!(pair
+            .client
+            .take_event(|e| matches!(e, Event::Connected { .. }))
+            .is_some());
+        assert!(pair
+            .server
+            .take_event(|e| matches!(e, Event::Connected { .. }))
+            .is_some());
         pair
     }
 
-    fn transmit(from: &mut Endpoint, to: &mut Endpoint, buf: &mut BytesMut, at: Timestamp, now: Timestamp) -> bool {
+    fn transmit(
+        from: &mut Endpoint,
+        to: &mut Endpoint,
+        buf: &mut BytesMut,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> bool {
         let mut any = false;
         while from.conn.poll_transmit(now, buf) {
             to.inbound.push_back((at, buf.split().freeze()));
@@ -130,9 +187,22 @@ impl Pair {
     /// anything happened. Timers fire only through [`Pair::advance`].
     pub fn step(&mut self) -> bool {
         let at = self.now + self.latency;
-        let mut any = Self::transmit(&mut self.client, &mut self.server, &mut self.buf, at, self.now);
-        any |= Self::transmit(&mut self.server, &mut self.client, &mut self.buf, at, self.now);
-        let delivered = Self::deliver(&mut self.server, self.now) + Self::deliver(&mut self.client, self.now);
+        let mut any = Self::transmit(
+            &mut self.client,
+            &mut self.server,
+            &mut self.buf,
+            at,
+            self.now,
+        );
+        any |= Self::transmit(
+            &mut self.server,
+            &mut self.client,
+            &mut self.buf,
+            at,
+            self.now,
+        );
+        let delivered =
+            Self::deliver(&mut self.server, self.now) + Self::deliver(&mut self.client, self.now);
         self.messages_delivered += delivered;
         if delivered > 0 {
             return true;
@@ -151,7 +221,10 @@ impl Pair {
 
     /// Steps until nothing happens; panics if that takes more than 100,000 steps (livelock).
     pub fn drive(&mut self) {
-        assert!(self.drive_bounded(100_000), "pair did not go idle: livelock?");
+        assert!(
+            self.drive_bounded(100_000),
+            "pair did not go idle: livelock?"
+        );
     }
 
     /// Steps until idle or `max_steps`; returns whether it went idle.
@@ -169,11 +242,14 @@ impl Pair {
         let target = self.now + d;
         loop {
             self.drive();
-            let next = [self.client.conn.poll_timeout(), self.server.conn.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .filter(|t| *t <= target)
-                .min();
+            let next = [
+                self.client.conn.poll_timeout(),
+                self.server.conn.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t <= target)
+            .min();
             let Some(t) = next else {
                 break;
             };
@@ -196,8 +272,14 @@ impl Pair {
             .expect("open");
         self.drive();
         let incoming = self.server.take_incoming();
-        assert!(incoming.contains(&id), "server did not see OPEN {id}: {incoming:?}");
-        self.server.conn.accept(self.now, id, grant).expect("accept");
+        assert!(
+            incoming.contains(&id),
+            "server did not see OPEN {id}: {incoming:?}"
+        );
+        self.server
+            .conn
+            .accept(self.now, id, grant)
+            .expect("accept");
         self.drive();
         assert!(self
             .client
@@ -222,6 +304,11 @@ pub struct RawPeer {
 impl RawPeer {
     /// A connection on `side` facing a raw peer that has already exchanged SETTINGS.
     pub fn new(side: Side, config: Config) -> RawPeer {
+        RawPeer::with_settings(side, config, Settings::default())
+    }
+
+    /// A connection on `side` facing a raw peer whose SETTINGS frame is `settings`.
+    pub fn with_settings(side: Side, config: Config, settings: Settings) -> RawPeer {
         let now = Timestamp::from_millis(1);
         let mut peer = RawPeer {
             conn: Connection::new(side, config, now),
@@ -230,10 +317,11 @@ impl RawPeer {
             received: VecDeque::new(),
             events: VecDeque::new(),
         };
-        peer.send([Frame::Settings(Default::default())]);
+        peer.send([Frame::Settings(settings)]);
         let settings = peer.received.pop_front();
         assert!(matches!(settings, Some(Frame::Settings(_))), "{settings:?}");
-        peer.events.retain(|e| !matches!(e, Event::Connected { .. }));
+        peer.events
+            .retain(|e| !matches!(e, Event::Connected { .. }));
         peer
     }
 
@@ -255,11 +343,120 @@ impl RawPeer {
         self.collect();
     }
 
+    /// Feeds `frames` as one WebSocket message without polling the output (so a test can
+    /// look at the next transmits one by one with [`RawPeer::poll_one`]).
+    pub fn deliver(&mut self, frames: impl IntoIterator<Item = Frame>) {
+        let frames: Vec<Frame> = frames.into_iter().collect();
+        let message = encode_message(frames.iter()).freeze();
+        self.conn.handle_message(self.now, message);
+    }
+
+    /// The next WebSocket message the connection sends, decoded; events are collected too.
+    pub fn poll_one(&mut self) -> Option<Vec<Frame>> {
+        let frames = if self.conn.poll_transmit(self.now, &mut self.buf) {
+            let msg = self.buf.split().freeze();
+            Some(decode_message(msg).expect("the connection sent a malformed message"))
+        } else {
+            None
+        };
+        while let Some(e) = self.conn.poll_event() {
+            self.events.push_back(e);
+        }
+        frames
+    }
+
+    /// The peer opens session `id` and the connection's application accepts it with `grant`.
+    /// The ACCEPT (and anything else sent meanwhile) is left out of `received`.
+    pub fn open_accepted(&mut self, id: u32, grant: Grant) -> SessionId {
+        let sid = SessionId(id);
+        self.send([frames::open(id, "test")]);
+        assert!(
+            self.take_event(|e| matches!(e, Event::Incoming { id: i, .. } if *i == sid))
+                .is_some(),
+            "no Incoming for {id}: {:?}",
+            self.events
+        );
+        self.conn.accept(self.now, sid, grant).expect("accept");
+        self.collect();
+        let accept = self
+            .received
+            .iter()
+            .position(|f| matches!(f, Frame::Accept(a) if a.session_id == sid));
+        assert!(accept.is_some(), "no ACCEPT for {id}: {:?}", self.received);
+        self.received.clear();
+        sid
+    }
+
+    /// Takes the first event matching `pred`, leaving the others in order. Events the
+    /// connection produced since the last poll (e.g. from a `recv` call) are included.
+    pub fn take_event(&mut self, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        self.pull_events();
+        let pos = self.events.iter().position(pred)?;
+        self.events.remove(pos)
+    }
+
+    /// Moves the connection's pending events into `events`.
+    pub fn pull_events(&mut self) {
+        while let Some(e) = self.conn.poll_event() {
+            self.events.push_back(e);
+        }
+    }
+
+    /// The `SessionClosed` event for `id`, removed from `events`: (code, initiator).
+    pub fn take_closed(&mut self, id: SessionId) -> Option<(CloseCode, Initiator)> {
+        match self.take_event(|e| matches!(e, Event::SessionClosed { id: i, .. } if *i == id))? {
+            Event::SessionClosed {
+                code, initiator, ..
+            } => Some((code, initiator)),
+            _ => None,
+        }
+    }
+
+    /// The CLOSE the connection sent for `id`, if any, removed from `received`.
+    pub fn take_close(&mut self, id: SessionId) -> Option<crate::frame::SessionClose> {
+        let pos = self
+            .received
+            .iter()
+            .position(|f| matches!(f, Frame::Close(r) if r.session_id == id))?;
+        match self.received.remove(pos) {
+            Some(Frame::Close(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Every CREDIT the connection sent for `id`, summed as (messages, bytes), removed.
+    pub fn take_credit(&mut self, id: SessionId) -> (u64, u64) {
+        let mut total = (0u64, 0u64);
+        self.received.retain(|f| match f {
+            Frame::Credit(c) if c.session_id == id => {
+                total.0 += u64::from(c.messages);
+                total.1 += u64::from(c.bytes);
+                false
+            }
+            _ => true,
+        });
+        total
+    }
+
+    /// Every DATA frame the connection sent for `id`, removed from `received`.
+    pub fn take_data(&mut self, id: SessionId) -> Vec<crate::frame::Data> {
+        let mut out = Vec::new();
+        self.received.retain(|f| match f {
+            Frame::Data(d) if d.session_id == id => {
+                out.push(d.clone());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
     /// Polls the connection's transmits and events into `received` and `events`.
     pub fn collect(&mut self) {
         while self.conn.poll_transmit(self.now, &mut self.buf) {
             let msg = self.buf.split().freeze();
-            self.received.extend(decode_message(msg).expect("the connection sent a malformed message"));
+            self.received
+                .extend(decode_message(msg).expect("the connection sent a malformed message"));
         }
         while let Some(e) = self.conn.poll_event() {
             self.events.push_back(e);
@@ -303,7 +500,10 @@ impl RawPeer {
 pub mod frames {
     use bytes::Bytes;
 
-    use crate::frame::{Credit, Data, Frame, Open, OpenRequest, SessionClose, Text};
+    use crate::frame::{
+        Accept, ConnClose, Credit, Data, Frame, GoAway, Open, OpenRequest, Permissions, RateLimits,
+        SessionClose, Text,
+    };
     use crate::{CloseCode, SessionId};
 
     pub fn open(id: u32, kind: &'static str) -> Frame {
@@ -331,6 +531,50 @@ pub mod frames {
             fin: false,
             payload: Bytes::copy_from_slice(payload),
         })
+    }
+
+    /// A one-frame message that also half-closes (END|FIN).
+    pub fn data_fin(id: u32, payload: &[u8]) -> Frame {
+        Frame::Data(Data {
+            session_id: SessionId(id),
+            end: true,
+            fin: true,
+            payload: Bytes::copy_from_slice(payload),
+        })
+    }
+
+    pub fn open_with_request(id: u32, kind: &'static str, request: OpenRequest) -> Frame {
+        Frame::Open(Open {
+            session_id: SessionId(id),
+            request,
+            kind: Text::from_static(kind),
+            auth: Bytes::new(),
+        })
+    }
+
+    pub fn accept(id: u32, permissions: Permissions, max_message_size: u32) -> Frame {
+        Frame::Accept(Accept {
+            session_id: SessionId(id),
+            permissions,
+            max_message_size,
+            rate: RateLimits::default(),
+        })
+    }
+
+    pub fn pong(payload: u64) -> Frame {
+        Frame::Pong(payload)
+    }
+
+    pub fn goaway(last_session_id: u32, code: CloseCode) -> Frame {
+        Frame::GoAway(GoAway {
+            last_session_id: SessionId(last_session_id),
+            code,
+            reason: Text::EMPTY,
+        })
+    }
+
+    pub fn conn_close(code: CloseCode) -> Frame {
+        Frame::ConnClose(ConnClose::new(code, ""))
     }
 
     pub fn fin(id: u32) -> Frame {

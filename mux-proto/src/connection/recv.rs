@@ -126,8 +126,10 @@ impl Connection {
     }
 
     /// Classifies a frame for a session that is not live (spec/frames.md#session-ids).
-    /// Returns false if the connection closed.
-    fn on_not_live(&mut self, now: Timestamp, id: SessionId) -> bool {
+    /// `charged` says whether the frame already cost a control charge (every frame but
+    /// DATA does), so a late frame is never charged twice. Returns false if the connection
+    /// closed.
+    fn on_not_live(&mut self, now: Timestamp, id: SessionId, charged: bool) -> bool {
         let never_opened = if id.initiator() == Some(self.side) {
             id.0 > self.last_local_id
         } else {
@@ -142,7 +144,7 @@ impl Connection {
         }
         self.stats.late_frames = self.stats.late_frames.saturating_add(1);
         // spec/sessions.md#late-frames: free while the tombstone lasts, charged after.
-        if self.sessions.is_buried(id) {
+        if charged || self.sessions.is_buried(id) {
             return true;
         }
         self.charge_control(now)
@@ -247,7 +249,7 @@ impl Connection {
     fn on_accept(&mut self, now: Timestamp, accept: Accept) {
         let id = accept.session_id;
         let Some(session) = self.sessions.get_mut(id) else {
-            self.on_not_live(now, id);
+            self.on_not_live(now, id, true);
             return;
         };
         if session.phase != Phase::Opening {
@@ -269,7 +271,7 @@ impl Connection {
         let id = credit.session_id;
         let max_frame = self.now_peer().max_frame_size;
         let Some(session) = self.sessions.get_mut(id) else {
-            self.on_not_live(now, id);
+            self.on_not_live(now, id, true);
             return;
         };
         let Some(total) = session
@@ -295,7 +297,7 @@ impl Connection {
     fn on_close(&mut self, now: Timestamp, close: SessionClose) {
         let id = close.session_id;
         let Some(session) = self.sessions.get_mut(id) else {
-            self.on_not_live(now, id);
+            self.on_not_live(now, id, true);
             return;
         };
         // spec/sessions.md#closing: the peer has sent everything; this side stops sending.
@@ -310,8 +312,25 @@ impl Connection {
             reason: close.reason,
             retry_after_ms: close.retry_after_ms,
         });
-        session.recv.partial = None;
+        // A message the peer left unfinished is never delivered, and what this side had
+        // queued is never sent: release both from the buffer accounting now, or
+        // `end_session` (which counts only what is still held) would leak them.
+        let overhead = u64::from(self.config.limits.per_message_overhead);
+        if let Some(partial) = session.recv.partial.take() {
+            let len = u64::try_from(partial.len()).unwrap_or(u64::MAX);
+            session.recv.queued_bytes = session.recv.queued_bytes.saturating_sub(len);
+            self.recv_buffered = self
+                .recv_buffered
+                .saturating_sub(len.saturating_add(overhead));
+        }
+        let unsent = u64::try_from(session.send.queue.len())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(overhead)
+            .saturating_add(session.send.queued_bytes);
+        self.send_buffered = self.send_buffered.saturating_sub(unsent);
         session.send.queue.clear();
+        session.send.queued_bytes = 0;
+        session.send.offset = 0;
         session.send.fin_requested = true;
         session.send.fin_sent = true;
     }
@@ -319,7 +338,7 @@ impl Connection {
     fn on_reset(&mut self, now: Timestamp, reset: SessionClose) {
         let id = reset.session_id;
         if self.sessions.get(id).is_none() {
-            self.on_not_live(now, id);
+            self.on_not_live(now, id, true);
             return;
         }
         self.end_session(now, id, reset, Initiator::Peer, None);
@@ -352,7 +371,7 @@ impl Connection {
     fn on_data(&mut self, now: Timestamp, header: Header, payload: Bytes) {
         let id = header.session_id;
         let Some(session) = self.sessions.get_mut(id) else {
-            self.on_not_live(now, id);
+            self.on_not_live(now, id, false);
             return;
         };
         let end = header.flags & crate::frame::FLAG_END != 0;
