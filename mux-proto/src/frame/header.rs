@@ -134,9 +134,10 @@ impl Header {
     /// Writes the header in wire order.
     #[inline]
     pub fn encode<B: BufMut>(&self, out: &mut B) {
-        out.put_u8((VERSION << 4) | self.frame_type as u8);
-        out.put_u8(self.flags);
-        out.put_u32(self.session_id.0);
-        out.put_u32(self.len);
+        // One 10-byte write rather than four: each `put_*` on a `BytesMut` is a call.
+        let [s0, s1, s2, s3] = self.session_id.0.to_be_bytes();
+        let [l0, l1, l2, l3] = self.len.to_be_bytes();
+        let ver_type = (VERSION << 4) | self.frame_type as u8;
+        out.put_slice(&[ver_type, self.flags, s0, s1, s2, s3, l0, l1, l2, l3]);
     }
 }
