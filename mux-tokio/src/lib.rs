@@ -1,2 +1,61 @@
-//! Tokio driver for `mux-proto` (work in progress: see the driver issue).
+//! Tokio driver for `mux-proto`: secure session multiplexing over WebSocket.
+//!
+//! - [`Server`]: accepts WebSocket connections on a TCP listener with every check before the
+//!   101 (exact Origin allowlist → 403, `mux.v1` subprotocol → 400, authentication → 401,
+//!   per-IP and per-principal caps → 429, global cap → 503, one handshake deadline), runs one
+//!   task per connection, authorizes every session through an async hook under a deadline,
+//!   and yields accepted [`Session`]s.
+//! - [`Client`]: connects, opens sessions, reconnects with exponential backoff and full jitter.
+//! - [`Session`]: `send(..).await` waits for credit (real backpressure); `recv().await`
+//!   returns credit as the application reads; `Stream` of messages.
+//!
+//! The driver runs over any [`Transport`] (a `Stream` + `Sink` of binary WebSocket
+//! messages), so it works over axum's `WebSocket` too; tungstenite types stay inside.
 #![forbid(unsafe_code)]
+
+mod auth;
+mod client;
+mod driver;
+mod error;
+mod server;
+mod session;
+mod transport;
+
+pub use auth::{
+    AllowAll, AuthError, Authenticator, AuthorizeFuture, Authorizer, HandshakeRequest, Principal,
+    Rejection, Token,
+};
+pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError};
+pub use driver::{ConnectionHandle, ConnectionOutcome};
+pub use error::{OpenError, SendError, SessionClosed};
+pub use server::{
+    bearer_token, parse_protocols, Origin, OriginPolicy, Protocols, Server, ServerConfig,
+    ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
+};
+pub use session::{OpenInfo, Session};
+pub use transport::{Transport, TransportError, TungsteniteTransport, WsMessage};
+
+/// Runs the protocol over an already upgraded WebSocket (for example axum's, through an
+/// adapter implementing [`Transport`]), as the server side, and returns the connection handle
+/// and a join handle for its outcome.
+pub fn serve_transport<T: Transport>(
+    transport: T,
+    config: mux_proto::Config,
+    principal: Principal,
+    authorizer: impl Authorizer,
+    accepted: tokio::sync::mpsc::Sender<Session>,
+) -> (ConnectionHandle, tokio::task::JoinHandle<ConnectionOutcome>) {
+    let acceptor = driver::Acceptor {
+        principal: Some(principal),
+        authorizer: std::sync::Arc::new(authorizer),
+        accepted,
+    };
+    driver::spawn_connection(
+        transport,
+        mux_proto::Side::Server,
+        config,
+        driver::DriverOptions::default(),
+        acceptor,
+        tracing::info_span!("mux.conn"),
+    )
+}

@@ -1,0 +1,175 @@
+//! Authentication at the handshake and authorization per session: traits the application
+//! implements.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use mux_proto::{CloseCode, Grant};
+
+use crate::session::OpenInfo;
+
+/// A bearer credential. Its `Debug` and `Display` never show it, so it cannot end up in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token string.
+    pub fn new(token: impl Into<String>) -> Self {
+        Token(token.into())
+    }
+
+    /// The secret value; use it only to verify.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Who a connection belongs to, as the [`Authenticator`] decided.
+#[derive(Clone)]
+pub struct Principal {
+    /// A stable identifier, used for per-principal connection limits and in logs.
+    pub id: String,
+    /// Anything else the application wants to carry (roles, tenant), for its authorizer.
+    pub data: Arc<dyn Any + Send + Sync>,
+}
+
+impl Principal {
+    /// A principal with an ID and no extra data.
+    pub fn new(id: impl Into<String>) -> Self {
+        Principal {
+            id: id.into(),
+            data: Arc::new(()),
+        }
+    }
+
+    /// A principal carrying `data`, which the authorizer can read back with [`Principal::data`].
+    pub fn with_data<T: Any + Send + Sync>(id: impl Into<String>, data: T) -> Self {
+        Principal {
+            id: id.into(),
+            data: Arc::new(data),
+        }
+    }
+
+    /// The application data, if it is a `T`.
+    pub fn data<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.data.downcast_ref::<T>()
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the handshake offers the authenticator.
+#[derive(Debug)]
+pub struct HandshakeRequest<'a> {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The request path and query (never put tokens in the query: it ends up in logs).
+    pub path: &'a str,
+    /// The `Origin` header, already checked against the allowlist.
+    pub origin: Option<&'a str>,
+    /// The bearer token, from `Authorization: Bearer …` or a `Sec-WebSocket-Protocol` entry
+    /// `bearer.…` (browsers cannot set headers on a WebSocket).
+    pub token: Option<Token>,
+}
+
+/// Why authentication failed: the handshake is answered with 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unauthorized: {0}")]
+pub struct AuthError(pub String);
+
+/// Authenticates a connection during the WebSocket handshake, before the 101.
+///
+/// This runs inside the handshake, so it is synchronous: verify a signed token (a JWT, an
+/// HMAC ticket). Slow lookups belong in the per-session [`Authorizer`].
+pub trait Authenticator: Send + Sync + 'static {
+    /// The principal for this request, or an error (answered with HTTP 401).
+    fn authenticate(&self, request: &HandshakeRequest<'_>) -> Result<Principal, AuthError>;
+}
+
+impl<F> Authenticator for F
+where
+    F: Fn(&HandshakeRequest<'_>) -> Result<Principal, AuthError> + Send + Sync + 'static,
+{
+    fn authenticate(&self, request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+        self(request)
+    }
+}
+
+/// A refused session: the OPEN is answered with RESET and this code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The code: 4000 UNAUTHORIZED, 4001 FORBIDDEN, 4002 RATE_LIMITED, …
+    pub code: CloseCode,
+    /// A short reason for the peer; never put secrets here.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// Refuses with 4001 FORBIDDEN.
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        Rejection {
+            code: CloseCode::FORBIDDEN,
+            reason: reason.into(),
+        }
+    }
+
+    /// Refuses with 4000 UNAUTHORIZED.
+    pub fn unauthorized(reason: impl Into<String>) -> Self {
+        Rejection {
+            code: CloseCode::UNAUTHORIZED,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A boxed authorization future.
+pub type AuthorizeFuture = Pin<Box<dyn Future<Output = Result<Grant, Rejection>> + Send>>;
+
+/// Decides, for every session a peer opens, whether that principal may have it and with
+/// which permissions and limits. Runs under a deadline; a slow decision refuses with 4006.
+pub trait Authorizer: Send + Sync + 'static {
+    /// The grant for `open`, or a rejection.
+    fn authorize(&self, principal: &Principal, open: &OpenInfo) -> AuthorizeFuture;
+}
+
+impl<F, Fut> Authorizer for F
+where
+    F: Fn(&Principal, &OpenInfo) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Grant, Rejection>> + Send + 'static,
+{
+    fn authorize(&self, principal: &Principal, open: &OpenInfo) -> AuthorizeFuture {
+        Box::pin(self(principal, open))
+    }
+}
+
+/// Grants every session in full: for tests and demos only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn authorize(&self, _: &Principal, _: &OpenInfo) -> AuthorizeFuture {
+        Box::pin(async { Ok(Grant::full()) })
+    }
+}
+
+impl Authenticator for AllowAll {
+    fn authenticate(&self, request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+        Ok(Principal::new(request.peer.ip().to_string()))
+    }
+}

@@ -1,0 +1,456 @@
+//! The client: connect, open sessions, and reconnect with exponential backoff and full
+//! jitter when the connection drops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mux_proto::{CloseCode, Side};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tracing::{debug, info_span, warn};
+
+use crate::auth::{AllowAll, Authorizer, Token};
+use crate::driver::{random_seed, spawn_connection, Acceptor, ConnectionHandle, DriverOptions};
+use crate::error::OpenError;
+use crate::server::{SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX};
+use crate::session::Session;
+use crate::transport::TungsteniteTransport;
+
+/// Exponential backoff with full jitter: the n-th retry waits a uniformly random time in
+/// `[0, min(max, base × 2^n)]`, so a fleet of clients that lost the same server does not
+/// reconnect in lockstep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Backoff {
+    /// The first ceiling. Default 100 ms.
+    pub base: Duration,
+    /// The largest ceiling. Default 30 s.
+    pub max: Duration,
+    /// Give up after this many consecutive failed attempts; `None` retries forever. Default 10.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            max_attempts: Some(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// A schedule with these bounds.
+    pub fn new(base: Duration, max: Duration, max_attempts: Option<u32>) -> Self {
+        Backoff {
+            base,
+            max,
+            max_attempts,
+        }
+    }
+
+    /// The ceiling for retry `attempt` (0-based): `min(max, base × 2^attempt)`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The delay for retry `attempt`, given a uniformly random `random` in `0..=u64::MAX`.
+    pub fn delay(&self, attempt: u32, random: u64) -> Duration {
+        let ceiling = self.ceiling(attempt).as_nanos();
+        let scaled = ceiling.saturating_mul(u128::from(random)) / u128::from(u64::MAX);
+        Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
+    }
+}
+
+/// Client configuration.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The protocol's limits and timeouts.
+    pub protocol: mux_proto::Config,
+    /// The bearer token, sent as `Authorization: Bearer`, or, with `token_in_protocol`, as a
+    /// `Sec-WebSocket-Protocol` entry (what a browser has to do).
+    pub token: Option<Token>,
+    /// Send the token as a subprotocol entry instead of a header.
+    pub token_in_protocol: bool,
+    /// An `Origin` header to send (browsers always do; services usually don't).
+    pub origin: Option<String>,
+    /// Reconnect when the connection drops. Default true.
+    pub reconnect: bool,
+    /// The retry schedule.
+    pub backoff: Backoff,
+    /// Deadline for TCP connect plus the handshake. Default 10 s.
+    pub connect_timeout: Duration,
+    /// A write the server does not read within this long drops the connection. Default 10 s.
+    pub write_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            protocol: mux_proto::Config::default(),
+            token: None,
+            token_in_protocol: false,
+            origin: None,
+            reconnect: true,
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Builder: the bearer token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Token::new(token));
+        self
+    }
+
+    /// Builder: reconnect or not.
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Builder: the retry schedule.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Builder: the Origin header.
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origin = Some(origin.into());
+        self
+    }
+
+    /// Builder: the protocol configuration.
+    pub fn protocol(mut self, protocol: mux_proto::Config) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}
+
+/// What happened to the client's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// Connected (`attempt` 0 is the first connection; later ones are reconnects). Sessions
+    /// of the previous connection have ended: re-open what you need.
+    Connected {
+        /// Consecutive attempts it took.
+        attempt: u32,
+        /// How many times the client has connected in all.
+        generation: u64,
+    },
+    /// The connection ended with this code (`None`: it was lost without one).
+    Disconnected {
+        /// The close code.
+        code: Option<CloseCode>,
+    },
+    /// Waiting `delay` before attempt `attempt`.
+    Reconnecting {
+        /// The attempt about to be made.
+        attempt: u32,
+        /// The jittered delay.
+        delay: Duration,
+    },
+    /// `max_attempts` consecutive attempts failed; the client stopped.
+    GaveUp,
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The handshake failed (refused with an HTTP status, or a network error).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The server did not select `mux.v1`.
+    #[error("the server did not select the mux.v1 subprotocol")]
+    NoSubprotocol,
+    /// It took longer than the connect timeout.
+    #[error("connect timed out")]
+    Timeout,
+}
+
+/// A client connection that reconnects. Open sessions with [`Client::open`].
+pub struct Client {
+    current: watch::Receiver<Option<ConnectionHandle>>,
+    events: mpsc::Receiver<ClientEvent>,
+    incoming: mpsc::Receiver<Session>,
+    stop: watch::Sender<bool>,
+}
+
+impl Client {
+    /// Connects to `url` (`ws://host:port/path`), retrying per the backoff if the first
+    /// attempts fail, and keeps the connection up in the background.
+    pub async fn connect(url: &str, config: ClientConfig) -> Result<Client, ConnectError> {
+        Client::connect_with(url, config, AllowAll).await
+    }
+
+    /// Like [`Client::connect`], with an authorizer for sessions the server opens.
+    pub async fn connect_with(
+        url: &str,
+        config: ClientConfig,
+        authorizer: impl Authorizer,
+    ) -> Result<Client, ConnectError> {
+        let (current_tx, current) = watch::channel(None);
+        let (events_tx, events) = mpsc::channel(64);
+        let (incoming_tx, incoming) = mpsc::channel(64);
+        let (stop, stop_rx) = watch::channel(false);
+        let authorizer: Arc<dyn Authorizer> = Arc::new(authorizer);
+        // The first connection is made here so that a bad URL or a refused token is reported.
+        let first = connect_once(url, &config).await?;
+        let supervisor = Supervisor {
+            url: url.to_owned(),
+            config,
+            authorizer,
+            current: current_tx,
+            events: events_tx,
+            incoming: incoming_tx,
+            stop: stop_rx,
+        };
+        tokio::spawn(supervisor.run(first));
+        let mut client = Client {
+            current,
+            events,
+            incoming,
+            stop,
+        };
+        // Wait until the first connection is published.
+        let _ = client.current.wait_for(Option::is_some).await;
+        Ok(client)
+    }
+
+    /// The live connection, waiting for a reconnect if there is none right now.
+    pub async fn connection(&mut self) -> Option<ConnectionHandle> {
+        let handle = self
+            .current
+            .wait_for(|c| c.as_ref().is_some_and(|h| !h.is_closed()))
+            .await
+            .ok()?;
+        handle.clone()
+    }
+
+    /// Opens a session of `kind` with per-session credentials `auth`.
+    pub async fn open(&mut self, kind: &str, auth: Bytes) -> Result<Session, OpenError> {
+        let handle = self.connection().await.ok_or(OpenError::ConnectionClosed)?;
+        handle.open(kind, auth).await
+    }
+
+    /// The next connection event.
+    pub async fn next_event(&mut self) -> Option<ClientEvent> {
+        self.events.recv().await
+    }
+
+    /// The next session the server opened (and the authorizer accepted).
+    pub async fn accept(&mut self) -> Option<Session> {
+        self.incoming.recv().await
+    }
+
+    /// Stops reconnecting and closes the connection with 1000.
+    pub async fn close(self) {
+        let _ = self.stop.send(true);
+        let handle = self.current.borrow().clone();
+        if let Some(h) = handle {
+            h.close(CloseCode::NORMAL, "client closed").await;
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectError> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    let mut protocols = SUBPROTOCOL.to_owned();
+    if let Some(token) = &config.token {
+        if config.token_in_protocol {
+            protocols = format!("{SUBPROTOCOL}, {TOKEN_PROTOCOL_PREFIX}{}", token.expose());
+        } else {
+            let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| ConnectError::Handshake("token is not a valid header value".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+    }
+    let value = HeaderValue::from_str(&protocols)
+        .map_err(|_| ConnectError::Handshake("invalid token characters".into()))?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", value);
+    if let Some(origin) = &config.origin {
+        let value = HeaderValue::from_str(origin)
+            .map_err(|_| ConnectError::Handshake("invalid origin".into()))?;
+        request.headers_mut().insert("origin", value);
+    }
+    let ws_config = websocket_config(&config.protocol);
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let (ws, response) = match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok(pair)) => pair,
+        // The error names the HTTP status for a refused handshake; it never contains the token.
+        Ok(Err(e)) => return Err(ConnectError::Handshake(describe(&e))),
+        Err(_) => return Err(ConnectError::Timeout),
+    };
+    let selected = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok());
+    if selected != Some(SUBPROTOCOL) {
+        return Err(ConnectError::NoSubprotocol);
+    }
+    Ok(ws)
+}
+
+fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            format!("HTTP {}", response.status().as_u16())
+        }
+        other => other.to_string(),
+    }
+}
+
+fn websocket_config(
+    protocol: &mux_proto::Config,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    let frame = usize::try_from(protocol.limits.max_frame_size).unwrap_or(usize::MAX);
+    let max = mux_proto::MIN_TRANSMIT.max(frame.saturating_add(mux_proto::frame::HEADER_LEN));
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_mul(2))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+struct Supervisor {
+    url: String,
+    config: ClientConfig,
+    authorizer: Arc<dyn Authorizer>,
+    current: watch::Sender<Option<ConnectionHandle>>,
+    events: mpsc::Sender<ClientEvent>,
+    incoming: mpsc::Sender<Session>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Supervisor {
+    async fn run(mut self, first: Ws) {
+        let mut ws = Some(first);
+        let mut attempt = 0u32;
+        let mut generation = 0u64;
+        loop {
+            let socket = match ws.take() {
+                Some(socket) => socket,
+                None => match connect_once(&self.url, &self.config).await {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        debug!(error = %e, attempt, "connect failed");
+                        attempt = attempt.saturating_add(1);
+                        if !self.wait_before_retry(attempt).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            generation = generation.saturating_add(1);
+            let span = info_span!("mux.conn", side = "client", generation);
+            let acceptor = Acceptor {
+                principal: None,
+                authorizer: self.authorizer.clone(),
+                accepted: self.incoming.clone(),
+            };
+            let options = DriverOptions {
+                write_timeout: self.config.write_timeout,
+                ..DriverOptions::default()
+            };
+            let (handle, join) = spawn_connection(
+                TungsteniteTransport::new(socket),
+                Side::Client,
+                self.config.protocol.clone(),
+                options,
+                acceptor,
+                span,
+            );
+            let _ = self.current.send(Some(handle));
+            let _ = self.events.try_send(ClientEvent::Connected {
+                attempt,
+                generation,
+            });
+            attempt = 0;
+            let code = join.await.ok().and_then(|o| o.code);
+            let _ = self.current.send(None);
+            let _ = self.events.try_send(ClientEvent::Disconnected { code });
+            if *self.stop.borrow() || !self.config.reconnect {
+                return;
+            }
+            attempt = attempt.saturating_add(1);
+            if !self.wait_before_retry(attempt).await {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps the jittered backoff for `attempt`; false if the client should stop.
+    async fn wait_before_retry(&mut self, attempt: u32) -> bool {
+        if *self.stop.borrow() || !self.config.reconnect {
+            return false;
+        }
+        if self
+            .config
+            .backoff
+            .max_attempts
+            .is_some_and(|max| attempt > max)
+        {
+            warn!(attempt, "giving up reconnecting");
+            let _ = self.events.try_send(ClientEvent::GaveUp);
+            return false;
+        }
+        let delay = self
+            .config
+            .backoff
+            .delay(attempt.saturating_sub(1), random_seed());
+        let _ = self
+            .events
+            .try_send(ClientEvent::Reconnecting { attempt, delay });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            _ = self.stop.changed() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_ceiling_doubles_up_to_the_cap() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), None);
+        assert_eq!(b.ceiling(0), Duration::from_millis(100));
+        assert_eq!(b.ceiling(1), Duration::from_millis(200));
+        assert_eq!(b.ceiling(3), Duration::from_millis(800));
+        assert_eq!(b.ceiling(4), Duration::from_secs(1));
+        assert_eq!(b.ceiling(200), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn full_jitter_spans_zero_to_the_ceiling() {
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), None);
+        assert_eq!(b.delay(2, 0), Duration::ZERO);
+        assert_eq!(b.delay(2, u64::MAX), Duration::from_millis(400));
+        let mid = b.delay(2, u64::MAX / 2);
+        assert!(
+            mid > Duration::from_millis(199) && mid < Duration::from_millis(201),
+            "{mid:?}"
+        );
+    }
+}

@@ -1,0 +1,702 @@
+//! The transport-agnostic connection task: it owns one `mux_proto::Connection`, performs
+//! its I/O over any [`Transport`], runs per-session authorization, and feeds session handles.
+//!
+//! Every queue here is bounded: commands from handles, each session's inbox, the writer's
+//! channel (two messages), and authorization tasks (bounded by the protocol's pending-open cap).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use mux_proto::{
+    CloseCode, Config, Connection, ConnectionStats, Event, Grant, Initiator, OpenRequest,
+    SessionId, SessionStats, Side, Timestamp,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, trace, warn, Instrument};
+
+use crate::auth::{Authorizer, Principal, Rejection};
+use crate::error::{OpenError, SendError, SessionClosed};
+use crate::session::{OpenInfo, Session, Shared};
+use crate::transport::{Transport, WsMessage};
+
+/// Requests from handles to their connection task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Open {
+        kind: String,
+        auth: Bytes,
+        reply: oneshot::Sender<Result<Session, OpenError>>,
+    },
+    Send {
+        id: SessionId,
+        message: Bytes,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
+    Drained {
+        id: SessionId,
+    },
+    Finish {
+        id: SessionId,
+    },
+    Close {
+        id: SessionId,
+        code: CloseCode,
+        reason: String,
+        graceful: bool,
+    },
+    SessionStats {
+        id: SessionId,
+        reply: oneshot::Sender<Option<SessionStats>>,
+    },
+    Stats {
+        reply: oneshot::Sender<ConnectionStats>,
+    },
+    GoAway {
+        code: CloseCode,
+        reason: String,
+    },
+    CloseConnection {
+        code: CloseCode,
+        reason: String,
+    },
+}
+
+/// Knobs of the connection task.
+#[derive(Debug, Clone)]
+pub(crate) struct DriverOptions {
+    /// A write that does not complete in this long means the peer stopped reading.
+    pub(crate) write_timeout: Duration,
+    /// Messages handed to a session handle ahead of the application reading them.
+    pub(crate) inbox_capacity: usize,
+    /// Commands queued from handles.
+    pub(crate) command_capacity: usize,
+    /// Deadline for the authorization hook.
+    pub(crate) authorize_timeout: Duration,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            write_timeout: Duration::from_secs(10),
+            inbox_capacity: 4,
+            command_capacity: 64,
+            authorize_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+/// Where sessions the peer opens go: the authorizer decides, accepted ones are queued here.
+#[derive(Clone)]
+pub(crate) struct Acceptor {
+    pub(crate) principal: Option<Principal>,
+    pub(crate) authorizer: Arc<dyn Authorizer>,
+    pub(crate) accepted: mpsc::Sender<Session>,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone)]
+pub struct ConnectionOutcome {
+    /// The close code, if the connection closed with one.
+    pub code: Option<CloseCode>,
+    /// The final counters.
+    pub stats: ConnectionStats,
+}
+
+/// A cheap handle to a running connection task.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    pub(crate) commands: mpsc::Sender<Command>,
+}
+
+impl ConnectionHandle {
+    /// Opens a session and waits for the peer's decision.
+    pub async fn open(&self, kind: &str, auth: Bytes) -> Result<Session, OpenError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Open {
+                kind: kind.to_owned(),
+                auth,
+                reply,
+            })
+            .await
+            .map_err(|_| OpenError::ConnectionClosed)?;
+        rx.await.map_err(|_| OpenError::ConnectionClosed)?
+    }
+
+    /// The connection's counters.
+    pub async fn stats(&self) -> Option<ConnectionStats> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Stats { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Starts a graceful shutdown (GOAWAY, then close 1001 when sessions finish).
+    pub async fn go_away(&self) {
+        let _ = self
+            .commands
+            .send(Command::GoAway {
+                code: CloseCode::GOING_AWAY,
+                reason: "shutting down".into(),
+            })
+            .await;
+    }
+
+    /// Closes the connection now.
+    pub async fn close(&self, code: CloseCode, reason: &str) {
+        let _ = self
+            .commands
+            .send(Command::CloseConnection {
+                code,
+                reason: reason.to_owned(),
+            })
+            .await;
+    }
+
+    /// True once the connection task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
+    }
+}
+
+/// Starts the connection task on `transport`.
+pub(crate) fn spawn_connection<T: Transport>(
+    transport: T,
+    side: Side,
+    config: Config,
+    options: DriverOptions,
+    acceptor: Acceptor,
+    span: tracing::Span,
+) -> (ConnectionHandle, tokio::task::JoinHandle<ConnectionOutcome>) {
+    let (commands_tx, commands_rx) = mpsc::channel(options.command_capacity);
+    let handle = ConnectionHandle {
+        commands: commands_tx.clone(),
+    };
+    let task = Driver::new(side, config, options, acceptor, commands_tx);
+    let join = tokio::spawn(task.run(transport, commands_rx).instrument(span));
+    (handle, join)
+}
+
+/// The driver's record of one session.
+struct Slot {
+    inbox: Option<mpsc::Sender<Bytes>>,
+    shared: Arc<Shared>,
+    parked: Option<(Bytes, oneshot::Sender<Result<(), SendError>>)>,
+    peer_finished: bool,
+}
+
+type Decision = (
+    SessionId,
+    String,
+    Result<Grant, Option<Rejection>>,
+    Option<mpsc::OwnedPermit<Session>>,
+);
+
+struct Driver {
+    conn: Connection,
+    epoch: Instant,
+    options: DriverOptions,
+    acceptor: Acceptor,
+    commands_tx: mpsc::Sender<Command>,
+    slots: HashMap<SessionId, Slot>,
+    opening: HashMap<SessionId, (String, oneshot::Sender<Result<Session, OpenError>>)>,
+    authorizing: JoinSet<Decision>,
+    buf: BytesMut,
+}
+
+impl Driver {
+    fn new(
+        side: Side,
+        mut config: Config,
+        options: DriverOptions,
+        acceptor: Acceptor,
+        commands_tx: mpsc::Sender<Command>,
+    ) -> Self {
+        if config.hash_seed == 0 {
+            config.hash_seed = random_seed();
+        }
+        let epoch = Instant::now();
+        Driver {
+            conn: Connection::new(side, config, Timestamp::ZERO),
+            epoch,
+            options,
+            acceptor,
+            commands_tx,
+            slots: HashMap::new(),
+            opening: HashMap::new(),
+            authorizing: JoinSet::new(),
+            buf: BytesMut::with_capacity(8 * 1024),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn instant(&self, t: Timestamp) -> Instant {
+        self.epoch + Duration::from_micros(t.as_micros())
+    }
+
+    async fn run<T: Transport>(
+        mut self,
+        transport: T,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> ConnectionOutcome {
+        let (mut sink, mut stream) = transport.split();
+        let (write_tx, mut write_rx) = mpsc::channel::<WsMessage>(2);
+        let write_timeout = self.options.write_timeout;
+        // The writer owns the sink so a slow peer stalls only it; a write that takes longer
+        // than the deadline ends the connection (spec/sessions.md: slow consumers).
+        let mut writer = tokio::spawn(async move {
+            while let Some(message) = write_rx.recv().await {
+                let closing = matches!(message, WsMessage::Close(_));
+                match timeout(write_timeout, sink.send(message)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("write failed: {e}")),
+                    Err(_) => return Err("peer did not read within the write deadline".to_owned()),
+                }
+                if closing {
+                    let _ = timeout(write_timeout, sink.close()).await;
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut reading = true;
+        let mut transmit_idle = false;
+        loop {
+            self.process_events();
+            if self.conn.is_closed() && transmit_idle {
+                // CONN_CLOSE went out; close the WebSocket with the same code.
+                let code = self.conn.close_code().unwrap_or(CloseCode::NORMAL);
+                let code = if code.is_valid_on_wire() {
+                    code
+                } else {
+                    CloseCode::NORMAL
+                };
+                let _ = timeout(
+                    write_timeout,
+                    write_tx.send(WsMessage::Close(Some(code.get()))),
+                )
+                .await;
+                // Wait (bounded by the write deadline) for the writer to flush and close.
+                let _ = timeout(write_timeout, &mut writer).await;
+                break;
+            }
+            let deadline = self.conn.poll_timeout().map(|t| self.instant(t));
+            tokio::select! {
+                biased;
+                ended = &mut writer => {
+                    let reason = match ended {
+                        Ok(Err(reason)) => reason,
+                        _ => "writer ended".to_owned(),
+                    };
+                    warn!(%reason, "closing connection");
+                    self.conn.handle_transport_closed(self.now());
+                    self.process_events();
+                    break;
+                }
+                permit = write_tx.reserve(), if !transmit_idle => {
+                    let Ok(permit) = permit else { break };
+                    if self.conn.poll_transmit(self.now(), &mut self.buf) {
+                        permit.send(WsMessage::Binary(self.buf.split().freeze()));
+                    } else {
+                        transmit_idle = true;
+                    }
+                }
+                Some(command) = commands.recv() => {
+                    self.handle_command(command);
+                    transmit_idle = false;
+                }
+                Some(decision) = self.authorizing.join_next(), if !self.authorizing.is_empty() => {
+                    if let Ok(decision) = decision {
+                        self.handle_decision(decision);
+                    }
+                    transmit_idle = false;
+                }
+                message = stream.next(), if reading && self.conn.wants_read() => {
+                    let now = self.now();
+                    match message {
+                        Some(Ok(WsMessage::Binary(bytes))) => {
+                            trace!(len = bytes.len(), "message in");
+                            self.conn.handle_message(now, bytes);
+                        }
+                        Some(Ok(WsMessage::Text)) => self.conn.handle_text_message(now),
+                        Some(Ok(WsMessage::Control)) => {}
+                        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
+                            reading = false;
+                            self.conn.handle_transport_closed(now);
+                        }
+                    }
+                    transmit_idle = false;
+                }
+                () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.conn.handle_timeout(self.now());
+                    transmit_idle = false;
+                }
+            }
+        }
+        writer.abort();
+        self.authorizing.abort_all();
+        self.fail_all();
+        ConnectionOutcome {
+            code: self.conn.close_code(),
+            stats: self.conn.stats(),
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Open { kind, auth, reply } => {
+                match self.conn.open(now, &kind, auth, OpenRequest::default()) {
+                    Ok(id) => {
+                        self.opening.insert(id, (kind, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(OpenError::Local(e)));
+                    }
+                }
+            }
+            Command::Send { id, message, reply } => self.send(id, message, reply),
+            Command::Drained { id } => self.deliver(id),
+            Command::Finish { id } => {
+                let _ = self.conn.finish(now, id);
+            }
+            Command::Close {
+                id,
+                code,
+                reason,
+                graceful,
+            } => {
+                let _ = if graceful {
+                    self.conn.close_session(now, id, code, &reason)
+                } else {
+                    self.conn.reset(now, id, code, &reason)
+                };
+            }
+            Command::SessionStats { id, reply } => {
+                let _ = reply.send(self.conn.session_stats(id));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.conn.stats());
+            }
+            Command::GoAway { code, reason } => self.conn.go_away(now, code, &reason),
+            Command::CloseConnection { code, reason } => self.conn.close(now, code, &reason),
+        }
+    }
+
+    fn send(
+        &mut self,
+        id: SessionId,
+        message: Bytes,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    ) {
+        let now = self.now();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let _ = reply.send(Err(closed_error(None)));
+            return;
+        };
+        match self.conn.send(now, id, message.clone()) {
+            Ok(()) => {
+                let _ = reply.send(Ok(()));
+            }
+            // Backpressure: the reply waits until the session can take the message.
+            Err(mux_proto::SendError::Blocked) => slot.parked = Some((message, reply)),
+            Err(e) => {
+                let _ = reply.send(Err(map_send_error(e, &slot.shared)));
+            }
+        }
+    }
+
+    fn handle_decision(&mut self, (id, kind, decision, permit): Decision) {
+        let now = self.now();
+        match (decision, permit) {
+            (Ok(grant), Some(permit)) => {
+                if self.conn.accept(now, id, grant).is_ok() {
+                    debug!(session_id = id.get(), kind = %kind, "session accepted");
+                    let session = self.new_session(id, kind, self.acceptor.principal.clone());
+                    permit.send(session);
+                }
+            }
+            (Ok(_), None) => {
+                warn!(session_id = id.get(), "accept queue full: refusing session");
+                let _ = self
+                    .conn
+                    .reject(now, id, CloseCode::TOO_MANY_SESSIONS, "server busy");
+            }
+            (Err(Some(rejection)), _) => {
+                warn!(session_id = id.get(), kind = %kind, code = rejection.code.get(), "session refused");
+                let code = if rejection.code.is_valid_on_wire() {
+                    rejection.code
+                } else {
+                    CloseCode::FORBIDDEN
+                };
+                let _ = self.conn.reject(now, id, code, &rejection.reason);
+            }
+            (Err(None), _) => {
+                warn!(session_id = id.get(), kind = %kind, "authorization timed out");
+                let _ = self
+                    .conn
+                    .reject(now, id, CloseCode::TIMEOUT, "authorization timed out");
+            }
+        }
+    }
+
+    fn new_session(
+        &mut self,
+        id: SessionId,
+        kind: String,
+        principal: Option<Principal>,
+    ) -> Session {
+        let (tx, rx) = mpsc::channel(self.options.inbox_capacity.max(1));
+        let shared = Arc::new(Shared::default());
+        self.slots.insert(
+            id,
+            Slot {
+                inbox: Some(tx),
+                shared: shared.clone(),
+                parked: None,
+                peer_finished: false,
+            },
+        );
+        Session {
+            id,
+            kind,
+            commands: self.commands_tx.clone(),
+            inbox: rx,
+            shared,
+            principal,
+            done: false,
+        }
+    }
+
+    /// Moves readable messages into the session's inbox while it has room. Reading from the
+    /// protocol is what returns credit, so credit follows the application's pace.
+    fn deliver(&mut self, id: SessionId) {
+        let now = self.now();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(inbox) = slot.inbox.clone() else {
+            return;
+        };
+        loop {
+            let permit = match inbox.try_reserve() {
+                Ok(permit) => permit,
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    // Flag first, then retry once: a read racing with this sees the flag.
+                    slot.shared.starved.store(true, Ordering::Release);
+                    match inbox.try_reserve() {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => return,
+            };
+            match self.conn.recv(now, id) {
+                Some(message) => permit.send(message),
+                None => break,
+            }
+        }
+        if slot.peer_finished {
+            // Everything the peer sent is in the inbox: end the stream after it.
+            slot.inbox = None;
+        }
+    }
+
+    fn process_events(&mut self) {
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::Connected { settings } => debug!(?settings, "peer settings received"),
+                Event::Incoming { id, kind, auth, .. } => {
+                    self.authorize(id, kind.as_str().to_owned(), auth)
+                }
+                Event::Opened { id, .. } => {
+                    if let Some((kind, reply)) = self.opening.remove(&id) {
+                        let session = self.new_session(id, kind, None);
+                        if let Err(Ok(session)) = reply.send(Ok(session)) {
+                            drop(session);
+                        }
+                    }
+                }
+                Event::Readable { id } => self.deliver(id),
+                Event::Writable { id } => self.retry_parked(id),
+                Event::Finished { id } => {
+                    if let Some(slot) = self.slots.get_mut(&id) {
+                        slot.peer_finished = true;
+                    }
+                    self.deliver(id);
+                }
+                Event::SessionClosed {
+                    id,
+                    code,
+                    initiator,
+                    reason,
+                    retry_after_ms,
+                } => self.session_closed(id, code, initiator, reason.as_str(), retry_after_ms),
+                Event::GoAway {
+                    last_session_id,
+                    code,
+                } => {
+                    debug!(
+                        last_session_id = last_session_id.get(),
+                        code = code.get(),
+                        "peer is going away"
+                    );
+                }
+                Event::LimitHit { id, limit } => {
+                    warn!(session_id = id.map(SessionId::get), ?limit, "limit hit");
+                }
+                Event::ConnectionClosed {
+                    code,
+                    initiator,
+                    reason,
+                } => {
+                    if initiator == Initiator::Local
+                        && code != CloseCode::NORMAL
+                        && code != CloseCode::GOING_AWAY
+                    {
+                        warn!(
+                            code = code.get(),
+                            reason = reason.as_str(),
+                            "closing connection"
+                        );
+                    } else {
+                        debug!(code = code.get(), ?initiator, "connection closed");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn authorize(&mut self, id: SessionId, kind: String, auth: Bytes) {
+        let principal = self
+            .acceptor
+            .principal
+            .clone()
+            .unwrap_or_else(|| Principal::new("peer"));
+        let authorizer = self.acceptor.authorizer.clone();
+        let accepted = self.acceptor.accepted.clone();
+        let deadline = self.options.authorize_timeout;
+        let info = OpenInfo {
+            id,
+            kind: kind.clone(),
+            auth,
+        };
+        self.authorizing.spawn(async move {
+            let decision = match timeout(deadline, authorizer.authorize(&principal, &info)).await {
+                Ok(Ok(grant)) => Ok(grant),
+                Ok(Err(rejection)) => Err(Some(rejection)),
+                Err(_) => Err(None),
+            };
+            // Reserve a place in the accept queue within the same deadline, so an application
+            // that stops accepting sessions pushes back on the peer instead of growing a queue.
+            let permit = match decision {
+                Ok(_) => timeout(deadline, accepted.reserve_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(_) => None,
+            };
+            (id, kind, decision, permit)
+        });
+    }
+
+    fn retry_parked(&mut self, id: SessionId) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if let Some((message, reply)) = slot.parked.take() {
+            self.send(id, message, reply);
+        }
+    }
+
+    fn session_closed(
+        &mut self,
+        id: SessionId,
+        code: CloseCode,
+        initiator: Initiator,
+        reason: &str,
+        retry_after_ms: u32,
+    ) {
+        let by_peer = initiator == Initiator::Peer;
+        if let Some((_, reply)) = self.opening.remove(&id) {
+            let _ = reply.send(Err(OpenError::Refused {
+                code,
+                reason: reason.to_owned(),
+                retry_after_ms,
+            }));
+            return;
+        }
+        if let Some(mut slot) = self.slots.remove(&id) {
+            let closed = SessionClosed {
+                code,
+                reason: reason.to_owned(),
+                by_peer,
+            };
+            let _ = slot.shared.closed.set(closed.clone());
+            if let Some((_, reply)) = slot.parked.take() {
+                let _ = reply.send(Err(SendError::Closed(closed)));
+            }
+            if code != CloseCode::NORMAL && code != CloseCode::CANCELLED {
+                debug!(
+                    session_id = id.get(),
+                    code = code.get(),
+                    by_peer,
+                    "session closed"
+                );
+            }
+        }
+    }
+
+    /// The connection ended: every handle learns it.
+    fn fail_all(&mut self) {
+        let code = self.conn.close_code().unwrap_or(CloseCode::ABNORMAL);
+        for (_, mut slot) in self.slots.drain() {
+            let closed = SessionClosed {
+                code,
+                reason: "connection closed".into(),
+                by_peer: false,
+            };
+            let _ = slot.shared.closed.set(closed.clone());
+            if let Some((_, reply)) = slot.parked.take() {
+                let _ = reply.send(Err(SendError::Closed(closed)));
+            }
+        }
+        for (_, (_, reply)) in self.opening.drain() {
+            let _ = reply.send(Err(OpenError::ConnectionClosed));
+        }
+    }
+}
+
+fn map_send_error(e: mux_proto::SendError, shared: &Shared) -> SendError {
+    match e {
+        mux_proto::SendError::TooLarge { len, max } => SendError::TooLarge { len, max },
+        mux_proto::SendError::NotPermitted => SendError::NotPermitted,
+        mux_proto::SendError::Finished => SendError::Finished,
+        _ => closed_error(shared.closed.get().cloned()),
+    }
+}
+
+fn closed_error(closed: Option<SessionClosed>) -> SendError {
+    SendError::Closed(closed.unwrap_or(SessionClosed {
+        code: CloseCode::ABNORMAL,
+        reason: "session is gone".into(),
+        by_peer: false,
+    }))
+}
+
+/// A per-process random value for the session table's hasher (std's SipHash keys are random).
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x6d75_782e_7631);
+    h.finish()
+}

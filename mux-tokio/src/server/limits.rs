@@ -1,0 +1,159 @@
+//! Server-wide connection accounting: a global cap, per-IP and per-principal caps. The only
+//! state shared across connections; bounded by the global cap and released on drop.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The global cap: shed with 503.
+    Global,
+    /// Too many from this IP or principal: 429.
+    TooMany,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    per_principal: HashMap<String, usize>,
+}
+
+/// The registry of live connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Registry {
+    counts: Arc<Mutex<Counts>>,
+    max_total: usize,
+    max_per_ip: usize,
+    max_per_principal: usize,
+}
+
+/// Holds one connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct IpPermit {
+    registry: Registry,
+    ip: IpAddr,
+}
+
+/// Holds one connection's place under its principal.
+#[derive(Debug)]
+pub(crate) struct PrincipalPermit {
+    registry: Registry,
+    principal: String,
+}
+
+impl Registry {
+    pub(crate) fn new(max_total: usize, max_per_ip: usize, max_per_principal: usize) -> Self {
+        Registry {
+            counts: Arc::new(Mutex::new(Counts::default())),
+            max_total,
+            max_per_ip,
+            max_per_principal,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // A poisoned lock only means a panic elsewhere; the counts are still consistent.
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Admits a new TCP connection from `ip`, checked before anything is read from it.
+    pub(crate) fn admit(&self, ip: IpAddr) -> Result<IpPermit, Refusal> {
+        let mut c = self.lock();
+        if c.total >= self.max_total {
+            return Err(Refusal::Global);
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return Err(Refusal::TooMany);
+        }
+        *n = n.saturating_add(1);
+        c.total = c.total.saturating_add(1);
+        Ok(IpPermit {
+            registry: self.clone(),
+            ip,
+        })
+    }
+
+    /// Admits an authenticated principal.
+    pub(crate) fn admit_principal(&self, principal: &str) -> Result<PrincipalPermit, Refusal> {
+        let mut c = self.lock();
+        let n = c.per_principal.entry(principal.to_owned()).or_insert(0);
+        if *n >= self.max_per_principal {
+            if *n == 0 {
+                c.per_principal.remove(principal);
+            }
+            return Err(Refusal::TooMany);
+        }
+        *n = n.saturating_add(1);
+        Ok(PrincipalPermit {
+            registry: self.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+
+    /// Connections admitted now.
+    pub(crate) fn total(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Distinct IPs and principals tracked (for checking that state is released).
+    pub(crate) fn tracked_keys(&self) -> (usize, usize) {
+        let c = self.lock();
+        (c.per_ip.len(), c.per_principal.len())
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut c = self.registry.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Drop for PrincipalPermit {
+    fn drop(&mut self) {
+        let mut c = self.registry.lock();
+        if let Some(n) = c.per_principal.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.per_principal.remove(&self.principal);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_trip_at_exactly_their_value_and_release() {
+        let r = Registry::new(3, 2, 1);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = r.admit(a).unwrap();
+        let p2 = r.admit(a).unwrap();
+        assert_eq!(r.admit(a).unwrap_err(), Refusal::TooMany);
+        let p3 = r.admit(b).unwrap();
+        assert_eq!(r.admit(b).unwrap_err(), Refusal::Global);
+        let u = r.admit_principal("alice").unwrap();
+        assert_eq!(r.admit_principal("alice").unwrap_err(), Refusal::TooMany);
+        drop((p1, p2, p3, u));
+        assert_eq!(r.total(), 0);
+        assert_eq!(r.tracked_keys(), (0, 0));
+    }
+}

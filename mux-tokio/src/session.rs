@@ -1,0 +1,194 @@
+//! Session handles: what the application holds for one logical session.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use mux_proto::{CloseCode, SessionId, SessionStats};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::driver::Command;
+use crate::error::{SendError, SessionClosed};
+
+/// State shared between a session handle and its connection task.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// The connection task holds messages it could not hand over (the inbox was full).
+    pub(crate) starved: AtomicBool,
+    /// How the session ended, once it has.
+    pub(crate) closed: OnceLock<SessionClosed>,
+}
+
+/// Facts about a session the peer opened, for the authorization hook.
+#[derive(Clone)]
+pub struct OpenInfo {
+    /// The session.
+    pub id: SessionId,
+    /// What it is for: a topic, channel or service name.
+    pub kind: String,
+    /// Per-session credentials from the OPEN. Never logged; redacted in `Debug`.
+    pub auth: Bytes,
+}
+
+impl fmt::Debug for OpenInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenInfo")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field(
+                "auth",
+                &format_args!("<{} bytes redacted>", self.auth.len()),
+            )
+            .finish()
+    }
+}
+
+/// One logical session over a shared WebSocket connection.
+///
+/// `send` waits for credit (real backpressure); `recv` returns messages as the peer sends
+/// them and returns credit as they are read. Dropping the handle resets the session with
+/// 4010 CANCELLED.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) id: SessionId,
+    pub(crate) kind: String,
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) inbox: mpsc::Receiver<Bytes>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) principal: Option<crate::auth::Principal>,
+    pub(crate) done: bool,
+}
+
+impl Session {
+    /// The session's ID on its connection.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// What the session is for (its kind or topic).
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// On the server: the authenticated principal of the connection that opened it.
+    pub fn principal(&self) -> Option<&crate::auth::Principal> {
+        self.principal.as_ref()
+    }
+
+    /// Sends one message, waiting while the session's send queue is full (credit exhausted):
+    /// this is where backpressure reaches the application.
+    pub async fn send(&mut self, message: Bytes) -> Result<(), SendError> {
+        let (reply, done) = oneshot::channel();
+        self.commands
+            .send(Command::Send {
+                id: self.id,
+                message,
+                reply,
+            })
+            .await
+            .map_err(|_| self.closed_error())?;
+        match done.await {
+            Ok(result) => result,
+            Err(_) => Err(self.closed_error()),
+        }
+    }
+
+    /// The next message, or `None` once the session has ended (see [`Session::close_reason`]).
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let message = self.inbox.recv().await;
+        self.after_recv();
+        message
+    }
+
+    fn after_recv(&self) {
+        // Tell the connection task there is room again if it was holding messages back.
+        if self.shared.starved.swap(false, Ordering::AcqRel) {
+            let _ = self.commands.try_send(Command::Drained { id: self.id });
+        }
+    }
+
+    /// Half-closes: this side sends nothing more; `recv` keeps working.
+    pub async fn finish(&mut self) {
+        let _ = self.commands.send(Command::Finish { id: self.id }).await;
+    }
+
+    /// Closes the session gracefully: queued messages go out, then CLOSE with `code`.
+    pub async fn close(mut self, code: CloseCode, reason: &str) {
+        self.done = true;
+        let _ = self
+            .commands
+            .send(Command::Close {
+                id: self.id,
+                code,
+                reason: reason.to_owned(),
+                graceful: true,
+            })
+            .await;
+    }
+
+    /// Aborts the session with RESET and `code`.
+    pub async fn reset(mut self, code: CloseCode, reason: &str) {
+        self.done = true;
+        let _ = self
+            .commands
+            .send(Command::Close {
+                id: self.id,
+                code,
+                reason: reason.to_owned(),
+                graceful: false,
+            })
+            .await;
+    }
+
+    /// How the session ended, once it has.
+    pub fn close_reason(&self) -> Option<&SessionClosed> {
+        self.shared.closed.get()
+    }
+
+    /// The session's counters, from its connection task.
+    pub async fn stats(&self) -> Option<SessionStats> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SessionStats { id: self.id, reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    fn closed_error(&self) -> SendError {
+        SendError::Closed(self.shared.closed.get().cloned().unwrap_or(SessionClosed {
+            code: CloseCode::ABNORMAL,
+            reason: "connection ended".into(),
+            by_peer: false,
+        }))
+    }
+}
+
+impl Stream for Session {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let polled = self.inbox.poll_recv(cx);
+        if polled.is_ready() {
+            self.after_recv();
+        }
+        polled
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.done && self.shared.closed.get().is_none() {
+            let _ = self.commands.try_send(Command::Close {
+                id: self.id,
+                code: CloseCode::CANCELLED,
+                reason: String::new(),
+                graceful: false,
+            });
+        }
+    }
+}
