@@ -13,6 +13,9 @@ pub(crate) struct TokenBucket {
     rate: u64,
     capacity_micro: u64,
     tokens_micro: u64,
+    /// Tokens taken beyond what the bucket held (see [`TokenBucket::force_take`]); refill
+    /// pays it back before the bucket holds tokens again. Never nonzero with tokens held.
+    debt_micro: u64,
     last: Timestamp,
 }
 
@@ -24,6 +27,7 @@ impl TokenBucket {
             rate: u64::from(rate),
             capacity_micro,
             tokens_micro: capacity_micro,
+            debt_micro: 0,
             last: now,
         }
     }
@@ -34,6 +38,7 @@ impl TokenBucket {
             rate: 0,
             capacity_micro: 0,
             tokens_micro: 0,
+            debt_micro: 0,
             last: Timestamp::ZERO,
         }
     }
@@ -49,7 +54,10 @@ impl TokenBucket {
         }
         let elapsed = now.as_micros().saturating_sub(self.last.as_micros());
         // elapsed µs × rate tokens/s = rate × elapsed millionths of a token.
-        let added = elapsed.saturating_mul(self.rate);
+        let mut added = elapsed.saturating_mul(self.rate);
+        let repaid = added.min(self.debt_micro);
+        self.debt_micro = self.debt_micro.saturating_sub(repaid);
+        added = added.saturating_sub(repaid);
         self.tokens_micro = self
             .tokens_micro
             .saturating_add(added)
@@ -72,6 +80,29 @@ impl TokenBucket {
         }
     }
 
+    /// Whether `n` tokens are available, without taking them.
+    pub(crate) fn can_take(&mut self, now: Timestamp, n: u64) -> bool {
+        if self.is_unlimited() {
+            return true;
+        }
+        self.refill(now);
+        self.tokens_micro >= n.saturating_mul(MICRO)
+    }
+
+    /// Takes `n` tokens whether or not they are there: what is missing becomes debt that
+    /// the refill pays back first. Used by the throttle policy, which accepts a frame over
+    /// the rate but must then hold the sender back for as long as the excess takes to earn.
+    pub(crate) fn force_take(&mut self, now: Timestamp, n: u64) {
+        if self.is_unlimited() {
+            return;
+        }
+        self.refill(now);
+        let need = n.saturating_mul(MICRO);
+        let missing = need.saturating_sub(self.tokens_micro);
+        self.tokens_micro = self.tokens_micro.saturating_sub(need);
+        self.debt_micro = self.debt_micro.saturating_add(missing);
+    }
+
     /// Whether at least one whole token is available.
     pub(crate) fn has_token(&mut self, now: Timestamp) -> bool {
         if self.is_unlimited() {
@@ -88,7 +119,9 @@ impl TokenBucket {
         }
         self.refill(now);
         let need = n.saturating_mul(MICRO).min(self.capacity_micro);
-        let missing = need.saturating_sub(self.tokens_micro);
+        let missing = need
+            .saturating_sub(self.tokens_micro)
+            .saturating_add(self.debt_micro);
         // missing millionths / rate tokens per s = missing / rate µs; round up.
         Duration::from_micros(missing.div_ceil(self.rate.max(1)))
     }
@@ -136,6 +169,20 @@ mod tests {
         let mut b = TokenBucket::new(u32::MAX, u32::MAX, Timestamp::ZERO);
         assert!(b.try_take(Timestamp::ZERO, u64::from(u32::MAX)));
         assert!(b.try_take(Timestamp::NEVER, 1));
+    }
+
+    #[test]
+    fn forced_takes_become_debt_paid_back_before_new_tokens() {
+        let mut b = TokenBucket::new(10, 2, at(0));
+        b.force_take(at(0), 5);
+        // 2 tokens were there; 3 are owed: 300 ms to repay, 100 ms more for a token.
+        assert!(!b.has_token(at(0)));
+        assert_eq!(b.time_until(at(0), 1), Duration::from_millis(400));
+        assert!(!b.has_token(at(399)));
+        assert!(b.has_token(at(400)));
+        assert!(b.can_take(at(400), 1));
+        assert!(!b.can_take(at(400), 2));
+        assert!(b.try_take(at(400), 1));
     }
 
     #[test]

@@ -430,9 +430,12 @@ impl Connection {
         if !session.recv.should_announce() {
             return;
         }
+        // Credit waits for the session's buckets and the connection's (both throttle).
         let throttling = session.recv.policy == crate::config::RatePolicy::Throttle
             && !(session.recv.messages_bucket.has_token(now)
-                && session.recv.bytes_bucket.has_token(now));
+                && session.recv.bytes_bucket.has_token(now)
+                && self.conn_messages.has_token(now)
+                && self.conn_bytes.has_token(now));
         if throttling {
             if !session.recv.throttled {
                 session.recv.throttled = true;

@@ -28,6 +28,19 @@ impl Connection {
             return;
         }
         while !message.is_empty() {
+            // spec/frames.md#frame-header: what the header alone decides is decided before
+            // the payload is waited for or looked at.
+            match Header::parse(&message) {
+                Ok(header) => {
+                    if !self.check_header(&header) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    self.fail(e.close_code(), &e.to_string());
+                    return;
+                }
+            }
             let (header, payload) = match split_frame(&mut message) {
                 Ok(split) => split,
                 Err(e) => {
@@ -63,24 +76,30 @@ impl Connection {
         }
     }
 
-    fn handle_frame(&mut self, now: Timestamp, header: Header, payload: Bytes) {
+    /// The checks a header alone decides (the codec already checked its grammar). Returns
+    /// false if the connection closed.
+    fn check_header(&mut self, header: &Header) -> bool {
         if self.state == State::Handshaking && header.frame_type != FrameType::Settings {
             self.fail(
                 CloseCode::PROTOCOL_ERROR,
                 "the first frame must be SETTINGS",
             );
-            return;
+            return false;
         }
+        // spec/frames.md#data: the frame limit is checked from the header alone.
+        if header.frame_type == FrameType::Data && header.len > self.config.limits.max_frame_size {
+            self.limit_hit(None, LimitKind::FrameSize);
+            self.fail(
+                CloseCode::MESSAGE_TOO_BIG,
+                "frame larger than MAX_FRAME_SIZE",
+            );
+            return false;
+        }
+        true
+    }
+
+    fn handle_frame(&mut self, now: Timestamp, header: Header, payload: Bytes) {
         if header.frame_type == FrameType::Data {
-            // spec/frames.md#data: the frame limit is checked from the header alone.
-            if header.len > self.config.limits.max_frame_size {
-                self.limit_hit(None, LimitKind::FrameSize);
-                self.fail(
-                    CloseCode::MESSAGE_TOO_BIG,
-                    "frame larger than MAX_FRAME_SIZE",
-                );
-                return;
-            }
             self.on_data(now, header, payload);
             return;
         }
@@ -483,14 +502,24 @@ impl Connection {
         let Some(session) = self.sessions.get_mut(id) else {
             return false;
         };
-        let session_ok = session.recv.messages_bucket.try_take(now, messages)
-            && session.recv.bytes_bucket.try_take(now, bytes);
+        // Check every bucket before taking from any, so a refused frame costs no tokens.
+        let session_ok = session.recv.messages_bucket.can_take(now, messages)
+            && session.recv.bytes_bucket.can_take(now, bytes);
+        let conn_ok =
+            self.conn_messages.can_take(now, messages) && self.conn_bytes.can_take(now, bytes);
         let policy = session.recv.policy;
+        if (session_ok && conn_ok) || policy == RatePolicy::Throttle {
+            // Under the throttle an over-rate frame is accepted (it was within credit) and
+            // its tokens become debt, so the credit it would earn back is withheld for as
+            // long as the excess takes to refill: the sender is held to the rate over time.
+            session.recv.messages_bucket.force_take(now, messages);
+            session.recv.bytes_bucket.force_take(now, bytes);
+            self.conn_messages.force_take(now, messages);
+            self.conn_bytes.force_take(now, bytes);
+        }
         if !session_ok {
             session.stats.rate_limit_hits = session.stats.rate_limit_hits.saturating_add(1);
         }
-        let conn_ok =
-            self.conn_messages.try_take(now, messages) && self.conn_bytes.try_take(now, bytes);
         if session_ok && conn_ok {
             return true;
         }
@@ -505,7 +534,8 @@ impl Connection {
             // Accepted (it was within credit); credit returns only as the buckets refill.
             RatePolicy::Throttle => true,
             RatePolicy::CloseSession => {
-                let retry = match self.sessions.get_mut(id) {
+                // The frame needed every bucket: the hint is the wait for the slowest.
+                let session_wait = match self.sessions.get_mut(id) {
                     Some(s) => s
                         .recv
                         .messages_bucket
@@ -513,6 +543,9 @@ impl Connection {
                         .max(s.recv.bytes_bucket.time_until(now, bytes)),
                     None => std::time::Duration::ZERO,
                 };
+                let retry = session_wait
+                    .max(self.conn_messages.time_until(now, messages))
+                    .max(self.conn_bytes.time_until(now, bytes));
                 if self.charge_control(now) {
                     let mut close =
                         SessionClose::new(id, CloseCode::RATE_LIMITED, "rate limit exceeded");

@@ -178,6 +178,10 @@ impl Connection {
     /// Arms the throttle re-check for when the first throttled session's buckets refill.
     pub(super) fn arm_throttle(&mut self, now: Timestamp) {
         let mut next = Timestamp::NEVER;
+        let conn_wait = self
+            .conn_messages
+            .time_until(now, 1)
+            .max(self.conn_bytes.time_until(now, 1));
         for id in self.throttled.iter() {
             if let Some(s) = self.sessions.get_mut(*id) {
                 let wait = s
@@ -185,6 +189,7 @@ impl Connection {
                     .messages_bucket
                     .time_until(now, 1)
                     .max(s.recv.bytes_bucket.time_until(now, 1))
+                    .max(conn_wait)
                     .max(Duration::from_millis(1));
                 next = next.min(now.saturating_add(wait));
             }

@@ -185,9 +185,17 @@ impl RecvHalf {
         }
         let quarter_messages = (self.window.messages / 4).max(1);
         let quarter_bytes = self.window.bytes / 4;
-        self.unannounced.messages >= quarter_messages
-            || self.unannounced.bytes >= quarter_bytes
-            || (self.queue.is_empty() && self.partial.is_none())
+        if self.unannounced.messages >= quarter_messages || self.unannounced.bytes >= quarter_bytes {
+            return true;
+        }
+        // Everything complete has been read, yet the peer may be stalled: its credit cannot
+        // start a message or carry a minimum fragment, and what was read is under a quarter
+        // window, so the rule above would never fire. Announce now rather than deadlock; with
+        // ample credit left, wait, so request/response traffic does not cost a CREDIT per
+        // message (spec/sessions.md#credit).
+        let low_credit = self.credit.messages < quarter_messages
+            || self.credit.bytes < quarter_bytes.max(MIN_FRAGMENT);
+        self.queue.is_empty() && low_credit
     }
 }
 
