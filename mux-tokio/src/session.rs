@@ -92,8 +92,10 @@ impl Session {
             .await
             .map_err(|_| self.closed_error())?;
         match done.await {
+            // The connection task forgets a session once it ended; how it ended is recorded
+            // here, so report that rather than a generic "gone".
+            Ok(Err(SendError::Closed(_))) | Err(_) => Err(self.closed_error()),
             Ok(result) => result,
-            Err(_) => Err(self.closed_error()),
         }
     }
 

@@ -1,0 +1,233 @@
+//! Per-session authorization end to end over loopback: full, receive-only and refused grants,
+//! enforcement against a peer that ignores its grant, and the authorization deadline.
+
+mod common;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{bind, open_config, within, RawPeer};
+use mux_proto::frame::{Data, Frame, Open, OpenRequest, Text};
+use mux_proto::{CloseCode, Grant, Permissions, SessionId};
+use mux_tokio::{
+    Client, ClientConfig, OpenError, OpenInfo, Principal, Rejection, SendError, Session,
+};
+use tokio::sync::mpsc;
+
+const AUTHORIZE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// public: full; feed: receive-only; admin: forbidden; stall: never answers.
+fn authorizer(
+    _: &Principal,
+    open: &OpenInfo,
+) -> impl Future<Output = Result<Grant, Rejection>> + Send + 'static {
+    let kind = open.kind.clone();
+    async move {
+        match kind.as_str() {
+            "public" => Ok(Grant::full()),
+            "feed" => Ok(Grant::receive_only()),
+            "stall" => std::future::pending().await,
+            _ => Err(Rejection::forbidden("admins only")),
+        }
+    }
+}
+
+/// Starts the server: `public` sessions echo, `feed` sessions are handed to the test.
+async fn server() -> (String, std::net::SocketAddr, mpsc::Receiver<Session>) {
+    let config = open_config().authorize_timeout(AUTHORIZE_TIMEOUT);
+    let (mut server, url) = bind(config, mux_tokio::AllowAll, authorizer).await;
+    let addr = server.local_addr();
+    let (feeds_tx, feeds) = mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Some(session) = server.accept().await {
+            match session.kind() {
+                "public" => {
+                    tokio::spawn(common::echo(session));
+                }
+                "feed" => {
+                    let _ = feeds_tx.send(session).await;
+                }
+                other => panic!("the authorizer let {other:?} through"),
+            }
+        }
+    });
+    (url, addr, feeds)
+}
+
+async fn echo_once(session: &mut Session, text: &str) {
+    within("an echo", async {
+        session
+            .send(Bytes::copy_from_slice(text.as_bytes()))
+            .await
+            .expect("send");
+        assert_eq!(session.recv().await.as_deref(), Some(text.as_bytes()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn grants_and_refusals_per_session() {
+    let (url, _, mut feeds) = server().await;
+    let mut client = within(
+        "connect",
+        Client::connect(&url, ClientConfig::default().reconnect(false)),
+    )
+    .await
+    .expect("connect");
+
+    let mut public = within("open public", client.open("public", Bytes::new()))
+        .await
+        .expect("public is granted");
+    echo_once(&mut public, "one").await;
+
+    // admin is refused with 4001 FORBIDDEN; the connection and its sessions live on.
+    match within(
+        "open admin",
+        client.open("admin", Bytes::from_static(b"creds")),
+    )
+    .await
+    {
+        Err(OpenError::Refused { code, .. }) => assert_eq!(code, CloseCode::FORBIDDEN),
+        other => panic!("admin: {other:?}"),
+    }
+    echo_once(&mut public, "two").await;
+    let mut second = within("open public again", client.open("public", Bytes::new()))
+        .await
+        .expect("another public session");
+    echo_once(&mut second, "three").await;
+
+    // feed is receive-only: the server may send, the client may not.
+    let mut feed = within("open feed", client.open("feed", Bytes::new()))
+        .await
+        .expect("feed is granted");
+    let mut server_feed = within("the server's feed session", feeds.recv())
+        .await
+        .expect("feed session");
+    server_feed
+        .send(Bytes::from_static(b"tick-1"))
+        .await
+        .expect("server may send on feed");
+    assert_eq!(
+        within("tick", feed.recv()).await.as_deref(),
+        Some(&b"tick-1"[..])
+    );
+    // A well-behaved client learns from the ACCEPT and refuses locally, sending nothing.
+    assert_eq!(
+        within("send on feed", feed.send(Bytes::from_static(b"nope"))).await,
+        Err(SendError::NotPermitted)
+    );
+    server_feed
+        .send(Bytes::from_static(b"tick-2"))
+        .await
+        .expect("feed still open");
+    assert_eq!(
+        within("tick", feed.recv()).await.as_deref(),
+        Some(&b"tick-2"[..])
+    );
+    assert!(feed.close_reason().is_none());
+    echo_once(&mut public, "four").await;
+}
+
+#[tokio::test]
+async fn authorizer_that_never_answers_is_refused_with_4006_in_time() {
+    let (url, _, _feeds) = server().await;
+    let mut client = within(
+        "connect",
+        Client::connect(&url, ClientConfig::default().reconnect(false)),
+    )
+    .await
+    .expect("connect");
+    let mut public = within("open public", client.open("public", Bytes::new()))
+        .await
+        .expect("public");
+    let handle = client.connection().await.expect("live connection");
+
+    let started = Instant::now();
+    let stalled = tokio::spawn(async move { handle.open("stall", Bytes::new()).await });
+    // While that authorization hangs, other sessions on the connection keep working.
+    echo_once(&mut public, "meanwhile").await;
+    let mut other = within("open public", client.open("public", Bytes::new()))
+        .await
+        .expect("open during a stalled authorization");
+    echo_once(&mut other, "meanwhile-2").await;
+
+    let result = within("the stalled open", stalled).await.expect("join");
+    let elapsed = started.elapsed();
+    match result {
+        Err(OpenError::Refused { code, .. }) => assert_eq!(code, CloseCode::TIMEOUT),
+        other => panic!("stall: {other:?}"),
+    }
+    assert!(
+        elapsed >= AUTHORIZE_TIMEOUT,
+        "refused after {elapsed:?}, before the deadline"
+    );
+    assert!(
+        elapsed < AUTHORIZE_TIMEOUT + Duration::from_millis(800),
+        "refused only after {elapsed:?}"
+    );
+    echo_once(&mut public, "after").await;
+}
+
+#[tokio::test]
+async fn data_on_a_receive_only_session_closes_it_with_1008() {
+    let (_, addr, mut feeds) = server().await;
+    // A peer that ignores its grant: raw frames, no local permission check.
+    let mut peer = RawPeer::connect(addr, common::default_settings()).await;
+    let open = |id: u32, kind: &'static str| {
+        Frame::Open(Open {
+            session_id: SessionId(id),
+            request: OpenRequest::default(),
+            kind: Text::from_static(kind),
+            auth: Bytes::new(),
+        })
+    };
+    let data = |id: u32, payload: &'static [u8]| {
+        Frame::Data(Data {
+            session_id: SessionId(id),
+            end: true,
+            fin: false,
+            payload: Bytes::from_static(payload),
+        })
+    };
+    peer.send(&[open(1, "feed")]).await;
+    let permissions = peer
+        .expect("ACCEPT of the feed", |f| match f {
+            Frame::Accept(a) if a.session_id == SessionId(1) => Some(a.permissions),
+            _ => None,
+        })
+        .await;
+    assert_eq!(permissions, Permissions::RECEIVE);
+    let mut server_feed = within("the server's feed session", feeds.recv())
+        .await
+        .expect("feed session");
+
+    peer.send(&[data(1, b"not allowed")]).await;
+    let code = peer
+        .expect("RESET of the feed", |f| match f {
+            Frame::Reset(r) if r.session_id == SessionId(1) => Some(r.code),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, CloseCode::POLICY_VIOLATION);
+    // The application's handle ends with the same code; the violating message never arrives.
+    assert_eq!(within("feed to end", server_feed.recv()).await, None);
+    let reason = server_feed.close_reason().expect("close reason");
+    assert_eq!(reason.code, CloseCode::POLICY_VIOLATION);
+    let sent = server_feed.send(Bytes::from_static(b"x")).await;
+    assert!(
+        matches!(&sent, Err(SendError::Closed(c)) if c.code == CloseCode::POLICY_VIOLATION),
+        "{sent:?}"
+    );
+
+    // The connection lives on: a public session on it still echoes.
+    peer.send(&[open(3, "public"), data(3, b"still here")])
+        .await;
+    let echoed = peer
+        .expect("the echo on session 3", |f| match f {
+            Frame::Data(d) if d.session_id == SessionId(3) => Some(d.payload.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(&echoed[..], b"still here");
+}
