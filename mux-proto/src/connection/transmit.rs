@@ -145,15 +145,20 @@ impl Connection {
                 continue;
             };
             s.in_ring = false;
+            let resuming = std::mem::take(&mut s.resume);
             if !s.wants_to_send(max_frame) {
                 s.deficit = 0;
                 self.note_stall(now, id);
                 continue;
             }
-            s.deficit = s
-                .deficit
-                .saturating_add(quantum.saturating_mul(u64::from(s.weight)));
-            let mut sent_any = false;
+            // A session cut off by a full transmit finishes its turn first, on what is left
+            // of its deficit: a fresh quantum per transmit would let it crowd out the others.
+            if !resuming {
+                s.deficit = s
+                    .deficit
+                    .saturating_add(quantum.saturating_mul(u64::from(s.weight)));
+            }
+            let mut sent_any = resuming;
             while let Some(s) = self.sessions.get_mut(id) {
                 let Some(plan) = s.send.plan(max_frame) else {
                     break;
@@ -214,6 +219,7 @@ impl Connection {
                 if let Some(s) = self.sessions.get_mut(id) {
                     if !s.in_ring && s.wants_to_send(max_frame) {
                         s.in_ring = true;
+                        s.resume = true;
                         self.ring.push_front(id);
                     }
                 }

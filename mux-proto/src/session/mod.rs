@@ -185,7 +185,8 @@ impl RecvHalf {
         }
         let quarter_messages = (self.window.messages / 4).max(1);
         let quarter_bytes = self.window.bytes / 4;
-        if self.unannounced.messages >= quarter_messages || self.unannounced.bytes >= quarter_bytes {
+        if self.unannounced.messages >= quarter_messages || self.unannounced.bytes >= quarter_bytes
+        {
             return true;
         }
         // Everything complete has been read, yet the peer may be stalled: its credit cannot
@@ -223,6 +224,9 @@ pub(crate) struct Session {
     pub(crate) weight: u32,
     pub(crate) deficit: u64,
     pub(crate) in_ring: bool,
+    /// The transmit filled up during this session's turn: it resumes the same turn, with
+    /// the deficit it has left and no new quantum.
+    pub(crate) resume: bool,
     pub(crate) last_activity: Timestamp,
     pub(crate) stats: SessionStats,
 }
@@ -245,6 +249,7 @@ impl Session {
             weight: 1,
             deficit: 0,
             in_ring: false,
+            resume: false,
             last_activity: now,
             stats: SessionStats::default(),
         }
