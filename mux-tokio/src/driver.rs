@@ -190,6 +190,8 @@ struct Slot {
     peer_finished: bool,
 }
 
+type OpenReply = oneshot::Sender<Result<Session, OpenError>>;
+
 type Decision = (
     SessionId,
     String,
@@ -205,6 +207,9 @@ struct Driver {
     commands_tx: mpsc::Sender<Command>,
     slots: HashMap<SessionId, Slot>,
     opening: HashMap<SessionId, (String, oneshot::Sender<Result<Session, OpenError>>)>,
+    /// Opens requested before the peer's SETTINGS arrived (the protocol refuses them until
+    /// then); issued on `Connected`. At most `command_capacity`.
+    early_opens: Vec<(String, Bytes, OpenReply)>,
     authorizing: JoinSet<Decision>,
     buf: BytesMut,
 }
@@ -229,6 +234,7 @@ impl Driver {
             commands_tx,
             slots: HashMap::new(),
             opening: HashMap::new(),
+            early_opens: Vec::new(),
             authorizing: JoinSet::new(),
             buf: BytesMut::with_capacity(8 * 1024),
         }
@@ -354,13 +360,12 @@ impl Driver {
         let now = self.now();
         match command {
             Command::Open { kind, auth, reply } => {
-                match self.conn.open(now, &kind, auth, OpenRequest::default()) {
-                    Ok(id) => {
-                        self.opening.insert(id, (kind, reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(OpenError::Local(e)));
-                    }
+                let handshaking =
+                    self.conn.peer_settings().is_none() && self.conn.close_code().is_none();
+                if handshaking && self.early_opens.len() < self.options.command_capacity {
+                    self.early_opens.push((kind, auth, reply));
+                } else {
+                    self.open(kind, auth, reply);
                 }
             }
             Command::Send { id, message, reply } => self.send(id, message, reply),
@@ -388,6 +393,20 @@ impl Driver {
             }
             Command::GoAway { code, reason } => self.conn.go_away(now, code, &reason),
             Command::CloseConnection { code, reason } => self.conn.close(now, code, &reason),
+        }
+    }
+
+    fn open(&mut self, kind: String, auth: Bytes, reply: OpenReply) {
+        match self
+            .conn
+            .open(self.now(), &kind, auth, OpenRequest::default())
+        {
+            Ok(id) => {
+                self.opening.insert(id, (kind, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(OpenError::Local(e)));
+            }
         }
     }
 
@@ -513,7 +532,12 @@ impl Driver {
     fn process_events(&mut self) {
         while let Some(event) = self.conn.poll_event() {
             match event {
-                Event::Connected { settings } => debug!(?settings, "peer settings received"),
+                Event::Connected { settings } => {
+                    debug!(?settings, "peer settings received");
+                    for (kind, auth, reply) in std::mem::take(&mut self.early_opens) {
+                        self.open(kind, auth, reply);
+                    }
+                }
                 Event::Incoming { id, kind, auth, .. } => {
                     self.authorize(id, kind.as_str().to_owned(), auth)
                 }
@@ -671,6 +695,9 @@ impl Driver {
             }
         }
         for (_, (_, reply)) in self.opening.drain() {
+            let _ = reply.send(Err(OpenError::ConnectionClosed));
+        }
+        for (_, _, reply) in self.early_opens.drain(..) {
             let _ = reply.send(Err(OpenError::ConnectionClosed));
         }
     }
