@@ -438,7 +438,22 @@ impl Connection {
     /// After GOAWAY, close the connection once no session is left.
     fn maybe_finish_shutdown(&mut self) {
         if self.goaway_sent.is_some() && self.sessions.len() == 0 && self.state == State::Open {
+            // A graceful end: the GOAWAY and the CLOSE/RESET of the last sessions, if still
+            // queued, go out before CONN_CLOSE (a connection error discards them instead).
+            let keep: VecDeque<Control> = self
+                .control
+                .drain(..)
+                .filter(|c| {
+                    matches!(
+                        c,
+                        Control::Frame(Frame::GoAway(_) | Frame::Close(_) | Frame::Reset(_))
+                    )
+                })
+                .collect();
             self.fail(CloseCode::GOING_AWAY, "shutdown complete");
+            for control in keep.into_iter().rev() {
+                self.control.push_front(control);
+            }
         }
     }
 }
