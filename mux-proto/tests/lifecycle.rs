@@ -11,7 +11,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{assert_alive, config, ms, msg};
-use mux_proto::frame::{Frame, FLAG_END};
+use mux_proto::frame::Frame;
 use mux_proto::testing::{frames, Pair, RawPeer};
 use mux_proto::{
     CloseCode, Event, Grant, Initiator, OpenRequest, Phase, SendError, SessionError, SessionId,
@@ -589,5 +589,4 @@ fn a_session_message_is_one_frame_with_end_when_it_fits() {
     assert_eq!(data.len(), 1);
     assert!(data[0].end && !data[0].fin);
     assert_eq!(data[0].payload, msg(100, 3));
-    let _ = FLAG_END;
 }
