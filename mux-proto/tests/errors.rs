@@ -169,7 +169,10 @@ fn a_frame_before_settings_closes_with_1002() {
 fn a_second_settings_closes_with_1002() {
     let (mut conn, now) = fresh(Side::Server);
     let settings = Frame::Settings(Settings::default());
-    conn.handle_message(now, encode_message(&[settings.clone()]).freeze());
+    conn.handle_message(
+        now,
+        encode_message(std::slice::from_ref(&settings)).freeze(),
+    );
     assert!(conn.is_open());
     conn.handle_message(now, encode_message(&[settings]).freeze());
     assert_eq!(conn.close_code(), Some(CloseCode::PROTOCOL_ERROR));
