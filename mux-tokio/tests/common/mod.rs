@@ -319,3 +319,42 @@ impl XorShift {
         lo + (self.next() % (hi - lo + 1) as u64) as usize
     }
 }
+
+/// Splits unmasked (server to client) WebSocket frames: `(opcode, payload)` pairs. A
+/// truncated last frame is dropped.
+pub fn ws_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 2 {
+        let opcode = bytes[0] & 0x0f;
+        assert_eq!(bytes[1] & 0x80, 0, "server frames are never masked");
+        let (len, start) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 if bytes.len() >= 10 => (
+                u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            ),
+            n if n < 126 => (usize::from(n), 2),
+            _ => break,
+        };
+        if bytes.len() < start + len {
+            break;
+        }
+        out.push((opcode, bytes[start..start + len].to_vec()));
+        bytes = &bytes[start + len..];
+    }
+    out
+}
+
+/// Reads `stream` until EOF (or an error such as a reset), bounded by [`WAIT`].
+pub async fn read_to_end(stream: &mut TcpStream, mut buf: Vec<u8>) -> Vec<u8> {
+    within("the server to close the connection", async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return buf,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+}
