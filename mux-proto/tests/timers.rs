@@ -11,7 +11,7 @@ mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::{assert_alive, config, ms, msg};
-use mux_proto::frame::{decode_message, Frame, Setting};
+use mux_proto::frame::{decode_message, Frame, Setting, Settings};
 use mux_proto::testing::{frames, Pair, RawPeer};
 use mux_proto::{
     CloseCode, Config, Connection, Event, Grant, Initiator, OpenError, Side, Timestamp,
@@ -130,6 +130,27 @@ fn the_advertised_idle_timeout_covers_interval_and_timeout() {
     assert_eq!(c.settings().get(Setting::IdleTimeoutMs), Some(25_000));
     let c = quiet(|_| {});
     assert_eq!(c.settings().get(Setting::IdleTimeoutMs), Some(0));
+}
+
+#[test]
+fn pings_come_often_enough_for_the_peers_idle_timeout() {
+    // The peer closes after 4 s without a frame: PING after 2 s of silence, not 15.
+    let settings = Settings::default().with(Setting::IdleTimeoutMs, 4_000);
+    let mut peer = RawPeer::with_settings(Side::Server, keepalive(15_000, 10_000), settings);
+    peer.advance(ms(1_999));
+    assert!(pings(&peer).is_empty());
+    peer.advance(ms(1));
+    assert_eq!(pings(&peer).len(), 1);
+    peer.send([frames::pong(pings(&peer)[0])]);
+    peer.received.clear();
+    peer.advance(ms(2_000));
+    assert_eq!(pings(&peer).len(), 1);
+
+    // Even with our own keepalive disabled.
+    let settings = Settings::default().with(Setting::IdleTimeoutMs, 4_000);
+    let mut peer = RawPeer::with_settings(Side::Server, quiet(|_| {}), settings);
+    peer.advance(ms(2_000));
+    assert_eq!(pings(&peer).len(), 1);
 }
 
 // ---- the SETTINGS deadline --------------------------------------------------------------

@@ -22,7 +22,7 @@ impl Connection {
         if !matches!(self.state, State::Handshaking | State::Open) {
             return;
         }
-        self.timers.on_receive(&self.config.timeouts, now);
+        self.timers.on_receive(now);
         if message.is_empty() {
             self.fail(CloseCode::PROTOCOL_ERROR, "empty message");
             return;
@@ -134,11 +134,12 @@ impl Connection {
         }
     }
 
-    fn on_settings(&mut self, _now: Timestamp, peer: PeerSettings) {
+    fn on_settings(&mut self, now: Timestamp, peer: PeerSettings) {
         if self.peer.is_some() {
             self.fail(CloseCode::PROTOCOL_ERROR, "second SETTINGS");
             return;
         }
+        self.timers.on_peer_idle_timeout(peer.idle_timeout_ms, now);
         self.peer = Some(peer);
         self.state = State::Open;
         self.emit(Event::Connected { settings: peer });

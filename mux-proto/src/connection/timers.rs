@@ -18,6 +18,9 @@ pub(super) struct Timers {
     settings: Timestamp,
     /// Send a PING then (silence since the last receipt).
     keepalive: Timestamp,
+    /// Silence before a PING: the configured interval, shortened to half the peer's
+    /// IDLE_TIMEOUT_MS once its SETTINGS arrive (spec/frames.md#settings).
+    interval: Option<Duration>,
     /// Something must arrive by then after a PING.
     pong: Timestamp,
     /// After GOAWAY, close by then.
@@ -35,6 +38,7 @@ impl Timers {
             keepalive: t
                 .keepalive_interval
                 .map_or(Timestamp::NEVER, |i| now.saturating_add(i)),
+            interval: t.keepalive_interval,
             pong: Timestamp::NEVER,
             shutdown: Timestamp::NEVER,
             idle_sweep: t
@@ -45,11 +49,23 @@ impl Timers {
     }
 
     /// Anything received proves the peer alive: push the keepalive back, clear the PONG wait.
-    pub(super) fn on_receive(&mut self, t: &Timeouts, now: Timestamp) {
-        self.keepalive = t
-            .keepalive_interval
+    pub(super) fn on_receive(&mut self, now: Timestamp) {
+        self.keepalive = self
+            .interval
             .map_or(Timestamp::NEVER, |i| now.saturating_add(i));
         self.pong = Timestamp::NEVER;
+    }
+
+    /// The peer closes the connection after `idle_ms` without receiving a frame (0: never):
+    /// PING at least twice as often, so an idle but healthy connection survives.
+    pub(super) fn on_peer_idle_timeout(&mut self, idle_ms: u32, now: Timestamp) {
+        if idle_ms == 0 {
+            return;
+        }
+        let half = Duration::from_millis(u64::from(idle_ms / 2)).max(Duration::from_millis(1));
+        let interval = self.interval.map_or(half, |i| i.min(half));
+        self.interval = Some(interval);
+        self.keepalive = self.keepalive.min(now.saturating_add(interval));
     }
 
     pub(super) fn start_shutdown(&mut self, t: &Timeouts, now: Timestamp) {
