@@ -584,6 +584,30 @@ fn throttle_withholds_credit_until_the_bucket_refills() {
 }
 
 #[test]
+fn a_byte_rate_throttle_withholds_credit_until_the_excess_is_earned_back() {
+    let mut peer = RawPeer::server(Default::default());
+    let id = peer.open_accepted(
+        1,
+        Grant::full().with_rate(rate(0, 0, 1000, 1000), RatePolicy::Throttle),
+    );
+    // 20,000 bytes within credit but 19,000 over the bucket: accepted, never closed.
+    let burst: Vec<Frame> = (0..20)
+        .map(|_| frames::data(1, &[0u8; 1000], true))
+        .collect();
+    peer.send(burst);
+    assert!(resets(&peer).is_empty());
+    while peer.conn.recv(peer.now, id).is_some() {}
+    peer.collect();
+    assert_eq!(peer.take_credit(id), (0, 0));
+    // At 1,000 bytes/s the 19,000-byte excess takes 19 s to earn back, plus a token.
+    peer.advance(ms(19_000));
+    assert_eq!(peer.take_credit(id), (0, 0));
+    peer.advance(ms(1));
+    assert_eq!(peer.take_credit(id), (20, 20_000));
+    assert_alive(&peer);
+}
+
+#[test]
 fn a_throttled_sender_is_held_to_the_rate_over_time() {
     // 10 messages/s, burst 10, window 20: over 10 virtual seconds a sender that always has
     // data gets about burst + window + 10 × 10 messages through, not more.
