@@ -185,7 +185,9 @@ struct Shared {
     counters: Counters,
     connections: Mutex<HashMap<u64, ConnectionHandle>>,
     next_id: AtomicU64,
-    accepted: mpsc::Sender<Session>,
+    /// Where connections queue accepted sessions; taken when shutdown completes, so that
+    /// [`Server::accept`] returns `None` once the last connection has gone.
+    accepted: Mutex<Option<mpsc::Sender<Session>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -237,7 +239,7 @@ impl Server {
             counters: Counters::default(),
             connections: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            accepted,
+            accepted: Mutex::new(Some(accepted)),
             shutdown,
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
@@ -305,6 +307,8 @@ impl ServerHandle {
         while self.shared.registry.total() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // The last sender of the accept queue goes with the last connection task.
+        lock(&self.shared.accepted).take();
     }
 
     /// Distinct IPs and principals in the connection registry (zero when idle).
@@ -376,6 +380,10 @@ async fn serve_connection(
     shared: Arc<Shared>,
     ip_permit: limits::IpPermit,
 ) {
+    // None once shutdown has completed: nothing may be served any more.
+    let Some(accepted) = lock(&shared.accepted).clone() else {
+        return;
+    };
     let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let config = &shared.config;
     let mut outcome: Option<(Principal, limits::PrincipalPermit)> = None;
@@ -457,7 +465,7 @@ async fn serve_connection(
     let acceptor = Acceptor {
         principal: Some(principal),
         authorizer: shared.authorizer.clone(),
-        accepted: shared.accepted.clone(),
+        accepted,
     };
     let (handle, join) = spawn_connection(
         TungsteniteTransport::new(ws),
