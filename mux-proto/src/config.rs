@@ -103,7 +103,8 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Timeouts {
-    /// Send a PING after this long without receiving anything. Default 15 s.
+    /// Send a PING after this long without receiving anything; capped at half the peer's
+    /// IDLE_TIMEOUT_MS setting when it has one. Default 15 s.
     pub keepalive_interval: Option<Duration>,
     /// Close with 4006 if nothing arrives this long after a PING. Default 10 s.
     pub keepalive_timeout: Duration,

@@ -57,13 +57,17 @@ impl Timers {
     }
 
     /// The peer closes the connection after `idle_ms` without receiving a frame (0: never):
-    /// PING at least twice as often, so an idle but healthy connection survives.
+    /// PING at least twice as often, so an idle but healthy connection survives. A
+    /// keepalive the configuration disabled stays disabled.
     pub(super) fn on_peer_idle_timeout(&mut self, idle_ms: u32, now: Timestamp) {
+        let Some(interval) = self.interval else {
+            return;
+        };
         if idle_ms == 0 {
             return;
         }
         let half = Duration::from_millis(u64::from(idle_ms / 2)).max(Duration::from_millis(1));
-        let interval = self.interval.map_or(half, |i| i.min(half));
+        let interval = interval.min(half);
         self.interval = Some(interval);
         self.keepalive = self.keepalive.min(now.saturating_add(interval));
     }
