@@ -1,0 +1,221 @@
+//! Reconnection over loopback: a dropped connection is reported, retried with jittered
+//! exponential backoff under its ceiling, re-established as a new generation, and given up
+//! after `max_attempts`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{open_config, within};
+use mux_proto::CloseCode;
+use mux_tokio::{
+    AllowAll, Backoff, Client, ClientConfig, ClientEvent, OpenError, Server, ServerHandle,
+};
+
+const BASE: Duration = Duration::from_millis(10);
+const MAX: Duration = Duration::from_millis(100);
+
+async fn echo_server_on(addr: SocketAddr) -> (ServerHandle, SocketAddr) {
+    let mut server = Server::bind(addr, open_config(), AllowAll, AllowAll)
+        .await
+        .expect("bind");
+    let handle = server.handle();
+    let addr = server.local_addr();
+    tokio::spawn(async move {
+        while let Some(session) = server.accept().await {
+            tokio::spawn(common::echo(session));
+        }
+    });
+    (handle, addr)
+}
+
+async fn connect(addr: SocketAddr, max_attempts: Option<u32>) -> Client {
+    let config = ClientConfig::default().backoff(Backoff::new(BASE, MAX, max_attempts));
+    let mut client = within("connect", Client::connect(&format!("ws://{addr}/"), config))
+        .await
+        .expect("connect");
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Connected {
+            attempt: 0,
+            generation: 1
+        }
+    );
+    client
+}
+
+async fn next(client: &mut Client) -> ClientEvent {
+    within("a client event", client.next_event())
+        .await
+        .expect("the event stream ended")
+}
+
+async fn echo_works(client: &mut Client, text: &str) {
+    within("an echo on a new session", async {
+        let mut session = client.open("echo", Bytes::new()).await.expect("open");
+        session
+            .send(Bytes::copy_from_slice(text.as_bytes()))
+            .await
+            .expect("send");
+        assert_eq!(session.recv().await.as_deref(), Some(text.as_bytes()));
+    })
+    .await;
+}
+
+/// Reads `Reconnecting` events, checking each delay against its ceiling, until another
+/// event comes; returns that event and the attempts seen.
+async fn reconnecting(client: &mut Client, backoff: &Backoff) -> (ClientEvent, u32) {
+    let mut expected = 1;
+    loop {
+        match next(client).await {
+            ClientEvent::Reconnecting { attempt, delay } => {
+                assert_eq!(attempt, expected, "attempts count up from 1");
+                let ceiling = backoff.ceiling(attempt - 1);
+                assert!(
+                    delay <= ceiling,
+                    "attempt {attempt}: {delay:?} > {ceiling:?}"
+                );
+                assert!(ceiling <= MAX);
+                expected += 1;
+            }
+            other => return (other, expected - 1),
+        }
+    }
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_closes_the_connection() {
+    let (handle, addr) = echo_server_on(common::loopback()).await;
+    let mut client = connect(addr, Some(20)).await;
+    let mut old = within("open", client.open("echo", Bytes::new()))
+        .await
+        .expect("open");
+
+    let connections = handle.connections();
+    assert_eq!(connections.len(), 1);
+    connections[0]
+        .close(CloseCode::TRY_AGAIN_LATER, "kicked")
+        .await;
+
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Disconnected {
+            code: Some(CloseCode::TRY_AGAIN_LATER)
+        }
+    );
+    let backoff = Backoff::new(BASE, MAX, Some(20));
+    let (event, attempts) = reconnecting(&mut client, &backoff).await;
+    assert_eq!(attempts, 1, "the server was up: the first retry succeeds");
+    assert_eq!(
+        event,
+        ClientEvent::Connected {
+            attempt: 1,
+            generation: 2
+        }
+    );
+    // Sessions of the old connection ended with its code; new ones work.
+    assert_eq!(within("old session end", old.recv()).await, None);
+    assert_eq!(
+        old.close_reason().map(|r| r.code),
+        Some(CloseCode::TRY_AGAIN_LATER)
+    );
+    echo_works(&mut client, "after reconnect").await;
+    common::wait_until("one live connection", || handle.stats().connections == 1).await;
+}
+
+#[tokio::test]
+async fn reconnects_to_a_server_restarted_on_the_same_port() {
+    let (first, addr) = echo_server_on(common::loopback()).await;
+    let mut client = connect(addr, Some(20)).await;
+    echo_works(&mut client, "first server").await;
+
+    within("shutdown", first.shutdown(Duration::ZERO)).await;
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Disconnected {
+            code: Some(CloseCode::GOING_AWAY)
+        }
+    );
+    // Wait for the first retry to fail (nothing listens), then bring a server back up on
+    // the same port.
+    let backoff = Backoff::new(BASE, MAX, Some(20));
+    assert!(matches!(
+        next(&mut client).await,
+        ClientEvent::Reconnecting { attempt: 1, delay } if delay <= BASE
+    ));
+    let second = within("rebinding the port", async {
+        loop {
+            match Server::bind(addr, open_config(), AllowAll, AllowAll).await {
+                Ok(server) => break server,
+                // The old listener may take a moment to be dropped.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await;
+    let second_handle = second.handle();
+    tokio::spawn(async move {
+        let mut server = second;
+        while let Some(session) = server.accept().await {
+            tokio::spawn(common::echo(session));
+        }
+    });
+
+    // Further Reconnecting events (if the restart took a while) respect their ceilings.
+    let mut attempt_seen = 1;
+    let event = loop {
+        match next(&mut client).await {
+            ClientEvent::Reconnecting { attempt, delay } => {
+                assert_eq!(attempt, attempt_seen + 1);
+                assert!(delay <= backoff.ceiling(attempt - 1), "{delay:?}");
+                attempt_seen = attempt;
+            }
+            other => break other,
+        }
+    };
+    match event {
+        ClientEvent::Connected {
+            attempt,
+            generation,
+        } => {
+            assert_eq!(generation, 2);
+            assert_eq!(
+                attempt, attempt_seen,
+                "Connected names the attempt that succeeded"
+            );
+        }
+        other => panic!("expected Connected, got {other:?}"),
+    }
+    echo_works(&mut client, "second server").await;
+    assert_eq!(second_handle.stats().upgraded, 1);
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts() {
+    let (handle, addr) = echo_server_on(common::loopback()).await;
+    let mut client = connect(addr, Some(3)).await;
+    within("shutdown", handle.shutdown(Duration::ZERO)).await;
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Disconnected {
+            code: Some(CloseCode::GOING_AWAY)
+        }
+    );
+    let backoff = Backoff::new(BASE, MAX, Some(3));
+    let (event, attempts) = reconnecting(&mut client, &backoff).await;
+    assert_eq!(attempts, 3);
+    assert_eq!(event, ClientEvent::GaveUp);
+    // The client has stopped: nothing more happens and opening fails instead of waiting.
+    assert_eq!(
+        within("the event stream to end", client.next_event()).await,
+        None
+    );
+    assert_eq!(
+        within("open after giving up", client.open("echo", Bytes::new()))
+            .await
+            .err(),
+        Some(OpenError::ConnectionClosed)
+    );
+}
