@@ -231,3 +231,50 @@ async fn data_on_a_receive_only_session_closes_it_with_1008() {
         .await;
     assert_eq!(&echoed[..], b"still here");
 }
+
+#[tokio::test]
+async fn a_full_accept_queue_refuses_with_4003_after_the_deadline() {
+    let mut config = open_config().authorize_timeout(AUTHORIZE_TIMEOUT);
+    config.accept_queue = 1;
+    // The application does not call accept() for now.
+    let (mut server, url) = bind(config, mux_tokio::AllowAll, authorizer).await;
+    let mut client = within(
+        "connect",
+        Client::connect(&url, ClientConfig::default().reconnect(false)),
+    )
+    .await
+    .expect("connect");
+    let queued = within("open the first", client.open("public", Bytes::new()))
+        .await
+        .expect("the first session fits the queue");
+
+    let started = Instant::now();
+    match within("open the second", client.open("public", Bytes::new())).await {
+        Err(OpenError::Refused { code, .. }) => assert_eq!(code, CloseCode::TOO_MANY_SESSIONS),
+        other => panic!("second open: {other:?}"),
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= AUTHORIZE_TIMEOUT, "refused after {elapsed:?}");
+    assert!(
+        elapsed < AUTHORIZE_TIMEOUT + Duration::from_millis(800),
+        "refused only after {elapsed:?}"
+    );
+
+    // Once the application takes the queued session, there is room again.
+    let mut first = within("accept", server.accept()).await.expect("queued");
+    assert_eq!(first.id(), queued.id());
+    let mut queued = queued;
+    queued
+        .send(Bytes::from_static(b"hello"))
+        .await
+        .expect("send");
+    assert_eq!(
+        within("recv", first.recv()).await.as_deref(),
+        Some(&b"hello"[..])
+    );
+    let third = within("open the third", client.open("public", Bytes::new()))
+        .await
+        .expect("room again");
+    let accepted = within("accept", server.accept()).await.expect("third");
+    assert_eq!(accepted.id(), third.id());
+}

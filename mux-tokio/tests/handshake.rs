@@ -269,3 +269,41 @@ async fn tokens_never_appear_in_errors() {
     wait_idle(&handle).await;
     assert_eq!(handle.stats().refused_401, 3);
 }
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_dropped_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Duration::from_millis(200);
+    let config = common::open_config().handshake_timeout(deadline);
+    let (server, _) = bind(config, AllowAll, AllowAll).await;
+    let handle = server.handle();
+    // Slowloris: half a request line, then nothing.
+    let mut tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    common::wait_until("the connection is admitted", || {
+        handle.stats().connections == 1
+    })
+    .await;
+    let mut buf = [0u8; 256];
+    let read = within("the server to drop the connection", tcp.read(&mut buf)).await;
+    let elapsed = started.elapsed();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        elapsed >= deadline - std::time::Duration::from_millis(20),
+        "{elapsed:?}"
+    );
+    assert!(
+        elapsed < deadline + std::time::Duration::from_millis(800),
+        "{elapsed:?}"
+    );
+    wait_idle(&handle).await;
+    let stats = handle.stats();
+    assert_eq!(stats.handshake_failed, 1);
+    assert_eq!(stats.upgraded, 0);
+    drop(server);
+}
