@@ -33,14 +33,17 @@ pub struct Header {
 
 type RawHeader = (u8, u8, u32, u32);
 
-/// The four header fields at their fixed offsets, after one length check.
+/// The four header fields: nom's complete `take` splits off the ten header bytes (the one
+/// check a fixed-width header needs), then the fields are read at fixed offsets.
 ///
-/// Plain big-endian loads: a field-by-field parser checks the remaining length once per field
-/// and, across crates, calls out for each one, which made header decoding several times
-/// slower than the loads themselves (benches/codec.rs, `header_decode`).
+/// Field-by-field nom parsers re-check the remaining length per field and, across crates,
+/// call out for each one, which made header decoding several times slower than the loads
+/// themselves (benches/codec.rs, `header_decode`).
 #[inline]
 fn raw_header(input: &[u8]) -> Option<RawHeader> {
-    let &[ver_type, flags, s0, s1, s2, s3, l0, l1, l2, l3] = input.first_chunk::<HEADER_LEN>()?;
+    let taken: nom::IResult<&[u8], &[u8]> = nom::bytes::complete::take(HEADER_LEN)(input);
+    let (_, header) = taken.ok()?;
+    let &[ver_type, flags, s0, s1, s2, s3, l0, l1, l2, l3] = header.first_chunk::<HEADER_LEN>()?;
     Some((
         ver_type,
         flags,
