@@ -11,7 +11,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{assert_alive, config, ms, msg, resets};
-use mux_proto::frame::{Frame, OpenRequest, Permissions};
+use mux_proto::frame::{Frame, OpenRequest, Permissions, Setting, Settings};
 use mux_proto::testing::{frames, Pair, RawPeer};
 use mux_proto::{
     CloseCode, Event, Grant, Initiator, Phase, SendError, SessionError, SessionId, Side,
@@ -370,4 +370,101 @@ fn pending_opens_are_capped_and_the_connection_lives() {
     peer.send([frames::open(9, "e")]);
     assert!(peer.take_reset(SessionId(9)).is_none());
     assert_eq!(peer.conn.pending_open_count(), 3);
+}
+
+#[test]
+fn messages_queued_before_accept_over_the_granted_maximum_are_never_sent() {
+    // The raw server's initial window holds one message: the second waits in the queue.
+    let settings = Settings::default().with(Setting::InitialCreditMessages, 1);
+    let mut client = RawPeer::with_settings(Side::Client, Default::default(), settings);
+    let id = client
+        .conn
+        .open(client.now, "upload", Bytes::new(), OpenRequest::default())
+        .unwrap();
+    client.conn.send(client.now, id, msg(10, 1)).unwrap();
+    client.conn.send(client.now, id, msg(5000, 2)).unwrap();
+    client.collect();
+    assert_eq!(
+        client.take_data(id).len(),
+        1,
+        "early data within the window"
+    );
+    client.received.clear();
+
+    // The grant allows 1,000 bytes: the queued 5,000-byte message may not be started.
+    client.send([
+        frames::accept(1, Permissions::BOTH, 1000),
+        frames::credit(1, 10, 10_000),
+    ]);
+    assert!(client.take_data(id).is_empty(), "{:?}", client.received);
+    assert_eq!(
+        client.take_reset(id).map(|r| r.code),
+        Some(CloseCode::MESSAGE_TOO_BIG)
+    );
+    assert_eq!(
+        client.take_closed(id),
+        Some((CloseCode::MESSAGE_TOO_BIG, Initiator::Local))
+    );
+    assert_eq!(client.conn.stats().send_buffered, 0);
+    assert!(client.conn.is_open());
+}
+
+#[test]
+fn messages_queued_before_accept_within_the_granted_maximum_are_sent() {
+    let settings = Settings::default().with(Setting::InitialCreditMessages, 1);
+    let mut client = RawPeer::with_settings(Side::Client, Default::default(), settings);
+    let id = client
+        .conn
+        .open(client.now, "upload", Bytes::new(), OpenRequest::default())
+        .unwrap();
+    client.conn.send(client.now, id, msg(10, 1)).unwrap();
+    client.conn.send(client.now, id, msg(1000, 2)).unwrap();
+    client.collect();
+    client.received.clear();
+    client.send([
+        frames::accept(1, Permissions::BOTH, 1000),
+        frames::credit(1, 10, 10_000),
+    ]);
+    let data = client.take_data(id);
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].payload.len(), 1000);
+    assert!(client.take_reset(id).is_none());
+}
+
+#[test]
+fn messages_queued_before_a_receive_only_accept_are_never_sent() {
+    let settings = Settings::default().with(Setting::InitialCreditMessages, 1);
+    let mut client = RawPeer::with_settings(Side::Client, Default::default(), settings);
+    let id = client
+        .conn
+        .open(client.now, "feed", Bytes::new(), OpenRequest::default())
+        .unwrap();
+    client.conn.send(client.now, id, msg(10, 1)).unwrap();
+    client.conn.send(client.now, id, msg(10, 2)).unwrap();
+    client.collect();
+    client.received.clear();
+    // RECEIVE only: the opener may not send.
+    client.send([
+        frames::accept(1, Permissions::RECEIVE, 1000),
+        frames::credit(1, 10, 10_000),
+    ]);
+    assert!(client.take_data(id).is_empty(), "{:?}", client.received);
+    assert_eq!(
+        client.take_reset(id).map(|r| r.code),
+        Some(CloseCode::POLICY_VIOLATION)
+    );
+}
+
+#[test]
+fn a_side_that_may_not_send_sends_no_fin() {
+    let mut peer = RawPeer::server(Default::default());
+    // The acceptor grants itself no sending (SEND only: the opener sends).
+    let id = peer.open_accepted(1, Grant::send_only());
+    peer.conn.finish(peer.now, id).unwrap();
+    peer.collect();
+    assert!(peer.take_data(id).is_empty(), "{:?}", peer.received);
+    // The session goes on; the opener's data is still accepted.
+    peer.send([frames::data(1, b"x", true)]);
+    assert_eq!(peer.conn.recv(peer.now, id), Some(Bytes::from_static(b"x")));
+    assert!(resets(&peer).is_empty());
 }

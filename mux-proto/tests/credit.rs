@@ -306,3 +306,38 @@ fn a_closed_session_stops_returning_credit() {
     peer.collect();
     assert_eq!(peer.take_credit(id), (0, 0));
 }
+
+#[test]
+fn no_credit_is_announced_after_the_peers_close() {
+    let mut peer = RawPeer::server(Default::default());
+    let id = peer.open_accepted(1, Grant::full());
+    let mut burst: Vec<_> = (0..20).map(|_| frames::data(1, b"m", true)).collect();
+    burst.push(frames::close(1, CloseCode::NORMAL));
+    peer.send(burst);
+    // Reading 16 messages is a quarter window, but the peer will send nothing more.
+    for _ in 0..16 {
+        assert!(peer.conn.recv(peer.now, id).is_some());
+    }
+    peer.collect();
+    assert_eq!(peer.take_credit(id), (0, 0));
+    assert!(peer.received.is_empty(), "{:?}", peer.received);
+    while peer.conn.recv(peer.now, id).is_some() {}
+    assert_eq!(
+        peer.take_closed(id),
+        Some((CloseCode::NORMAL, mux_proto::Initiator::Peer))
+    );
+}
+
+#[test]
+fn no_credit_is_announced_after_the_peers_fin() {
+    let mut peer = RawPeer::server(Default::default());
+    let id = peer.open_accepted(1, Grant::full());
+    let mut burst: Vec<_> = (0..19).map(|_| frames::data(1, b"m", true)).collect();
+    burst.push(frames::data_fin(1, b"m"));
+    peer.send(burst);
+    for _ in 0..20 {
+        assert!(peer.conn.recv(peer.now, id).is_some());
+    }
+    peer.collect();
+    assert_eq!(peer.take_credit(id), (0, 0));
+}

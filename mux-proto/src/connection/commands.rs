@@ -323,7 +323,9 @@ impl Connection {
         Ok(())
     }
 
-    /// Half-closes: no more messages from this side after those queued.
+    /// Half-closes: no more messages from this side after those queued. On a session the
+    /// grant does not let this side send on, no FIN is sent (spec/sessions.md#closing): such
+    /// a session ends with [`close_session`](Connection::close_session) or a reset.
     pub fn finish(&mut self, _now: Timestamp, id: SessionId) -> Result<(), SessionError> {
         let session = self
             .sessions
@@ -427,7 +429,8 @@ impl Connection {
         let Some(session) = self.sessions.get_mut(id) else {
             return;
         };
-        if !session.recv.should_announce() {
+        // spec/sessions.md#credit: after the peer's CLOSE it sends nothing more.
+        if session.peer_close.is_some() || !session.recv.should_announce() {
             return;
         }
         // Credit waits for the session's buckets and the connection's (both throttle).

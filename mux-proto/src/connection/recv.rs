@@ -282,8 +282,34 @@ impl Connection {
         // spec/sessions.md#limits: the acceptor's grant is the opener's limit from now on
         // (it never exceeds the acceptor's window for the session).
         session.send.max_message = accept.max_message_size;
+        // spec/sessions.md#authorization (the opener's side): messages queued before the
+        // ACCEPT are bound by it too. One the grant forbids is never started; the session
+        // ends here with the code the acceptor would have sent.
+        let limit = usize::try_from(accept.max_message_size).unwrap_or(usize::MAX);
+        let started = usize::from(session.send.offset > 0);
+        let refused = if !session.send.permitted && !session.send.queue.is_empty() {
+            Some((CloseCode::POLICY_VIOLATION, "sending is not permitted"))
+        } else if session
+            .send
+            .queue
+            .iter()
+            .skip(started)
+            .any(|m| m.len() > limit)
+        {
+            Some((
+                CloseCode::MESSAGE_TOO_BIG,
+                "a queued message exceeds the granted maximum",
+            ))
+        } else {
+            None
+        };
         self.stats.sessions_opened = self.stats.sessions_opened.saturating_add(1);
         self.emit(Event::Opened { id, grant: accept });
+        if let Some((code, reason)) = refused {
+            let close = SessionClose::new(id, code, reason);
+            self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+            return;
+        }
         self.schedule(id);
     }
 

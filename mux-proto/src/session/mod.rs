@@ -257,7 +257,8 @@ impl Session {
 
     /// Whether the scheduler should visit this session.
     pub(crate) fn wants_to_send(&self, max_frame: u32) -> bool {
-        self.phase != Phase::Pending && self.send.plan(max_frame).is_some()
+        // A direction the grant does not permit sends nothing, not even a FIN.
+        self.phase != Phase::Pending && self.send.permitted && self.send.plan(max_frame).is_some()
     }
 
     /// Both directions finished and everything read: the session can end normally.
