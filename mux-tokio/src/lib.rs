@@ -14,6 +14,8 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
 mod driver;
 mod error;

@@ -1,0 +1,68 @@
+//! The protocol over axum's WebSocket: the same client talks to an axum route.
+#![cfg(feature = "axum")]
+
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use mux_tokio::axum::AxumTransport;
+use mux_tokio::{AllowAll, Client, ClientConfig, Principal, Session, SUBPROTOCOL};
+use tokio::sync::mpsc;
+
+async fn mux(ws: WebSocketUpgrade, State(sessions): State<mpsc::Sender<Session>>) -> Response {
+    ws.protocols([SUBPROTOCOL])
+        .on_upgrade(move |socket| async move {
+            let (_, done) = mux_tokio::serve_transport(
+                AxumTransport::new(socket),
+                mux_proto::Config::default(),
+                Principal::new("test"),
+                AllowAll,
+                sessions,
+            );
+            let _ = done.await;
+        })
+}
+
+#[tokio::test]
+async fn sessions_run_over_an_axum_websocket() {
+    let (sessions, mut accepted) = mpsc::channel::<Session>(16);
+    let router = Router::new().route("/mux", any(mux)).with_state(sessions);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    tokio::spawn(async move {
+        while let Some(mut session) = accepted.recv().await {
+            tokio::spawn(async move {
+                while let Some(m) = session.recv().await {
+                    let reply = Bytes::from([session.kind().as_bytes(), b":", &m[..]].concat());
+                    if session.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let work = async {
+        let mut client = Client::connect(
+            &format!("ws://{addr}/mux"),
+            ClientConfig::default().reconnect(false),
+        )
+        .await
+        .unwrap();
+        let mut a = client.open("a", Bytes::new()).await.unwrap();
+        let mut b = client.open("b", Bytes::new()).await.unwrap();
+        for i in 0..20 {
+            b.send(Bytes::from(format!("{i}"))).await.unwrap();
+            a.send(Bytes::from(format!("{i}"))).await.unwrap();
+            assert_eq!(a.recv().await.unwrap(), Bytes::from(format!("a:{i}")));
+            assert_eq!(b.recv().await.unwrap(), Bytes::from(format!("b:{i}")));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .unwrap();
+}
