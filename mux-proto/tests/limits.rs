@@ -12,10 +12,11 @@ mod common;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{assert_alive, config, ms, msg, resets};
 use mux_proto::frame::FrameType;
-use mux_proto::frame::{Frame, Header, RateLimits, FLAG_END};
+use mux_proto::frame::{Frame, Header, RateLimits, Setting, Settings, FLAG_END};
 use mux_proto::testing::{frames, Pair, RawPeer};
 use mux_proto::{
     CloseCode, Event, Grant, LimitKind, OpenError, RatePolicy, SendError, SessionError, SessionId,
+    Side,
 };
 
 fn limit_hit(peer: &mut RawPeer, limit: LimitKind) -> bool {
@@ -275,6 +276,33 @@ fn the_opener_refuses_metadata_the_peer_would_refuse() {
         ),
         Err(OpenError::MetadataTooLarge { len: 17, max: 16 })
     );
+}
+
+#[test]
+fn an_open_always_fits_in_one_transport_message() {
+    // The peer would accept 100,000 bytes of metadata, but a transport message holds
+    // 65,536: an OPEN carries at most 65,536 - 25 bytes of kind and auth.
+    let settings = Settings::default().with(Setting::MaxOpenMetadata, 100_000);
+    let mut client = RawPeer::with_settings(Side::Client, Default::default(), settings);
+    let now = client.now;
+    assert_eq!(
+        client
+            .conn
+            .open(now, "k", Bytes::from(vec![0u8; 65_511]), Default::default()),
+        Err(OpenError::MetadataTooLarge {
+            len: 65_512,
+            max: 65_511
+        })
+    );
+    let id = client
+        .conn
+        .open(now, "k", Bytes::from(vec![0u8; 65_510]), Default::default())
+        .unwrap();
+    let mut buf = BytesMut::new();
+    assert!(client.conn.poll_transmit(now, &mut buf));
+    assert_eq!(buf.len(), 65_536);
+    let frames = mux_proto::frame::decode_message(buf.freeze()).unwrap();
+    assert!(matches!(&frames[..], [Frame::Open(o)] if o.session_id == id));
 }
 
 // ---- the control budget -----------------------------------------------------------------

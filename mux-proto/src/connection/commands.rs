@@ -8,7 +8,8 @@ use crate::config::Grant;
 use crate::error::{OpenError, SendError, SessionError};
 use crate::event::{Event, Initiator};
 use crate::frame::{
-    Accept, Frame, GoAway, Open, OpenRequest, RateLimits, SessionClose, Text, MAX_KIND_LEN,
+    Accept, Frame, GoAway, Open, OpenRequest, RateLimits, SessionClose, Text, HEADER_LEN,
+    MAX_KIND_LEN, OPEN_FIXED_LEN,
 };
 use crate::id::SessionId;
 use crate::rate::TokenBucket;
@@ -38,7 +39,14 @@ impl Connection {
             });
         }
         let metadata = kind.len().saturating_add(auth.len());
-        let max_metadata = usize::try_from(peer.max_open_metadata).unwrap_or(usize::MAX);
+        // spec/sessions.md#transport-message-size: every frame fits in one transport message,
+        // so an OPEN carries at most L - 25 bytes of metadata (10 header + 15 fixed).
+        let fits_transport = self
+            .max_transmit_size()
+            .saturating_sub(HEADER_LEN.saturating_add(OPEN_FIXED_LEN));
+        let max_metadata = usize::try_from(peer.max_open_metadata)
+            .unwrap_or(usize::MAX)
+            .min(fits_transport);
         if kind.len() > MAX_KIND_LEN
             || auth.len() > usize::from(u16::MAX)
             || metadata > max_metadata
