@@ -439,6 +439,7 @@ impl Driver {
             (Ok(grant), Some(permit)) => {
                 if self.conn.accept(now, id, grant).is_ok() {
                     debug!(session_id = id.get(), kind = %kind, "session accepted");
+                    crate::observe::session_opened();
                     let session = self.new_session(id, kind, self.acceptor.principal.clone());
                     permit.send(session);
                 }
@@ -542,6 +543,7 @@ impl Driver {
                     self.authorize(id, kind.as_str().to_owned(), auth)
                 }
                 Event::Opened { id, .. } => {
+                    crate::observe::session_opened();
                     if let Some((kind, reply)) = self.opening.remove(&id) {
                         let session = self.new_session(id, kind, None);
                         if let Err(Ok(session)) = reply.send(Ok(session)) {
@@ -575,6 +577,7 @@ impl Driver {
                     );
                 }
                 Event::LimitHit { id, limit } => {
+                    crate::observe::limit_hit(limit);
                     warn!(session_id = id.map(SessionId::get), ?limit, "limit hit");
                 }
                 Event::ConnectionClosed {
@@ -650,6 +653,7 @@ impl Driver {
         reason: &str,
         retry_after_ms: u32,
     ) {
+        crate::observe::session_closed(code);
         let by_peer = initiator == Initiator::Peer;
         if let Some((_, reply)) = self.opening.remove(&id) {
             let _ = reply.send(Err(OpenError::Refused {

@@ -19,6 +19,7 @@ pub mod axum;
 mod client;
 mod driver;
 mod error;
+mod observe;
 mod server;
 mod session;
 mod transport;

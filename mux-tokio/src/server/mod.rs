@@ -351,6 +351,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     Refusal::TooMany => ("429 Too Many Requests", &shared.counters.refused_429),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                crate::observe::handshake_refused(if refusal == Refusal::Global {
+                    503
+                } else {
+                    429
+                });
                 tokio::spawn(refuse(tcp, status));
             }
         }
@@ -453,6 +458,7 @@ async fn serve_connection(
                 _ => &shared.counters.handshake_failed,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            crate::observe::handshake_refused(refused.map_or(0, |s| s.as_u16()));
             debug!(%peer, status = ?refused, "handshake refused");
             return;
         }
@@ -461,6 +467,7 @@ async fn serve_connection(
         return;
     };
     shared.counters.upgraded.fetch_add(1, Ordering::Relaxed);
+    crate::observe::connection_opened();
     let span = info_span!("mux.conn", conn_id, %peer, principal = %principal.id);
     let acceptor = Acceptor {
         principal: Some(principal),
@@ -482,6 +489,7 @@ async fn serve_connection(
     }
     let outcome = join.await;
     lock(&shared.connections).remove(&conn_id);
+    crate::observe::connection_closed(outcome.as_ref().ok().and_then(|o| o.code));
     if let Ok(outcome) = outcome {
         span.in_scope(|| info!(code = ?outcome.code, messages_in = outcome.stats.messages_received, messages_out = outcome.stats.messages_sent, "connection ended"));
     }
