@@ -386,7 +386,13 @@ impl Supervisor {
                 generation,
             });
             attempt = 0;
-            let code = join.await.ok().and_then(|o| o.code);
+            // 1006 is never sent: it stands for "lost without a close frame", which the
+            // event reports as `None`.
+            let code = join
+                .await
+                .ok()
+                .and_then(|o| o.code)
+                .filter(|c| *c != CloseCode::ABNORMAL);
             let _ = self.current.send(None);
             let _ = self.events.try_send(ClientEvent::Disconnected { code });
             if *self.stop.borrow() || !self.config.reconnect {

@@ -219,3 +219,63 @@ async fn gives_up_after_max_attempts() {
         Some(OpenError::ConnectionClosed)
     );
 }
+
+/// A fake server: it upgrades (selecting `mux.v1`), exchanges SETTINGS, then drops the
+/// TCP connection without CONN_CLOSE or a WebSocket Close.
+async fn upgrade_then_vanish(listener: &tokio::net::TcpListener) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::Message;
+    let (tcp, _) = listener.accept().await.expect("accept");
+    #[allow(clippy::result_large_err)]
+    let select = |_: &Request, mut response: Response| {
+        response
+            .headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static("mux.v1"));
+        Ok(response)
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async(tcp, select)
+        .await
+        .expect("upgrade");
+    ws.send(Message::Binary(common::encode(&[
+        common::default_settings(),
+    ])))
+    .await
+    .expect("send SETTINGS");
+    // The client's SETTINGS.
+    let _ = ws.next().await;
+    drop(ws);
+}
+
+#[tokio::test]
+async fn a_connection_lost_without_a_close_frame_is_reported_and_retried() {
+    let listener = tokio::net::TcpListener::bind(common::loopback())
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let fake = tokio::spawn(async move {
+        upgrade_then_vanish(&listener).await;
+        listener
+    });
+    let mut client = connect(addr, Some(20)).await;
+    let listener = within("the fake server", fake).await.expect("fake server");
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Disconnected { code: None },
+        "lost without a close code"
+    );
+    // It retries against the same (fake) server, which answers and vanishes again.
+    let again = tokio::spawn(async move { upgrade_then_vanish(&listener).await });
+    let backoff = Backoff::new(BASE, MAX, Some(20));
+    let (event, _) = reconnecting(&mut client, &backoff).await;
+    assert!(
+        matches!(event, ClientEvent::Connected { generation: 2, .. }),
+        "{event:?}"
+    );
+    within("the fake server", again).await.expect("fake server");
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Disconnected { code: None }
+    );
+}
