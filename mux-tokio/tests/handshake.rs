@@ -307,3 +307,34 @@ async fn a_handshake_that_never_completes_is_dropped_at_the_deadline() {
     assert_eq!(stats.upgraded, 0);
     drop(server);
 }
+
+#[tokio::test]
+async fn an_unreadable_origin_is_not_a_missing_one() {
+    // Even where requests without Origin are allowed, an Origin header that is present but
+    // not visible ASCII is refused, not treated as absent.
+    let (addr, handle, _) = strict_server(true).await;
+    expect_refused(
+        addr,
+        &handle,
+        &[("Origin", "https://ex\u{e9}ample.com"), MUX, GOOD],
+        403,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_repeated_origin_header_is_refused() {
+    let (addr, handle, _) = strict_server(false).await;
+    for pair in [
+        ["https://example.com", "https://evil.com"],
+        ["https://evil.com", "https://example.com"],
+    ] {
+        expect_refused(
+            addr,
+            &handle,
+            &[("Origin", pair[0]), ("Origin", pair[1]), MUX, GOOD],
+            403,
+        )
+        .await;
+    }
+}

@@ -399,11 +399,18 @@ async fn serve_connection(
         let headers = request.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         // Every check answers with a real status before any state is kept (spec/sessions.md).
-        let origin = header("origin");
-        if !config.origins.admits(origin) {
+        // An Origin that is present must be one readable value: an unreadable or repeated
+        // header is not a missing one (which `allow_missing` may admit).
+        let mut origins = headers.get_all("origin").iter();
+        let origin = match (origins.next().map(|v| v.to_str()), origins.next()) {
+            (None, _) => Some(None),
+            (Some(Ok(value)), None) => Some(Some(value)),
+            _ => None,
+        };
+        let Some(origin) = origin.filter(|o| config.origins.admits(*o)) else {
             refused = Some(StatusCode::FORBIDDEN);
             return Err(reject(StatusCode::FORBIDDEN));
-        }
+        };
         let protocols = parse_protocols(
             headers
                 .get_all("sec-websocket-protocol")
