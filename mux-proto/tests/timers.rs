@@ -154,6 +154,35 @@ fn pings_come_often_enough_for_the_peers_idle_timeout() {
     assert_eq!(peer.conn.poll_timeout(), None);
 }
 
+#[test]
+fn a_ping_goes_out_when_nothing_was_sent_for_half_the_peers_idle_timeout() {
+    // This side receives all the time (so its own keepalive never fires) but sends nothing:
+    // the peer, which closes after 4 s without receiving a frame, still gets one every 2 s.
+    let settings = Settings::default().with(Setting::IdleTimeoutMs, 4_000);
+    let mut peer = RawPeer::with_settings(Side::Server, keepalive(15_000, 10_000), settings);
+    peer.open_accepted(1, Grant::full());
+    let mut last_sent = peer.now;
+    let mut longest = std::time::Duration::ZERO;
+    for step in 0..100 {
+        peer.advance(ms(100));
+        if step % 5 == 0 {
+            // Unread DATA: no CREDIT goes back, nothing is sent but PINGs.
+            peer.send([frames::data(1, b"tick", true)]);
+        }
+        if !peer.received.is_empty() {
+            assert!(peer.received.iter().all(|f| matches!(f, Frame::Ping(_))));
+            peer.received.clear();
+            longest = longest.max(peer.now.saturating_duration_since(last_sent));
+            last_sent = peer.now;
+        }
+    }
+    assert!(
+        longest > ms(0) && longest <= ms(2_000),
+        "silent for {longest:?}"
+    );
+    assert_alive(&peer);
+}
+
 // ---- the SETTINGS deadline --------------------------------------------------------------
 
 #[test]

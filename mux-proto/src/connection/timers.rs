@@ -18,9 +18,13 @@ pub(super) struct Timers {
     settings: Timestamp,
     /// Send a PING then (silence since the last receipt).
     keepalive: Timestamp,
-    /// Silence before a PING: the configured interval, shortened to half the peer's
-    /// IDLE_TIMEOUT_MS once its SETTINGS arrive (spec/frames.md#settings).
+    /// Receive silence before a PING (the configured keepalive interval).
     interval: Option<Duration>,
+    /// Half the peer's IDLE_TIMEOUT_MS, if it has one and keepalive is on.
+    peer_idle_half: Option<Duration>,
+    /// Send a PING then if nothing else was sent: the peer closes the connection after its
+    /// IDLE_TIMEOUT_MS without receiving a frame.
+    send_idle: Timestamp,
     /// Something must arrive by then after a PING.
     pong: Timestamp,
     /// After GOAWAY, close by then.
@@ -39,6 +43,8 @@ impl Timers {
                 .keepalive_interval
                 .map_or(Timestamp::NEVER, |i| now.saturating_add(i)),
             interval: t.keepalive_interval,
+            peer_idle_half: None,
+            send_idle: Timestamp::NEVER,
             pong: Timestamp::NEVER,
             shutdown: Timestamp::NEVER,
             idle_sweep: t
@@ -57,19 +63,23 @@ impl Timers {
     }
 
     /// The peer closes the connection after `idle_ms` without receiving a frame (0: never):
-    /// PING at least twice as often, so an idle but healthy connection survives. A
-    /// keepalive the configuration disabled stays disabled.
+    /// from now on, a PING goes out whenever nothing was sent for half of it, so an idle
+    /// but healthy connection survives (spec/sessions.md#timers). A keepalive the
+    /// configuration disabled stays disabled.
     pub(super) fn on_peer_idle_timeout(&mut self, idle_ms: u32, now: Timestamp) {
-        let Some(interval) = self.interval else {
-            return;
-        };
-        if idle_ms == 0 {
+        if self.interval.is_none() || idle_ms == 0 {
             return;
         }
         let half = Duration::from_millis(u64::from(idle_ms / 2)).max(Duration::from_millis(1));
-        let interval = interval.min(half);
-        self.interval = Some(interval);
-        self.keepalive = self.keepalive.min(now.saturating_add(interval));
+        self.peer_idle_half = Some(half);
+        self.send_idle = now.saturating_add(half);
+    }
+
+    /// Something was sent: the peer's idle timer restarts.
+    pub(super) fn on_send(&mut self, now: Timestamp) {
+        if let Some(half) = self.peer_idle_half {
+            self.send_idle = now.saturating_add(half);
+        }
     }
 
     pub(super) fn start_shutdown(&mut self, t: &Timeouts, now: Timestamp) {
@@ -97,7 +107,7 @@ impl Connection {
             next = next.min(t.settings);
         }
         if self.state == State::Open {
-            next = next.min(t.keepalive);
+            next = next.min(t.keepalive).min(t.send_idle);
             if self.sessions.len() > 0 {
                 next = next.min(t.idle_sweep);
             }
@@ -133,6 +143,16 @@ impl Connection {
             self.ping_due = Some(self.ping_counter);
             self.timers.keepalive = Timestamp::NEVER;
             self.timers.pong = now.saturating_add(self.config.timeouts.keepalive_timeout);
+        }
+        if self.state == State::Open && now >= self.timers.send_idle {
+            // Nothing sent for half the peer's idle timeout: a PING keeps the peer from
+            // closing an idle but healthy connection. Re-armed when it goes out.
+            self.timers.send_idle = Timestamp::NEVER;
+            self.ping_counter = self.ping_counter.wrapping_add(1);
+            self.ping_due = Some(self.ping_counter);
+            if self.timers.pong == Timestamp::NEVER {
+                self.timers.pong = now.saturating_add(self.config.timeouts.keepalive_timeout);
+            }
         }
         self.expire_pending(now);
         self.sessions.expire(now);

@@ -42,21 +42,22 @@ impl Connection {
                 frames = frames.saturating_add(1);
             }
             self.state = State::Closed;
-            self.count_transmit(frames);
+            self.count_transmit(now, frames);
             return buf.len() > start;
         }
         if self.peer.is_some() {
             frames = frames.saturating_add(self.write_control(now, buf, start, limit));
             frames = frames.saturating_add(self.write_data(now, buf, start, limit));
         }
-        self.count_transmit(frames);
+        self.count_transmit(now, frames);
         buf.len() > start
     }
 
-    fn count_transmit(&mut self, frames: u64) {
+    fn count_transmit(&mut self, now: Timestamp, frames: u64) {
         if frames > 0 {
             self.stats.frames_sent = self.stats.frames_sent.saturating_add(frames);
             self.stats.transmits = self.stats.transmits.saturating_add(1);
+            self.timers.on_send(now);
         }
     }
 
