@@ -110,6 +110,13 @@ async fn in_flight_sessions_finish_then_connections_close_with_1001() {
             code: Some(CloseCode::GOING_AWAY)
         })
     );
+    // Without reconnecting, the client is done: opening fails instead of waiting.
+    assert_eq!(
+        within("open after disconnect", client.open("echo", Bytes::new()))
+            .await
+            .err(),
+        Some(OpenError::ConnectionClosed)
+    );
     within("shutdown to return", shutdown)
         .await
         .expect("shutdown task");
