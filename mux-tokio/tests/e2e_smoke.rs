@@ -23,7 +23,9 @@ async fn echo_over_loopback() {
             });
         }
     });
-    let mut client = Client::connect(&url, ClientConfig::default()).await.unwrap();
+    let mut client = Client::connect(&url, ClientConfig::default())
+        .await
+        .unwrap();
     let mut a = client.open("a", Bytes::new()).await.unwrap();
     let mut b = client.open("b", Bytes::new()).await.unwrap();
     let work = async {
@@ -34,5 +36,7 @@ async fn echo_over_loopback() {
             assert_eq!(b.recv().await.unwrap(), Bytes::from(format!("b{i}")));
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), work).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .unwrap();
 }
