@@ -4,7 +4,7 @@
 //! Every queue here is bounded: commands from handles, each session's inbox, the writer's
 //! channel (two messages), and authorization tasks (bounded by the protocol's pending-open cap).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,7 +186,8 @@ pub(crate) fn spawn_connection<T: Transport>(
 struct Slot {
     inbox: Option<mpsc::Sender<Bytes>>,
     shared: Arc<Shared>,
-    parked: Option<(Bytes, oneshot::Sender<Result<(), SendError>>)>,
+    /// Sends waiting for room, in order; one per sender awaiting its reply.
+    parked: VecDeque<(Bytes, oneshot::Sender<Result<(), SendError>>)>,
     peer_finished: bool,
 }
 
@@ -421,12 +422,17 @@ impl Driver {
             let _ = reply.send(Err(closed_error(None)));
             return;
         };
+        if !slot.parked.is_empty() {
+            // Keep order behind sends already waiting.
+            slot.parked.push_back((message, reply));
+            return;
+        }
         match self.conn.send(now, id, message.clone()) {
             Ok(()) => {
                 let _ = reply.send(Ok(()));
             }
             // Backpressure: the reply waits until the session can take the message.
-            Err(mux_proto::SendError::Blocked) => slot.parked = Some((message, reply)),
+            Err(mux_proto::SendError::Blocked) => slot.parked.push_back((message, reply)),
             Err(e) => {
                 let _ = reply.send(Err(map_send_error(e, &slot.shared)));
             }
@@ -440,7 +446,9 @@ impl Driver {
                 if self.conn.accept(now, id, grant).is_ok() {
                     debug!(session_id = id.get(), kind = %kind, "session accepted");
                     crate::observe::session_opened();
-                    let session = self.new_session(id, kind, self.acceptor.principal.clone());
+                    let may_send = grant.permissions.acceptor_may_send();
+                    let principal = self.acceptor.principal.clone();
+                    let session = self.new_session(id, kind, principal, may_send);
                     permit.send(session);
                 }
             }
@@ -473,6 +481,7 @@ impl Driver {
         id: SessionId,
         kind: String,
         principal: Option<Principal>,
+        may_send: bool,
     ) -> Session {
         let (tx, rx) = mpsc::channel(self.options.inbox_capacity.max(1));
         let shared = Arc::new(Shared::default());
@@ -481,7 +490,7 @@ impl Driver {
             Slot {
                 inbox: Some(tx),
                 shared: shared.clone(),
-                parked: None,
+                parked: VecDeque::new(),
                 peer_finished: false,
             },
         );
@@ -492,6 +501,7 @@ impl Driver {
             inbox: rx,
             shared,
             principal,
+            may_send,
             done: false,
         }
     }
@@ -542,10 +552,11 @@ impl Driver {
                 Event::Incoming { id, kind, auth, .. } => {
                     self.authorize(id, kind.as_str().to_owned(), auth)
                 }
-                Event::Opened { id, .. } => {
+                Event::Opened { id, grant } => {
                     crate::observe::session_opened();
                     if let Some((kind, reply)) = self.opening.remove(&id) {
-                        let session = self.new_session(id, kind, None);
+                        let may_send = grant.permissions.opener_may_send();
+                        let session = self.new_session(id, kind, None, may_send);
                         if let Err(Ok(session)) = reply.send(Ok(session)) {
                             drop(session);
                         }
@@ -637,11 +648,19 @@ impl Driver {
     }
 
     fn retry_parked(&mut self, id: SessionId) {
+        let now = self.now();
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        if let Some((message, reply)) = slot.parked.take() {
-            self.send(id, message, reply);
+        while let Some((message, _)) = slot.parked.front() {
+            match self.conn.send(now, id, message.clone()) {
+                Err(mux_proto::SendError::Blocked) => break,
+                result => {
+                    if let Some((_, reply)) = slot.parked.pop_front() {
+                        let _ = reply.send(result.map_err(|e| map_send_error(e, &slot.shared)));
+                    }
+                }
+            }
         }
     }
 
@@ -670,8 +689,8 @@ impl Driver {
                 by_peer,
             };
             let _ = slot.shared.closed.set(closed.clone());
-            if let Some((_, reply)) = slot.parked.take() {
-                let _ = reply.send(Err(SendError::Closed(closed)));
+            for (_, reply) in slot.parked.drain(..) {
+                let _ = reply.send(Err(SendError::Closed(closed.clone())));
             }
             if code != CloseCode::NORMAL && code != CloseCode::CANCELLED {
                 debug!(
@@ -694,8 +713,8 @@ impl Driver {
                 by_peer: false,
             };
             let _ = slot.shared.closed.set(closed.clone());
-            if let Some((_, reply)) = slot.parked.take() {
-                let _ = reply.send(Err(SendError::Closed(closed)));
+            for (_, reply) in slot.parked.drain(..) {
+                let _ = reply.send(Err(SendError::Closed(closed.clone())));
             }
         }
         for (_, (_, reply)) in self.opening.drain() {

@@ -22,6 +22,7 @@ mod error;
 mod observe;
 mod server;
 mod session;
+pub mod topic;
 mod transport;
 
 pub use auth::{
@@ -35,7 +36,7 @@ pub use server::{
     bearer_token, parse_protocols, Origin, OriginPolicy, Protocols, Server, ServerConfig,
     ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
 };
-pub use session::{OpenInfo, Session};
+pub use session::{OpenInfo, Session, SessionSender};
 pub use transport::{Transport, TransportError, TungsteniteTransport, WsMessage};
 
 /// Runs the protocol over an already upgraded WebSocket (for example axum's, through an

@@ -60,7 +60,74 @@ pub struct Session {
     pub(crate) inbox: mpsc::Receiver<Bytes>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) principal: Option<crate::auth::Principal>,
+    /// Whether this side may send DATA on the session, per its grant.
+    pub(crate) may_send: bool,
     pub(crate) done: bool,
+}
+
+/// A cloneable handle that sends on a session (for example from a fan-out task) while the
+/// [`Session`] itself keeps receiving. Sends from all handles keep their order per handle.
+#[derive(Debug, Clone)]
+pub struct SessionSender {
+    id: SessionId,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl SessionSender {
+    /// The session's ID.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Sends one message, waiting for credit like [`Session::send`].
+    pub async fn send(&self, message: Bytes) -> Result<(), SendError> {
+        send_on(&self.commands, &self.shared, self.id, message).await
+    }
+
+    /// Closes the session with RESET and `code` (e.g. 4007 REVOKED, 4008 SLOW_CONSUMER).
+    pub async fn reset(&self, code: CloseCode, reason: &str) {
+        let _ = self
+            .commands
+            .send(Command::Close {
+                id: self.id,
+                code,
+                reason: reason.to_owned(),
+                graceful: false,
+            })
+            .await;
+    }
+
+    /// How the session ended, once it has.
+    pub fn close_reason(&self) -> Option<&SessionClosed> {
+        self.shared.closed.get()
+    }
+}
+
+async fn send_on(
+    commands: &mpsc::Sender<Command>,
+    shared: &Shared,
+    id: SessionId,
+    message: Bytes,
+) -> Result<(), SendError> {
+    let (reply, done) = oneshot::channel();
+    let closed = || closed_error(shared);
+    commands
+        .send(Command::Send { id, message, reply })
+        .await
+        .map_err(|_| closed())?;
+    match done.await {
+        Ok(result) => result,
+        Err(_) => Err(closed()),
+    }
+}
+
+fn closed_error(shared: &Shared) -> SendError {
+    SendError::Closed(shared.closed.get().cloned().unwrap_or(SessionClosed {
+        code: CloseCode::ABNORMAL,
+        reason: "connection ended".into(),
+        by_peer: false,
+    }))
 }
 
 impl Session {
@@ -82,21 +149,21 @@ impl Session {
     /// Sends one message, waiting while the session's send queue is full (credit exhausted):
     /// this is where backpressure reaches the application.
     pub async fn send(&mut self, message: Bytes) -> Result<(), SendError> {
-        let (reply, done) = oneshot::channel();
-        self.commands
-            .send(Command::Send {
-                id: self.id,
-                message,
-                reply,
-            })
-            .await
-            .map_err(|_| self.closed_error())?;
-        match done.await {
-            // The connection task forgets a session once it ended; how it ended is recorded
-            // here, so report that rather than a generic "gone".
-            Ok(Err(SendError::Closed(_))) | Err(_) => Err(self.closed_error()),
-            Ok(result) => result,
+        send_on(&self.commands, &self.shared, self.id, message).await
+    }
+
+    /// A cloneable send handle for this session.
+    pub fn sender(&self) -> SessionSender {
+        SessionSender {
+            id: self.id,
+            commands: self.commands.clone(),
+            shared: self.shared.clone(),
         }
+    }
+
+    /// Whether this side may send on the session (its grant's permissions).
+    pub fn may_send(&self) -> bool {
+        self.may_send
     }
 
     /// The next message, or `None` once the session has ended (see [`Session::close_reason`]).
@@ -109,7 +176,7 @@ impl Session {
     fn after_recv(&self) {
         // Tell the connection task there is room again if it was holding messages back.
         if self.shared.starved.swap(false, Ordering::AcqRel) {
-            let _ = self.commands.try_send(Command::Drained { id: self.id });
+            notify(&self.commands, Command::Drained { id: self.id });
         }
     }
 
@@ -160,14 +227,6 @@ impl Session {
             .ok()?;
         rx.await.ok().flatten()
     }
-
-    fn closed_error(&self) -> SendError {
-        SendError::Closed(self.shared.closed.get().cloned().unwrap_or(SessionClosed {
-            code: CloseCode::ABNORMAL,
-            reason: "connection ended".into(),
-            by_peer: false,
-        }))
-    }
 }
 
 impl Stream for Session {
@@ -185,11 +244,30 @@ impl Stream for Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if !self.done && self.shared.closed.get().is_none() {
-            let _ = self.commands.try_send(Command::Close {
-                id: self.id,
-                code: CloseCode::CANCELLED,
-                reason: String::new(),
-                graceful: false,
+            notify(
+                &self.commands,
+                Command::Close {
+                    id: self.id,
+                    code: CloseCode::CANCELLED,
+                    reason: String::new(),
+                    graceful: false,
+                },
+            );
+        }
+    }
+}
+
+/// Queues `command` for the connection task without waiting. These notifications must not
+/// be lost (a lost `Drained` leaves the session's messages held forever; a lost cancel leaks
+/// the session), so when the queue is full the command is delivered from a spawned task.
+/// Each session has at most one of each in flight (the starved flag, drop), so this is
+/// bounded.
+fn notify(commands: &mpsc::Sender<Command>, command: Command) {
+    if let Err(mpsc::error::TrySendError::Full(command)) = commands.try_send(command) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let commands = commands.clone();
+            runtime.spawn(async move {
+                let _ = commands.send(command).await;
             });
         }
     }
