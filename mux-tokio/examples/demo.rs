@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mux_proto::{CloseCode, Grant, RateLimits, RatePolicy};
+use mux_tokio::topic::{decode, Hub, LocalHub, SubscribeOptions, TopicEvent, TopicOptions};
 use mux_tokio::{
     AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
     Principal, Rejection, Server, ServerConfig, Session,
@@ -24,6 +25,8 @@ fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> 
 async fn authorize(principal: Principal, open: OpenInfo) -> Result<Grant, Rejection> {
     match open.kind.as_str() {
         "admin" if principal.id != "root" => Err(Rejection::forbidden("admins only")),
+        // Topics: anyone may watch the lobby, receive-only.
+        "lobby" => Ok(Grant::receive_only()),
         "flood" => {
             let rate = RateLimits {
                 messages_per_sec: 500,
@@ -37,8 +40,15 @@ async fn authorize(principal: Principal, open: OpenInfo) -> Result<Grant, Reject
     }
 }
 
-async fn serve(mut session: Session) {
+async fn serve(mut session: Session, hub: LocalHub) {
     match session.kind() {
+        // Topic sessions: attached to the hub for as long as the session lives.
+        "lobby" => {
+            let _subscription = hub
+                .attach(&session, SubscribeOptions::default())
+                .expect("attach");
+            while session.recv().await.is_some() {}
+        }
         // The server produces as fast as credit lets it; the client reads slowly.
         "slow" => {
             let mut sent = 0u64;
@@ -81,6 +91,11 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index.min(samples.len() - 1)]
 }
 
+async fn next_topic_event(session: &mut Session) -> TopicEvent {
+    let message = session.recv().await.expect("topic event");
+    decode(&message).expect("well-formed topic event")
+}
+
 #[tokio::main]
 async fn main() {
     tokio::time::timeout(Duration::from_secs(30), run())
@@ -102,9 +117,12 @@ async fn run() {
     .expect("bind");
     let url = format!("ws://{}/", server.local_addr());
     let handle = server.handle();
+    let hub = LocalHub::new();
+    hub.configure_topic("lobby", TopicOptions::with_presence(16));
+    let server_hub = hub.clone();
     tokio::spawn(async move {
         while let Some(session) = server.accept().await {
-            tokio::spawn(serve(session));
+            tokio::spawn(serve(session, server_hub.clone()));
         }
     });
     println!("mux demo: server on {url}\n");
@@ -210,6 +228,31 @@ async fn run() {
     );
     println!("                  the server's producer waits in send().await instead of queueing: memory stays bounded");
     slow.reset(CloseCode::CANCELLED, "done").await;
+
+    // 5. A topic with presence: fan-out to every authorized subscriber, join/leave events.
+    let mut alice_lobby = alice
+        .open("lobby", Bytes::new())
+        .await
+        .expect("alice joins the lobby");
+    let first = next_topic_event(&mut alice_lobby).await;
+    let mut bob_lobby = bob
+        .open("lobby", Bytes::new())
+        .await
+        .expect("bob joins the lobby");
+    let bob_first = next_topic_event(&mut bob_lobby).await;
+    let joined = next_topic_event(&mut alice_lobby).await;
+    let report = hub.publish("lobby", Bytes::from_static(b"welcome, everyone"));
+    let alice_got = next_topic_event(&mut alice_lobby).await;
+    let bob_got = next_topic_event(&mut bob_lobby).await;
+    println!("5. topics         \"lobby\" with presence: alice's snapshot {first:?}; bob's {bob_first:?}");
+    println!(
+        "                  alice saw {joined:?}; one publish queued for {} subscribers:",
+        report.queued
+    );
+    println!("                  alice got {alice_got:?}, bob got {bob_got:?}");
+    drop(bob_lobby);
+    let left = next_topic_event(&mut alice_lobby).await;
+    println!("                  bob closes his session: alice sees {left:?}");
 
     let server_stats = handle.stats();
     println!(
