@@ -117,8 +117,10 @@ async fn send_on(
         .await
         .map_err(|_| closed())?;
     match done.await {
+        // The connection task forgets a session once it ended; how it ended is recorded in
+        // `shared`, so report that rather than the task's generic "gone".
+        Ok(Err(SendError::Closed(_))) | Err(_) => Err(closed()),
         Ok(result) => result,
-        Err(_) => Err(closed()),
     }
 }
 

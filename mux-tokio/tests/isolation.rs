@@ -141,3 +141,51 @@ async fn sessions_stay_isolated_under_concurrency() {
     common::wait_idle(&handle).await;
     assert_eq!(handle.stats().upgraded, u64::from(CLIENTS));
 }
+
+/// One connection with as many sessions as the server allows, all sending and reading at
+/// once: the handles' commands contend for the connection task's queue, and no session may
+/// stall because a notification was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_busy_sessions_on_one_connection_all_complete() {
+    const BUSY: u16 = 100;
+    const ROUNDS: u32 = 40;
+    let (url, handle, _) = common::echo_server(open_config()).await;
+    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
+        .await
+        .expect("connect");
+    let mut sessions = Vec::new();
+    for s in 0..BUSY {
+        sessions.push(
+            client
+                .open(&format!("c0-s{s}"), Bytes::new())
+                .await
+                .expect("open"),
+        );
+    }
+    let work = async {
+        let mut tasks = JoinSet::new();
+        for (s, mut session) in sessions.into_iter().enumerate() {
+            tasks.spawn(async move {
+                let s = s as u16;
+                let mut rng = XorShift(0x2545_f491_4f6c_dd1d ^ u64::from(s));
+                let mut sent = Vec::new();
+                for seq in 0..ROUNDS {
+                    let m = message(0, s, seq, &mut rng);
+                    session.send(m.clone()).await.expect("send");
+                    sent.push(m);
+                }
+                for expected in &sent {
+                    assert_eq!(session.recv().await.as_ref(), Some(expected));
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("session task");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .expect("a session stalled");
+    client.close().await;
+    common::wait_idle(&handle).await;
+}
