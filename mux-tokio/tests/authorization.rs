@@ -278,3 +278,25 @@ async fn a_full_accept_queue_refuses_with_4003_after_the_deadline() {
     let accepted = within("accept", server.accept()).await.expect("third");
     assert_eq!(accepted.id(), third.id());
 }
+
+#[tokio::test]
+async fn dropping_a_session_cancels_it_on_the_peer_with_4010() {
+    let (url, _, mut feeds) = server().await;
+    let mut client = within(
+        "connect",
+        Client::connect(&url, ClientConfig::default().reconnect(false)),
+    )
+    .await
+    .expect("connect");
+    let feed = within("open feed", client.open("feed", Bytes::new()))
+        .await
+        .expect("feed");
+    let mut server_feed = within("the server's feed session", feeds.recv())
+        .await
+        .expect("feed session");
+    drop(feed);
+    assert_eq!(within("the feed to end", server_feed.recv()).await, None);
+    let reason = server_feed.close_reason().expect("close reason");
+    assert_eq!(reason.code, CloseCode::CANCELLED);
+    assert!(reason.by_peer);
+}
