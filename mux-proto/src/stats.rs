@@ -34,6 +34,15 @@ pub struct SessionStats {
     pub send_credit: (u32, u32),
     /// Receive credit the peer has left, as this side sees it: (messages, bytes).
     pub recv_credit: (u32, u32),
+    /// The receive window: what the peer may have outstanding at most, (messages, bytes).
+    /// While the session is open, `recv_credit` + held + `recv_unannounced` equals it,
+    /// where held is (`recv_held_messages`, `recv_queued_bytes`).
+    pub recv_window: (u32, u32),
+    /// Credit the application freed by reading and not yet announced: (messages, bytes).
+    pub recv_unannounced: (u32, u32),
+    /// Messages holding receive credit: complete ones not yet read, plus the one being
+    /// reassembled, if any.
+    pub recv_held_messages: u32,
 }
 
 /// Distinct close codes remembered in [`ConnectionStats::closes_by_code`].

@@ -1,6 +1,6 @@
 //! C. commands from the application.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{reason_text, Connection, Control, State};
 use crate::code::CloseCode;
@@ -165,6 +165,7 @@ impl Connection {
             self.control.push_back(Control::Credit(id));
         }
         self.stats.sessions_opened = self.stats.sessions_opened.saturating_add(1);
+        self.forget_pending(id);
         if early_any && !permitted {
             self.session_error(
                 now,
@@ -371,14 +372,32 @@ impl Connection {
             reason: reason_text(reason),
             retry_after_ms: 0,
         });
-        // Stop delivering: release what was received but not read.
+        // Stop delivering: what was received but not read is discarded as if read, so its
+        // credit goes back to the peer (a peer closing too must be able to drain its queue,
+        // or both would wait for each other's credit forever). A message still arriving
+        // keeps its message credit, and its overhead, until its END (see `discard_data`).
         let overhead = u64::from(self.config.limits.per_message_overhead);
-        let held = u64::from(session.recv.held_messages()).saturating_mul(overhead);
-        let released = session.recv.queued_bytes.saturating_add(held);
+        let complete = u32::try_from(session.recv.queue.len()).unwrap_or(u32::MAX);
+        let released = session
+            .recv
+            .queued_bytes
+            .saturating_add(u64::from(complete).saturating_mul(overhead));
+        let freed = Window::new(
+            complete,
+            u32::try_from(session.recv.queued_bytes).unwrap_or(u32::MAX),
+        );
+        session.recv.unannounced = session
+            .recv
+            .unannounced
+            .checked_add(freed)
+            .unwrap_or(session.recv.window);
         session.recv.queue.clear();
-        session.recv.partial = None;
+        if let Some(partial) = session.recv.partial.as_mut() {
+            *partial = BytesMut::new();
+        }
         session.recv.queued_bytes = 0;
         self.recv_buffered = self.recv_buffered.saturating_sub(released);
+        self.maybe_announce(now, id);
         Ok(())
     }
 

@@ -82,7 +82,7 @@ pub struct Connection {
     /// Sessions open now, by who opened them.
     local_live: u32,
     peer_live: u32,
-    /// Peer opens waiting for the application, in arrival order (so deadline order).
+    /// Live peer opens waiting for the application, in arrival order (so deadline order).
     pending: VecDeque<(SessionId, Timestamp)>,
     /// Σ of live sessions' receive windows, overhead included: never above max_recv_buffer.
     recv_reserved: u64,
@@ -245,10 +245,12 @@ impl Connection {
 
     /// Peer opens waiting for an authorization decision.
     pub fn pending_open_count(&self) -> usize {
-        self.pending
-            .iter()
-            .filter(|(id, _)| self.session_phase(*id) == Some(Phase::Pending))
-            .count()
+        self.pending.len()
+    }
+
+    /// Authorization deadlines of peer opens waiting for a decision, earliest first.
+    pub fn pending_open_deadlines(&self) -> impl Iterator<Item = (SessionId, Timestamp)> + '_ {
+        self.pending.iter().copied()
     }
 
     /// Control frames queued for sending.
@@ -357,6 +359,9 @@ impl Connection {
         let Some(session) = self.sessions.remove(id) else {
             return;
         };
+        if session.phase == Phase::Pending {
+            self.forget_pending(id);
+        }
         let overhead = self.config.limits.per_message_overhead;
         self.recv_reserved = self
             .recv_reserved
@@ -424,6 +429,12 @@ impl Connection {
         self.control.push_back(Control::Frame(Frame::Reset(close)));
     }
 
+    /// Drops a peer open's authorization deadline once it is decided or gone, so
+    /// `pending` holds exactly the live pending sessions (at most `max_pending_opens`).
+    fn forget_pending(&mut self, id: SessionId) {
+        self.pending.retain(|(pending, _)| *pending != id);
+    }
+
     /// Puts a session in the scheduler ring if it has something to send.
     fn schedule(&mut self, id: SessionId) {
         let max_frame = self.now_peer().max_frame_size;
@@ -439,16 +450,13 @@ impl Connection {
     fn maybe_finish_shutdown(&mut self) {
         if self.goaway_sent.is_some() && self.sessions.len() == 0 && self.state == State::Open {
             // A graceful end: the GOAWAY and the CLOSE/RESET of the last sessions, if still
-            // queued, go out before CONN_CLOSE (a connection error discards them instead).
+            // queued, go out before CONN_CLOSE (a connection error discards them instead),
+            // and so do the OPEN and ACCEPT they follow, or the peer would see frames for
+            // sessions never opened (4005). Only CREDIT, for sessions now gone, is dropped.
             let keep: VecDeque<Control> = self
                 .control
                 .drain(..)
-                .filter(|c| {
-                    matches!(
-                        c,
-                        Control::Frame(Frame::GoAway(_) | Frame::Close(_) | Frame::Reset(_))
-                    )
-                })
+                .filter(|c| matches!(c, Control::Frame(_)))
                 .collect();
             self.fail(CloseCode::GOING_AWAY, "shutdown complete");
             for control in keep.into_iter().rev() {

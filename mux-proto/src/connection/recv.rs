@@ -422,8 +422,13 @@ impl Connection {
         };
         let end = header.flags & crate::frame::FLAG_END != 0;
         let fin = header.flags & crate::frame::FLAG_FIN != 0;
-        if session.local_close.is_some() || session.peer_close.is_some() {
+        if session.peer_close.is_some() {
+            // spec/frames.md#close: nothing follows the peer's CLOSE.
+            return;
+        }
+        if session.local_close.is_some() {
             // spec/frames.md#close: after CLOSE, DATA still arriving is discarded.
+            self.discard_data(now, id, &header);
             return;
         }
         if session.phase == Phase::Opening {
@@ -510,8 +515,15 @@ impl Connection {
             session.recv.fin = true;
         }
         let announce_fin = fin && session.phase == Phase::Open;
+        let partial_held = session.recv.partial.is_some();
         self.recv_buffered = self.recv_buffered.saturating_add(charged);
         self.stats.bytes_received = self.stats.bytes_received.saturating_add(u64::from(len));
+        if partial_held {
+            // A fragment may leave the peer too little credit to finish its message after
+            // the application has read everything complete, and no `recv` would follow to
+            // announce what it read: check now (spec/sessions.md#credit).
+            self.maybe_announce(now, id);
+        }
         if readable {
             self.emit(Event::Readable { id });
         }
@@ -519,6 +531,50 @@ impl Connection {
             self.emit(Event::Finished { id });
             self.maybe_complete(now, id);
         }
+    }
+
+    /// DATA for a session this side is closing gracefully: discarded unread, but its credit
+    /// returns to the peer as if the application had read it, so a peer draining its own
+    /// queue (to close as well, say) is never starved. Message boundaries are still tracked
+    /// (`partial` is kept as an empty marker) so the credit returned is exactly what the
+    /// peer consumed.
+    fn discard_data(&mut self, now: Timestamp, id: SessionId, header: &Header) {
+        let overhead = u64::from(self.config.limits.per_message_overhead);
+        let Some(session) = self.sessions.get_mut(id) else {
+            return;
+        };
+        let end = header.flags & crate::frame::FLAG_END != 0;
+        let carries_message = end || header.len > 0;
+        let held_before = session.recv.partial.is_some();
+        let starting = carries_message && !held_before;
+        let consumed = Window::new(u32::from(starting), header.len);
+        let Some(credit) = session.recv.credit.checked_sub(consumed) else {
+            self.limit_hit(Some(id), LimitKind::Credit);
+            self.session_error(now, id, CloseCode::FLOW_CONTROL, "DATA beyond credit");
+            return;
+        };
+        session.recv.credit = credit;
+        session.last_activity = now;
+        let ends_message = carries_message && end;
+        if ends_message {
+            session.recv.partial = None;
+        } else if starting {
+            session.recv.partial = Some(BytesMut::new());
+        }
+        // A message holds its message credit (and its overhead) from its first frame to
+        // its END, as if it were being reassembled; its bytes are returned at once.
+        let returned = Window::new(u32::from(ends_message), header.len);
+        session.recv.unannounced = session
+            .recv
+            .unannounced
+            .checked_add(returned)
+            .unwrap_or(session.recv.window);
+        if starting && !ends_message {
+            self.recv_buffered = self.recv_buffered.saturating_add(overhead);
+        } else if held_before && ends_message {
+            self.recv_buffered = self.recv_buffered.saturating_sub(overhead);
+        }
+        self.maybe_announce(now, id);
     }
 
     /// Applies the session and connection rate limits to a DATA frame. Returns false if

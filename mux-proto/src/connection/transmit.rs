@@ -47,7 +47,11 @@ impl Connection {
         }
         if self.peer.is_some() {
             frames = frames.saturating_add(self.write_control(now, buf, start, limit));
-            frames = frames.saturating_add(self.write_data(now, buf, start, limit));
+            // DATA only once every control frame is out: a session's DATA must never
+            // overtake its OPEN or ACCEPT queued before it.
+            if self.control.is_empty() {
+                frames = frames.saturating_add(self.write_data(now, buf, start, limit));
+            }
         }
         self.count_transmit(now, frames);
         buf.len() > start

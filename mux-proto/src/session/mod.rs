@@ -278,6 +278,9 @@ impl Session {
         s.recv_queued_bytes = self.recv.queued_bytes;
         s.send_credit = (self.send.credit.messages, self.send.credit.bytes);
         s.recv_credit = (self.recv.credit.messages, self.recv.credit.bytes);
+        s.recv_window = (self.recv.window.messages, self.recv.window.bytes);
+        s.recv_unannounced = (self.recv.unannounced.messages, self.recv.unannounced.bytes);
+        s.recv_held_messages = self.recv.held_messages();
         s
     }
 }
