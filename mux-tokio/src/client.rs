@@ -188,8 +188,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`ws://host:port/path`), retrying per the backoff if the first
-    /// attempts fail, and keeps the connection up in the background.
+    /// Connects to `url` (`ws://host:port/path`) and keeps the connection up in the
+    /// background, reconnecting with backoff when it drops. The first attempt is not retried:
+    /// a bad URL or a refused token is reported at once.
     pub async fn connect(url: &str, config: ClientConfig) -> Result<Client, ConnectError> {
         Client::connect_with(url, config, AllowAll).await
     }
