@@ -112,6 +112,9 @@ pub struct Timeouts {
     pub settings_timeout: Duration,
     /// Refuse a peer OPEN with 4006 if the application has not decided by then. Default 5 s.
     pub authorization: Duration,
+    /// Give up (RESET 4006) on a session this side opened that the peer has not answered
+    /// by then. Default 10 s: twice the peer's recommended authorization deadline.
+    pub open_timeout: Duration,
     /// Reset a session with 4006 after this long without DATA either way. Default 5 min.
     pub session_idle: Option<Duration>,
     /// After GOAWAY, close with 1001 when sessions have not finished by then. Default 30 s.
@@ -127,6 +130,7 @@ impl Default for Timeouts {
             keepalive_timeout: Duration::from_secs(10),
             settings_timeout: Duration::from_secs(10),
             authorization: Duration::from_secs(5),
+            open_timeout: Duration::from_secs(10),
             session_idle: Some(Duration::from_secs(300)),
             shutdown_grace: Duration::from_secs(30),
             tombstone_ttl: Duration::from_secs(10),

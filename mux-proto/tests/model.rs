@@ -806,6 +806,20 @@ impl Model {
             deadlines.windows(2).all(|w| w[0].1 <= w[1].1),
             "{who}: deadlines out of order"
         );
+        // Answer deadlines of this side's own opens: each belongs to a session still waiting.
+        let answers: Vec<(SessionId, Timestamp)> = conn.open_answer_deadlines().collect();
+        for (id, deadline) in &answers {
+            assert_eq!(
+                conn.session_phase(*id),
+                Some(Phase::Opening),
+                "{who}: answer deadline for {id:?}, which is not opening"
+            );
+            assert!(
+                *deadline > now,
+                "{who}: answer deadline of {id:?} in the past"
+            );
+        }
+        let first_deadline = deadlines.iter().chain(answers.iter()).map(|d| d.1).min();
         assert_eq!(
             deadlines.len(),
             conn.pending_open_count(),
@@ -825,28 +839,24 @@ impl Model {
         match timeout {
             Some(t) => {
                 assert!(t > now, "{who}: poll_timeout {t:?} not after now {now:?}");
-                if let Some((_, first)) = deadlines.first() {
+                if let Some(first) = first_deadline {
                     assert!(
-                        t <= *first,
-                        "{who}: poll_timeout {t:?} after an authorization deadline"
+                        t <= first,
+                        "{who}: poll_timeout {t:?} after a session deadline"
                     );
                 }
                 assert!(
-                    loose || !deadlines.is_empty(),
+                    loose || first_deadline.is_some(),
                     "{who}: poll_timeout {t:?} with nothing live to time"
                 );
                 if !loose {
-                    assert_eq!(
-                        Some(t),
-                        deadlines.first().map(|d| d.1),
-                        "{who}: poll_timeout"
-                    );
+                    assert_eq!(Some(t), first_deadline, "{who}: poll_timeout");
                 }
             }
             None => {
                 assert!(
-                    deadlines.is_empty() || conn.is_closed(),
-                    "{who}: pending opens but no timeout"
+                    first_deadline.is_none() || conn.is_closed(),
+                    "{who}: pending or unanswered opens but no timeout"
                 );
                 assert!(
                     conn.tombstone_count() == 0 || conn.is_closed(),

@@ -81,6 +81,8 @@ impl Connection {
         self.sessions
             .insert(Session::new(id, Phase::Opening, send, recv, now));
         self.last_local_id = id.0;
+        let deadline = now.saturating_add(self.config.timeouts.open_timeout);
+        self.opening.push_back((id, deadline));
         self.local_live = self.local_live.saturating_add(1);
         self.control.push_back(Control::Frame(Frame::Open(Open {
             session_id: id,
@@ -430,7 +432,8 @@ impl Connection {
     }
 
     /// Starts a graceful shutdown: GOAWAY now, no new peer sessions, and CONN_CLOSE 1001 once
-    /// the live sessions finish or `Timeouts::shutdown_grace` passes.
+    /// the live sessions finish or `Timeouts::shutdown_grace` passes. A code not valid on the
+    /// wire (spec/close-codes.md#valid-values) is sent as 1001 GOING_AWAY.
     pub fn go_away(&mut self, now: Timestamp, code: CloseCode, reason: &str) {
         if self.state != State::Open || self.goaway_sent.is_some() {
             return;
@@ -439,15 +442,18 @@ impl Connection {
         self.goaway_sent = Some(last);
         self.control.push_back(Control::Frame(Frame::GoAway(GoAway {
             last_session_id: last,
-            code,
+            code: wire_code_or(code, CloseCode::GOING_AWAY),
             reason: reason_text(reason),
         })));
         self.timers.start_shutdown(&self.config.timeouts, now);
         self.maybe_finish_shutdown();
     }
 
-    /// Closes the connection now with `code`: CONN_CLOSE is the last frame sent.
+    /// Closes the connection now with `code`: CONN_CLOSE is the last frame sent. A code not
+    /// valid on the wire (spec/close-codes.md#valid-values) is replaced by 1011
+    /// INTERNAL_ERROR, so the peer never receives a CONN_CLOSE it must reject.
     pub fn close(&mut self, _now: Timestamp, code: CloseCode, reason: &str) {
+        let code = wire_code_or(code, CloseCode::INTERNAL_ERROR);
         self.begin_close(code, reason, Initiator::Local);
     }
 
@@ -484,6 +490,15 @@ fn bucket(rate: u32, burst: u32, now: Timestamp) -> TokenBucket {
         TokenBucket::unlimited()
     } else {
         TokenBucket::new(rate, burst.max(1), now)
+    }
+}
+
+/// `code` if it may be sent, else `fallback` (for commands that cannot refuse).
+fn wire_code_or(code: CloseCode, fallback: CloseCode) -> CloseCode {
+    if code.is_valid_on_wire() {
+        code
+    } else {
+        fallback
     }
 }
 

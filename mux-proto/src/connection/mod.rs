@@ -84,6 +84,8 @@ pub struct Connection {
     peer_live: u32,
     /// Live peer opens waiting for the application, in arrival order (so deadline order).
     pending: VecDeque<(SessionId, Timestamp)>,
+    /// Sessions this side opened that await ACCEPT, in open order (so deadline order).
+    opening: VecDeque<(SessionId, Timestamp)>,
     /// Σ of live sessions' receive windows, overhead included: never above max_recv_buffer.
     recv_reserved: u64,
     recv_buffered: u64,
@@ -102,6 +104,10 @@ pub struct Connection {
     blocked: VecDeque<SessionId>,
     /// Sessions whose credit is withheld by the throttle policy.
     throttled: VecDeque<SessionId>,
+    /// Paces this side's control frames to the peer's CONTROL_BUDGET (spec/sessions.md#control-budget).
+    pace: TokenBucket,
+    /// CREDITs waiting for the pacer, outside the control queue so they hold nothing back.
+    paced_credits: VecDeque<SessionId>,
     events: VecDeque<Event>,
     control_budget: TokenBucket,
     open_bucket: TokenBucket,
@@ -136,6 +142,7 @@ impl Connection {
             local_live: 0,
             peer_live: 0,
             pending: VecDeque::new(),
+            opening: VecDeque::new(),
             recv_reserved: 0,
             recv_buffered: 0,
             send_buffered: 0,
@@ -149,6 +156,8 @@ impl Connection {
             ring: VecDeque::new(),
             blocked: VecDeque::new(),
             throttled: VecDeque::new(),
+            pace: TokenBucket::unlimited(),
+            paced_credits: VecDeque::new(),
             events: VecDeque::new(),
             control_budget: TokenBucket::new(l.control_budget, l.control_budget, now),
             open_bucket: TokenBucket::new(l.opens_per_sec, l.opens_burst, now),
@@ -253,6 +262,11 @@ impl Connection {
         self.pending.iter().copied()
     }
 
+    /// Answer deadlines of sessions this side opened that await ACCEPT, earliest first.
+    pub fn open_answer_deadlines(&self) -> impl Iterator<Item = (SessionId, Timestamp)> + '_ {
+        self.opening.iter().copied()
+    }
+
     /// Control frames queued for sending.
     pub fn queued_control_frames(&self) -> usize {
         self.control.len()
@@ -316,6 +330,8 @@ impl Connection {
         self.blocked.clear();
         self.throttled.clear();
         self.pending.clear();
+        self.opening.clear();
+        self.paced_credits.clear();
         self.pending_pong = None;
         self.ping_due = None;
         self.emit(Event::ConnectionClosed {
@@ -359,8 +375,10 @@ impl Connection {
         let Some(session) = self.sessions.remove(id) else {
             return;
         };
-        if session.phase == Phase::Pending {
-            self.forget_pending(id);
+        match session.phase {
+            Phase::Pending => self.forget_pending(id),
+            Phase::Opening => self.forget_opening(id),
+            Phase::Open => {}
         }
         let overhead = self.config.limits.per_message_overhead;
         self.recv_reserved = self
@@ -433,6 +451,16 @@ impl Connection {
     /// `pending` holds exactly the live pending sessions (at most `max_pending_opens`).
     fn forget_pending(&mut self, id: SessionId) {
         self.pending.retain(|(pending, _)| *pending != id);
+    }
+
+    /// Drops an open's answer deadline once it is answered or gone. Answers usually come in
+    /// open order, so this is the front entry and O(1).
+    fn forget_opening(&mut self, id: SessionId) {
+        if self.opening.front().is_some_and(|(first, _)| *first == id) {
+            self.opening.pop_front();
+        } else {
+            self.opening.retain(|(opening, _)| *opening != id);
+        }
     }
 
     /// Puts a session in the scheduler ring if it has something to send.

@@ -140,6 +140,12 @@ impl Connection {
             return;
         }
         self.timers.on_peer_idle_timeout(peer.idle_timeout_ms, now);
+        // Half the peer's burst: room for the frames that cannot wait (they take debt).
+        self.pace = crate::rate::TokenBucket::new(
+            peer.control_budget,
+            (peer.control_budget / 2).max(1),
+            now,
+        );
         self.peer = Some(peer);
         self.state = State::Open;
         self.emit(Event::Connected { settings: peer });
@@ -277,6 +283,10 @@ impl Connection {
             return;
         }
         session.phase = Phase::Open;
+        self.forget_opening(id);
+        let Some(session) = self.sessions.get_mut(id) else {
+            return;
+        };
         session.send.permitted = accept.permissions.opener_may_send();
         session.recv.permitted = accept.permissions.acceptor_may_send();
         // spec/sessions.md#limits: the acceptor's grant is the opener's limit from now on

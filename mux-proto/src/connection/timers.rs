@@ -33,6 +33,8 @@ pub(super) struct Timers {
     idle_sweep: Timestamp,
     /// Next re-check of throttled sessions.
     throttle: Timestamp,
+    /// When paced CREDITs may go out again.
+    pace: Timestamp,
 }
 
 impl Timers {
@@ -51,7 +53,13 @@ impl Timers {
                 .session_idle
                 .map_or(Timestamp::NEVER, |i| now.saturating_add(sweep_period(i))),
             throttle: Timestamp::NEVER,
+            pace: Timestamp::NEVER,
         }
+    }
+
+    /// CREDITs wait for the pacer until `at`.
+    pub(super) fn arm_pace(&mut self, at: Timestamp) {
+        self.pace = self.pace.min(at);
     }
 
     /// Anything received proves the peer alive: push the keepalive back, clear the PONG wait.
@@ -102,7 +110,7 @@ impl Connection {
             return None;
         }
         let t = &self.timers;
-        let mut next = t.pong.min(t.shutdown).min(t.throttle);
+        let mut next = t.pong.min(t.shutdown).min(t.throttle).min(t.pace);
         if self.peer.is_none() {
             next = next.min(t.settings);
         }
@@ -113,6 +121,9 @@ impl Connection {
             }
         }
         if let Some((_, deadline)) = self.pending.front() {
+            next = next.min(*deadline);
+        }
+        if let Some((_, deadline)) = self.opening.front() {
             next = next.min(*deadline);
         }
         if let Some(expiry) = self.sessions.next_expiry() {
@@ -155,12 +166,36 @@ impl Connection {
             }
         }
         self.expire_pending(now);
+        self.expire_opening(now);
         self.sessions.expire(now);
+        if now >= self.timers.pace {
+            // The pacer has a token again: paced CREDITs rejoin the control queue (in order),
+            // and write_control parks them again if the budget is still short.
+            self.timers.pace = Timestamp::NEVER;
+            while let Some(id) = self.paced_credits.pop_front() {
+                self.control.push_back(super::Control::Credit(id));
+            }
+        }
         if now >= self.timers.idle_sweep {
             self.sweep_idle(now);
         }
         if now >= self.timers.throttle {
             self.recheck_throttled(now);
+        }
+    }
+
+    /// Gives up on sessions this side opened that the peer never answered: RESET 4006, so
+    /// neither side keeps the session's window and slot (spec/sessions.md#authorization).
+    fn expire_opening(&mut self, now: Timestamp) {
+        while let Some(&(id, deadline)) = self.opening.front() {
+            if deadline > now {
+                break;
+            }
+            self.opening.pop_front();
+            if self.session_phase(id) == Some(Phase::Opening) {
+                let close = SessionClose::new(id, CloseCode::TIMEOUT, "no answer to OPEN");
+                self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+            }
         }
     }
 

@@ -67,7 +67,7 @@ impl Connection {
 
     fn write_control(
         &mut self,
-        _now: Timestamp,
+        now: Timestamp,
         buf: &mut BytesMut,
         start: usize,
         limit: usize,
@@ -80,10 +80,12 @@ impl Connection {
                 <= limit
         };
         if let Some(payload) = self.pending_pong.take() {
+            self.pace.force_take(now, 1);
             Frame::Pong(payload).encode(buf);
             frames = frames.saturating_add(1);
         }
         if let Some(payload) = self.ping_due.take() {
+            self.pace.force_take(now, 1);
             Frame::Ping(payload).encode(buf);
             frames = frames.saturating_add(1);
         }
@@ -101,12 +103,30 @@ impl Connection {
             if !fits(buf, &frame) {
                 break;
             }
+            let is_credit = matches!(frame, Frame::Credit(_));
+            // spec/sessions.md#control-budget: stay within what the peer accepts. A CREDIT
+            // can wait (it coalesces); it waits aside, so it holds back neither the control
+            // frames behind it nor DATA. Frames that cannot wait take debt instead.
+            if is_credit && !self.pace.can_take(now, 1) {
+                if let Some(Control::Credit(id)) = self.control.pop_front() {
+                    self.paced_credits.push_back(id);
+                }
+                continue;
+            }
             self.control.pop_front();
+            self.pace.force_take(now, 1);
             if let Frame::Credit(credit) = &frame {
                 self.commit_credit(credit);
             }
             frame.encode(buf);
             frames = frames.saturating_add(1);
+        }
+        if !self.paced_credits.is_empty() {
+            let wait = self
+                .pace
+                .time_until(now, 1)
+                .max(std::time::Duration::from_micros(1));
+            self.timers.arm_pace(now.saturating_add(wait));
         }
         frames
     }
