@@ -38,6 +38,8 @@ mod connection;
 pub mod error;
 pub mod event;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod id;
 mod rate;
 pub mod session;

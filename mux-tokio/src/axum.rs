@@ -26,7 +26,7 @@ impl AxumTransport {
 }
 
 fn err(e: axum::Error) -> TransportError {
-    TransportError(e.to_string())
+    TransportError::new(e.to_string())
 }
 
 impl Stream for AxumTransport {

@@ -335,6 +335,15 @@ impl Driver {
                         }
                         Some(Ok(WsMessage::Text)) => self.conn.handle_text_message(now),
                         Some(Ok(WsMessage::Control)) => {}
+                        Some(Err(e)) if e.close_code().is_some() => {
+                            // The peer broke RFC 6455 itself; the socket still works, so the
+                            // connection is failed with the code (CONN_CLOSE, then the
+                            // WebSocket Close), not dropped as if the transport had died.
+                            reading = false;
+                            let code = CloseCode(e.close_code().unwrap_or(1002));
+                            warn!(code = code.get(), error = %e, "websocket protocol violation");
+                            self.conn.close(now, code, "websocket protocol violation");
+                        }
                         Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
                             reading = false;
                             self.conn.handle_transport_closed(now);

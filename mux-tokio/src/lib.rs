@@ -19,6 +19,9 @@ pub mod axum;
 mod client;
 mod driver;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod observe;
 mod server;
 mod session;

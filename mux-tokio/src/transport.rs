@@ -23,8 +23,39 @@ pub enum WsMessage {
 
 /// Why the transport failed.
 #[derive(Debug, thiserror::Error)]
-#[error("transport error: {0}")]
-pub struct TransportError(pub String);
+#[error("transport error: {message}")]
+pub struct TransportError {
+    message: String,
+    close_code: Option<u16>,
+}
+
+impl TransportError {
+    /// The WebSocket failed (an I/O error, a reset, an unexpected end): the connection is
+    /// gone and nothing more can be sent on it.
+    pub fn new(message: impl Into<String>) -> Self {
+        TransportError {
+            message: message.into(),
+            close_code: None,
+        }
+    }
+
+    /// The peer broke RFC 6455 itself (an unmasked frame, reserved bits or opcodes, invalid
+    /// UTF-8, a message over the size limit) but the socket still works: the connection is
+    /// failed with `code` (1002, 1007 or 1009, RFC 6455 §7.4.1), sent as CONN_CLOSE and as
+    /// the WebSocket Close.
+    pub fn violation(code: u16, message: impl Into<String>) -> Self {
+        TransportError {
+            message: message.into(),
+            close_code: Some(code),
+        }
+    }
+
+    /// The close code of a [`violation`](TransportError::violation); `None` when the
+    /// transport itself failed.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+}
 
 /// What the driver needs from a WebSocket: read messages, write messages, close with a code.
 ///
@@ -51,6 +82,7 @@ impl<T> Transport for T where
 mod tungstenite_adapter {
     use super::*;
     use tokio::io::{AsyncRead, AsyncWrite};
+    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     use tokio_tungstenite::tungstenite::Message;
@@ -70,7 +102,28 @@ mod tungstenite_adapter {
     }
 
     fn err(e: impl std::fmt::Display) -> TransportError {
-        TransportError(e.to_string())
+        TransportError::new(e.to_string())
+    }
+
+    /// A read error: the peer's RFC 6455 violations become a close code (§7.4.1), so the
+    /// connection is failed with the right code instead of vanishing; I/O errors and an end
+    /// without a close handshake stay plain errors.
+    fn read_err(e: WsError) -> TransportError {
+        let code = match &e {
+            WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+                | ProtocolError::SendAfterClosing
+                | ProtocolError::ReceivedAfterClosing,
+            ) => None,
+            WsError::Protocol(_) => Some(1002),
+            WsError::Utf8(_) => Some(1007),
+            WsError::Capacity(_) => Some(1009),
+            _ => None,
+        };
+        match code {
+            Some(code) => TransportError::violation(code, e.to_string()),
+            None => err(e),
+        }
     }
 
     impl<S: AsyncRead + AsyncWrite + Unpin> Stream for TungsteniteTransport<S> {
@@ -87,7 +140,7 @@ mod tungstenite_adapter {
                         }
                         Message::Close(frame) => WsMessage::Close(frame.map(|f| u16::from(f.code))),
                     })
-                    .map_err(err)
+                    .map_err(read_err)
                 })
             })
         }
@@ -104,15 +157,23 @@ mod tungstenite_adapter {
         }
 
         fn start_send(mut self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
-            let message = match item {
-                WsMessage::Binary(b) => Message::Binary(b),
-                WsMessage::Close(code) => Message::Close(code.map(|c| CloseFrame {
-                    code: WsCloseCode::from(c),
-                    reason: "".into(),
-                })),
+            let (message, closing) = match item {
+                WsMessage::Binary(b) => (Message::Binary(b), false),
+                WsMessage::Close(code) => (
+                    Message::Close(code.map(|c| CloseFrame {
+                        code: WsCloseCode::from(c),
+                        reason: "".into(),
+                    })),
+                    true,
+                ),
                 WsMessage::Text | WsMessage::Control => return Ok(()),
             };
-            Pin::new(&mut self.inner).start_send(message).map_err(err)
+            match Pin::new(&mut self.inner).start_send(message) {
+                // The peer closed first: tungstenite has already queued its reply to the
+                // peer's Close (RFC 6455 §5.5.1), which the flush that follows sends.
+                Err(WsError::Protocol(ProtocolError::SendAfterClosing)) if closing => Ok(()),
+                result => result.map_err(err),
+            }
         }
 
         fn poll_flush(
