@@ -74,8 +74,8 @@ impl fmt::Debug for Principal {
     }
 }
 
-/// What the handshake offers the authenticator.
-#[derive(Debug)]
+/// What the handshake offers the authenticator. Its `Debug` shows the path without its
+/// query (where a misconfigured client may have put a token) and never the token.
 pub struct HandshakeRequest<'a> {
     /// The TCP peer.
     pub peer: SocketAddr,
@@ -86,6 +86,23 @@ pub struct HandshakeRequest<'a> {
     /// The bearer token, from `Authorization: Bearer …` or a `Sec-WebSocket-Protocol` entry
     /// `bearer.…` (browsers cannot set headers on a WebSocket).
     pub token: Option<Token>,
+}
+
+impl fmt::Debug for HandshakeRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // spec/sessions.md#security-considerations: credentials in URLs end up in logs, so
+        // the query is never printed.
+        let path = match self.path.split_once('?') {
+            Some((path, _)) => format!("{path}?<redacted>"),
+            None => self.path.to_owned(),
+        };
+        f.debug_struct("HandshakeRequest")
+            .field("peer", &self.peer)
+            .field("path", &path)
+            .field("origin", &self.origin)
+            .field("token", &self.token)
+            .finish()
+    }
 }
 
 /// Why authentication failed: the handshake is answered with 401.
