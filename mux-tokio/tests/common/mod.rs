@@ -2,6 +2,8 @@
 //! mux peer on tokio-tungstenite (for peers that break the rules), and bounded waiting.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
