@@ -44,9 +44,9 @@ pub mod id;
 mod rate;
 pub mod session;
 pub mod stats;
-pub mod time;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod time;
 
 pub use code::{CloseCode, Scope};
 pub use config::{Config, Grant, Limits, PeerSettings, RatePolicy, Timeouts};
