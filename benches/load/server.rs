@@ -1,0 +1,282 @@
+//! The server side: a mux-tokio server on 127.0.0.1 (in this process, or as the `serve`
+//! subcommand in another one), and a rust-yamux server for the P8 comparison.
+//!
+//! Sessions are served by kind: `echo` echoes every message, `sink` reads and drops,
+//! `topic` is attached to the hub's `bench` topic; with `hold`, every session is kept
+//! without a task (idle-memory measurement).
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncReadExt as _, AsyncWriteExt as _};
+use mux_tokio::topic::{Hub, LocalHub, SubscribeOptions};
+use mux_tokio::{AllowAll, OriginPolicy, Server, ServerConfig, ServerHandle, Session};
+use tokio_util::compat::TokioAsyncReadCompatExt as _;
+
+use crate::sys;
+
+/// The topic every `topic` session is attached to.
+pub const TOPIC: &str = "topic";
+
+/// The protocol limits of the load runs: defaults, except the limits that protect a
+/// browser-facing server from one abusive client (open rate, control budget, session count,
+/// pending opens), which a load generator trips by design.
+pub fn protocol() -> mux_proto::Config {
+    let mut c = mux_proto::Config::default();
+    c.limits.max_sessions = 10_016;
+    c.limits.max_pending_opens = 1024;
+    c.limits.opens_per_sec = 1_000_000;
+    c.limits.opens_burst = 1_000_000;
+    c.limits.control_budget = 10_000_000;
+    // Accounting only (the sum of all windows); memory is used only as data arrives.
+    c.limits.max_recv_buffer = 1 << 40;
+    c
+}
+
+/// Sessions held by a `hold` server.
+pub type Held = Arc<Mutex<Vec<Session>>>;
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    pub held: Held,
+}
+
+/// Starts a server on `addr` (which must be loopback) on the current runtime.
+pub async fn start(
+    addr: SocketAddr,
+    hold: bool,
+    hub: Option<LocalHub>,
+) -> std::io::Result<Running> {
+    assert!(addr.ip().is_loopback(), "the load tool binds loopback only");
+    let config = ServerConfig::default()
+        .origins(OriginPolicy::allow(["http://localhost"]).allow_missing(true))
+        .connection_limits(20_000, 20_000, 20_000)
+        .protocol(protocol());
+    let mut config = config;
+    config.accept_queue = 16_384;
+    let mut server = Server::bind(addr, config, AllowAll, AllowAll).await?;
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let held: Held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Some(session) = server.accept().await {
+            if hold {
+                lock(&keep).push(session);
+                continue;
+            }
+            let hub = hub.clone();
+            tokio::spawn(serve_session(session, hub));
+        }
+    });
+    Ok(Running { addr, handle, held })
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn serve_session(mut session: Session, hub: Option<LocalHub>) {
+    match session.kind() {
+        "sink" => while session.recv().await.is_some() {},
+        TOPIC => {
+            let Some(hub) = hub else { return };
+            let options = SubscribeOptions::default().queue_capacity(256);
+            let Ok(_subscription) = hub.attach(&session, options) else {
+                return;
+            };
+            while session.recv().await.is_some() {}
+        }
+        _ => {
+            while let Some(message) = session.recv().await {
+                if session.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `mux-load serve`: prints `pid=<pid> port=<port>`, then answers `stats` lines on stdin
+/// with `rss=<bytes> conns=<n> sessions=<held>` (after returning freed heap to the OS) until
+/// stdin closes or `lifetime` passes.
+pub fn serve_main(port: u16, hold: bool, threads: usize, lifetime: Duration) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let running = rt
+        .block_on(start(SocketAddr::from(([127, 0, 0, 1], port)), hold, None))
+        .map_err(|e| format!("bind: {e}"))?;
+    println!("pid={} port={}", std::process::id(), running.addr.port());
+    let _ = std::io::stdout().flush();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let held = running.held.clone();
+    let handle = running.handle.clone();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            if line.trim() == "stats" {
+                let sessions = {
+                    let mut held = lock(&held);
+                    held.retain(|s| s.close_reason().is_none());
+                    held.shrink_to_fit();
+                    held.len()
+                };
+                sys::trim();
+                let rss = sys::rss("self").unwrap_or(0);
+                let conns = handle.stats().connections;
+                println!("rss={rss} conns={conns} sessions={sessions}");
+                let _ = std::io::stdout().flush();
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(lifetime);
+    drop(running);
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+/// A `serve` child process and its control pipe.
+pub struct ChildServer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: std::io::BufReader<ChildStdout>,
+    pub pid: u32,
+    pub port: u16,
+}
+
+/// What a `serve` child reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChildStats {
+    pub rss: u64,
+    pub conns: u64,
+    pub sessions: u64,
+}
+
+impl ChildServer {
+    /// Spawns `mux-load serve --port 0 [--hold]` and reads its pid and port.
+    pub fn spawn(hold: bool, threads: usize) -> Result<ChildServer, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--port", "0", "--threads", &threads.to_string()]);
+        if hold {
+            cmd.arg("--hold");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn serve: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let (Some(pid), Some(port)) = (field("pid="), field("port=")) else {
+            let _ = child.kill();
+            return Err(format!("unexpected serve banner: {line:?}"));
+        };
+        Ok(ChildServer {
+            child,
+            stdin: Some(stdin),
+            stdout,
+            pid,
+            port: port as u16,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    /// Asks the child for its RSS (after trimming), connection and held-session counts.
+    pub fn stats(&mut self) -> Result<ChildStats, String> {
+        let stdin = self.stdin.as_mut().ok_or("child closed")?;
+        writeln!(stdin, "stats").map_err(|e| e.to_string())?;
+        stdin.flush().map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(ChildStats {
+            rss: field("rss="),
+            conns: field("conns="),
+            sessions: field("sessions="),
+        })
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        // Closing stdin ends the child; kill it if it has not gone within 5 s.
+        drop(self.stdin.take());
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- yamux over loopback TCP (P8) ---------------------------------------------------
+
+/// A yamux server on 127.0.0.1: each inbound stream's first byte picks its role:
+/// `e` echoes, `s` reads and drops.
+pub async fn start_yamux() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            let conn =
+                yamux::Connection::new(tcp.compat(), yamux::Config::default(), yamux::Mode::Server);
+            let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(crate::yamux_drive::drive(conn, None, Some(in_tx)));
+            tokio::spawn(async move {
+                while let Some(mut stream) = in_rx.recv().await {
+                    tokio::spawn(async move {
+                        let mut role = [0u8; 1];
+                        if stream.read_exact(&mut role).await.is_err() {
+                            return;
+                        }
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if role[0] == b'e' {
+                                let Some(chunk) = buf.get(..n) else { return };
+                                if stream.write_all(chunk).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
