@@ -39,7 +39,7 @@ type RawHeader = (u8, u8, u32, u32);
 /// Field-by-field nom parsers re-check the remaining length per field and, across crates,
 /// call out for each one, which made header decoding several times slower than the loads
 /// themselves (benches/codec.rs, `header_decode`).
-#[inline]
+#[inline(always)]
 fn raw_header(input: &[u8]) -> Option<RawHeader> {
     let taken: nom::IResult<&[u8], &[u8]> = nom::bytes::complete::take(HEADER_LEN)(input);
     let (_, header) = taken.ok()?;
@@ -58,7 +58,7 @@ impl Header {
     /// Checks, in order: that ten bytes are present, the version, the frame type, reserved
     /// flags, the session scope (control frames on 0, session frames elsewhere), the length
     /// bounds of the type, and the DATA flag combinations. The payload is not examined.
-    #[inline]
+    #[inline(always)]
     pub fn parse(input: &[u8]) -> Result<Header, FrameError> {
         let (ver_type, flags, session_id, len) =
             raw_header(input).ok_or(FrameError::TruncatedHeader {
@@ -82,7 +82,7 @@ impl Header {
         Ok(header)
     }
 
-    #[inline]
+    #[inline(always)]
     fn validate(&self) -> Result<(), FrameError> {
         let frame_type = self.frame_type;
         let reserved = self.flags & !frame_type.defined_flags();
