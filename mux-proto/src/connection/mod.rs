@@ -33,10 +33,10 @@ use std::collections::VecDeque;
 use crate::code::CloseCode;
 use crate::config::{Config, PeerSettings};
 use crate::event::{Event, Initiator, LimitKind};
-use crate::frame::{ConnClose, Frame, SessionClose, Text, MAX_REASON_LEN};
+use crate::frame::{ConnClose, Frame, SessionClose, Text, MAX_REASON_LEN, MIN_FRAGMENT};
 use crate::id::{SessionId, Side};
 use crate::rate::TokenBucket;
-use crate::session::{Phase, Session, Store};
+use crate::session::{Phase, Session, Store, Window};
 use crate::stats::{ConnectionStats, SessionStats};
 use crate::time::Timestamp;
 
@@ -399,8 +399,9 @@ impl Connection {
         } else {
             self.peer_live = self.peer_live.saturating_sub(1);
         }
+        let expires = now.saturating_add(self.config.timeouts.tombstone_ttl);
         self.sessions
-            .bury(id, now.saturating_add(self.config.timeouts.tombstone_ttl));
+            .bury(id, expires, late_allowance(session.recv.credit));
         self.stats.record_close(close.code);
         let event = Event::SessionClosed {
             id,
@@ -441,8 +442,11 @@ impl Connection {
         }
         let mut close = SessionClose::new(id, code, reason);
         close.retry_after_ms = retry_after_ms;
-        self.sessions
-            .bury(id, now.saturating_add(self.config.timeouts.tombstone_ttl));
+        // The peer may have sent early data within the initial window.
+        let limits = &self.config.limits;
+        let window = Window::new(limits.initial_credit_messages, limits.initial_credit_bytes);
+        let expires = now.saturating_add(self.config.timeouts.tombstone_ttl);
+        self.sessions.bury(id, expires, late_allowance(window));
         self.stats.record_close(code);
         self.control.push_back(Control::Frame(Frame::Reset(close)));
     }
@@ -497,6 +501,15 @@ impl Connection {
 /// Cuts `reason` to what a close frame carries.
 pub(crate) fn reason_text(reason: &str) -> Text {
     Text::truncated(reason, MAX_REASON_LEN)
+}
+
+/// Late DATA frames a tombstone absorbs for free: at most what the peer could still have had
+/// in flight when the session ended, given the credit it had left (spec/sessions.md#late-frames):
+/// a frame per message of credit, one per MIN_FRAGMENT bytes, a short last fragment and a pure
+/// FIN. Late DATA beyond it is charged like late DATA without a tombstone.
+fn late_allowance(credit: Window) -> u32 {
+    let fragments = credit.bytes.checked_div(MIN_FRAGMENT).unwrap_or(0);
+    credit.messages.saturating_add(fragments).saturating_add(2)
 }
 
 /// Converts a duration in µs-precision to whole milliseconds for retry hints, rounding up.

@@ -169,8 +169,9 @@ impl Connection {
             return false;
         }
         self.stats.late_frames = self.stats.late_frames.saturating_add(1);
-        // spec/sessions.md#late-frames: free while the tombstone lasts, charged after.
-        if charged || self.sessions.is_buried(id) {
+        // spec/sessions.md#late-frames: free while the tombstone lasts (DATA: as much as the
+        // peer could still have had in flight), charged after.
+        if charged || self.sessions.absorb_late_data(id) {
             return true;
         }
         self.charge_control(now)

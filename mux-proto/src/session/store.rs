@@ -1,6 +1,7 @@
 //! The session table: live sessions by ID, and bounded tombstones for recently closed ones.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 
 use super::Session;
@@ -62,7 +63,8 @@ impl Hasher for IdHasher {
 #[derive(Debug)]
 pub(crate) struct Store {
     live: HashMap<u32, Session, SeededIdHash>,
-    tombstones: HashSet<u32, SeededIdHash>,
+    /// Tombstones, each with the late DATA frames it still absorbs for free.
+    tombstones: HashMap<u32, u32, SeededIdHash>,
     /// Tombstones in expiry order; every entry has the same TTL, so this is FIFO.
     expiry: VecDeque<(SessionId, Timestamp)>,
     max_tombstones: usize,
@@ -73,7 +75,7 @@ impl Store {
         let hash = SeededIdHash::new(seed);
         Store {
             live: HashMap::with_hasher(hash),
-            tombstones: HashSet::with_hasher(hash),
+            tombstones: HashMap::with_hasher(hash),
             expiry: VecDeque::new(),
             max_tombstones: usize::try_from(max_tombstones).unwrap_or(usize::MAX),
         }
@@ -112,7 +114,8 @@ impl Store {
     }
 
     /// Remembers a closed session until `expires`, evicting the oldest tombstone when full.
-    pub(crate) fn bury(&mut self, id: SessionId, expires: Timestamp) {
+    /// Its first `free_frames` late DATA frames are absorbed for free.
+    pub(crate) fn bury(&mut self, id: SessionId, expires: Timestamp, free_frames: u32) {
         if self.max_tombstones == 0 {
             return;
         }
@@ -121,13 +124,27 @@ impl Store {
                 self.tombstones.remove(&old.0);
             }
         }
-        if self.tombstones.insert(id.0) {
+        if let Entry::Vacant(slot) = self.tombstones.entry(id.0) {
+            slot.insert(free_frames);
             self.expiry.push_back((id, expires));
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn is_buried(&self, id: SessionId) -> bool {
-        self.tombstones.contains(&id.0)
+        self.tombstones.contains_key(&id.0)
+    }
+
+    /// Absorbs one late DATA frame for `id` for free if its tombstone is still kept and has
+    /// allowance left; false means the frame is charged (spec/sessions.md#late-frames).
+    pub(crate) fn absorb_late_data(&mut self, id: SessionId) -> bool {
+        match self.tombstones.get_mut(&id.0) {
+            Some(left) if *left > 0 => {
+                *left = left.saturating_sub(1);
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn tombstone_count(&self) -> usize {
@@ -159,7 +176,7 @@ mod tests {
     fn tombstones_are_bounded_and_expire() {
         let mut store = Store::new(7, 3);
         for i in 1..=5u32 {
-            store.bury(SessionId(i), Timestamp::from_millis(u64::from(i)));
+            store.bury(SessionId(i), Timestamp::from_millis(u64::from(i)), 0);
         }
         assert_eq!(store.tombstone_count(), 3);
         assert!(!store.is_buried(SessionId(1)));
@@ -167,6 +184,17 @@ mod tests {
         store.expire(Timestamp::from_millis(4));
         assert_eq!(store.tombstone_count(), 1);
         assert_eq!(store.next_expiry(), Some(Timestamp::from_millis(5)));
+    }
+
+    #[test]
+    fn a_tombstone_absorbs_its_allowance_of_late_data_then_stops() {
+        let mut store = Store::new(7, 3);
+        store.bury(SessionId(1), Timestamp::from_millis(10), 2);
+        assert!(store.absorb_late_data(SessionId(1)));
+        assert!(store.absorb_late_data(SessionId(1)));
+        assert!(!store.absorb_late_data(SessionId(1)));
+        assert!(store.is_buried(SessionId(1)));
+        assert!(!store.absorb_late_data(SessionId(3)));
     }
 
     #[test]
