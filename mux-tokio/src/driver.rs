@@ -334,7 +334,7 @@ impl Driver {
                             self.conn.handle_message(now, bytes);
                         }
                         Some(Ok(WsMessage::Text)) => self.conn.handle_text_message(now),
-                        Some(Ok(WsMessage::Control)) => {}
+                        Some(Ok(WsMessage::Control)) => self.conn.handle_transport_control(now),
                         Some(Err(e)) if e.close_code().is_some() => {
                             // The peer broke RFC 6455 itself; the socket still works, so the
                             // connection is failed with the code (CONN_CLOSE, then the

@@ -15,7 +15,8 @@ pub enum WsMessage {
     Binary(Bytes),
     /// A text message: always a protocol violation here (close 1003).
     Text,
-    /// A WebSocket-level ping or pong (answered by the WebSocket library, ignored here).
+    /// A WebSocket-level ping or pong: answered by the WebSocket library, charged to the
+    /// control budget by the driver (spec/sessions.md#control-budget).
     Control,
     /// The peer's close frame, with its code if it sent one.
     Close(Option<u16>),

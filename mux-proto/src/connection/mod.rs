@@ -7,6 +7,7 @@
 //!   [`session_stats`](Connection::session_stats), [`is_closed`](Connection::is_closed), ...
 //! - **B. inputs** from the peer or the clock: [`handle_message`](Connection::handle_message),
 //!   [`handle_text_message`](Connection::handle_text_message),
+//!   [`handle_transport_control`](Connection::handle_transport_control),
 //!   [`handle_timeout`](Connection::handle_timeout),
 //!   [`handle_transport_closed`](Connection::handle_transport_closed).
 //! - **C. commands** from the application: [`open`](Connection::open),

@@ -57,6 +57,18 @@ impl Connection {
         }
     }
 
+    /// A WebSocket-level ping or pong arrived (RFC 6455 §5.5.2–3). The WebSocket layer
+    /// answers pings itself; this charges the control budget one unit, like a PING
+    /// (spec/sessions.md#control-budget), so a ping flood below the mux frames ends with
+    /// 1008 too. It also counts as liveness, as any received transport message does.
+    pub fn handle_transport_control(&mut self, now: Timestamp) {
+        if !matches!(self.state, State::Handshaking | State::Open) {
+            return;
+        }
+        self.timers.on_receive(now);
+        self.charge_control(now);
+    }
+
     /// Feeds a WebSocket **text** message: always a connection error 1003.
     pub fn handle_text_message(&mut self, _now: Timestamp) {
         self.fail(
