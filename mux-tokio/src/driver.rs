@@ -25,6 +25,10 @@ use crate::error::{OpenError, SendError, SessionClosed};
 use crate::session::{OpenInfo, Session, Shared};
 use crate::transport::{Transport, WsMessage};
 
+/// How long a closing connection keeps reading (and discarding) for the peer's answer to
+/// its Close; see the lingering close in `Driver::run`.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Requests from handles to their connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -275,6 +279,8 @@ impl Driver {
             Ok(())
         });
         let mut reading = true;
+        // The peer closed or the transport failed: nothing more can be read.
+        let mut peer_gone = false;
         let mut transmit_idle = false;
         loop {
             self.process_events();
@@ -293,6 +299,20 @@ impl Driver {
                 .await;
                 // Wait (bounded by the write deadline) for the writer to flush and close.
                 let _ = timeout(write_timeout, &mut writer).await;
+                if !peer_gone {
+                    // A lingering close: read and discard what the peer still sends until it
+                    // answers our Close or a short deadline passes. Dropping a socket with
+                    // unread input resets it, and the reset destroys our Close still in
+                    // flight: the peer would never learn the code.
+                    let _ = timeout(LINGER.min(write_timeout), async {
+                        while let Some(Ok(message)) = stream.next().await {
+                            if matches!(message, WsMessage::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
                 break;
             }
             let deadline = self.conn.poll_timeout().map(|t| self.instant(t));
@@ -346,6 +366,7 @@ impl Driver {
                         }
                         Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => {
                             reading = false;
+                            peer_gone = true;
                             self.conn.handle_transport_closed(now);
                         }
                     }
