@@ -16,7 +16,7 @@ use mux_proto::{
     SessionId, SessionStats, Side, Timestamp,
 };
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, trace, warn, Instrument};
 
@@ -216,6 +216,10 @@ struct Driver {
     /// then); issued on `Connected`. At most `command_capacity`.
     early_opens: Vec<(String, Bytes, OpenReply)>,
     authorizing: JoinSet<Decision>,
+    /// The authorization task of each pending peer open, so it is dropped when the session
+    /// ends before a decision (a reset OPEN must not keep the application's hook running:
+    /// rapid reset). At most the pending-open cap.
+    deciding: HashMap<SessionId, AbortHandle>,
     buf: BytesMut,
 }
 
@@ -241,6 +245,7 @@ impl Driver {
             opening: HashMap::new(),
             early_opens: Vec::new(),
             authorizing: JoinSet::new(),
+            deciding: HashMap::new(),
             buf: BytesMut::with_capacity(8 * 1024),
         }
     }
@@ -470,6 +475,7 @@ impl Driver {
     }
 
     fn handle_decision(&mut self, (id, kind, decision, permit): Decision) {
+        self.deciding.remove(&id);
         let now = self.now();
         match (decision, permit) {
             (Ok(grant), Some(permit)) => {
@@ -658,7 +664,7 @@ impl Driver {
             kind: kind.clone(),
             auth,
         };
-        self.authorizing.spawn(async move {
+        let task = self.authorizing.spawn(async move {
             let decision = match timeout(deadline, authorizer.authorize(&principal, &info)).await {
                 Ok(Ok(grant)) => Ok(grant),
                 Ok(Err(rejection)) => Err(Some(rejection)),
@@ -675,6 +681,7 @@ impl Driver {
             };
             (id, kind, decision, permit)
         });
+        self.deciding.insert(id, task);
     }
 
     fn retry_parked(&mut self, id: SessionId) {
@@ -703,6 +710,11 @@ impl Driver {
         retry_after_ms: u32,
     ) {
         crate::observe::session_closed(code);
+        if let Some(task) = self.deciding.remove(&id) {
+            // Ended while its authorization was still running (reset by the peer, or past
+            // the protocol's deadline): drop the hook's work now.
+            task.abort();
+        }
         let by_peer = initiator == Initiator::Peer;
         if let Some((_, reply)) = self.opening.remove(&id) {
             let _ = reply.send(Err(OpenError::Refused {
