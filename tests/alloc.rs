@@ -23,7 +23,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use bytes::{Bytes, BytesMut};
-use mux_proto::frame::{encode_message, Accept, Credit, Data, Frame, Open, Settings};
+use mux_proto::frame::{encode_message, Accept, Credit, Data, Frame, Open, Setting, Settings};
 use mux_proto::{
     Config, Connection, Event, Grant, OpenRequest, Permissions, RateLimits, SessionId, Side, Text,
     Timestamp,
@@ -104,6 +104,12 @@ fn wire(frames: &[Frame]) -> Bytes {
     message
 }
 
+/// The scripted peer's SETTINGS: defaults, but a control budget that never paces the
+/// CREDIT frames the connection sends it (the clock does not move here).
+fn peer_settings() -> Settings {
+    Settings::default().with(Setting::ControlBudget, u32::MAX)
+}
+
 fn config() -> Config {
     let mut c = Config::default();
     // CREDIT frames count against the control budget and the clock does not move here.
@@ -134,7 +140,7 @@ fn server() -> Connection {
     let mut conn = Connection::new(Side::Server, config(), now());
     let mut buf = BytesMut::new();
     drain(&mut conn, &mut buf);
-    conn.handle_message(now(), wire(&[Frame::Settings(Settings::default())]));
+    conn.handle_message(now(), wire(&[Frame::Settings(peer_settings())]));
     conn.handle_message(
         now(),
         wire(&[Frame::Open(Open {
@@ -155,7 +161,7 @@ fn server() -> Connection {
 fn client() -> Connection {
     let mut conn = Connection::new(Side::Client, config(), now());
     let mut buf = BytesMut::new();
-    conn.handle_message(now(), wire(&[Frame::Settings(Settings::default())]));
+    conn.handle_message(now(), wire(&[Frame::Settings(peer_settings())]));
     let id = conn
         .open(now(), "alloc", Bytes::new(), OpenRequest::default())
         .unwrap();
