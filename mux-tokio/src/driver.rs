@@ -376,6 +376,11 @@ impl Driver {
                         }
                     }
                     transmit_idle = false;
+                    // Messages already buffered by the WebSocket layer are returned without
+                    // touching the socket, so nothing else would make a flooded connection
+                    // yield: take a unit of tokio's cooperative budget per message, so one
+                    // connection's burst cannot hold a worker thread from all the others.
+                    tokio::task::coop::consume_budget().await;
                 }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.conn.handle_timeout(self.now());
