@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::hostile::{self, wire, ws, Honest, Hostile, Options};
+use common::hostile::{self, wire, ws, Capture, Honest, Hostile, Options};
 use common::{bind, echo_server, open_config, wait_idle, wait_until, within};
 use mux_tokio::{AllowAll, AuthError, HandshakeRequest, OriginPolicy, Principal, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -396,7 +396,7 @@ async fn slowloris_sockets_are_dropped_at_the_deadline_and_the_cap_holds() {
         }
     }
     assert_eq!(admitted, 2 * PER_IP, "the per-IP cap must hold exactly");
-    hostile::assert_latency("slowloris", unloaded, loaded);
+    hostile::assert_latency("slowloris", &[(unloaded, loaded)]);
     hostile::assert_back_to_baseline(&handle, honest.connections(), (1, 1), tasks).await;
     let stats = handle.stats();
     assert_eq!(stats.refused_429, 250 - 2 * PER_IP as u64);
@@ -452,7 +452,7 @@ async fn connection_floods_meet_exact_caps_and_cheap_refusals() {
     let mean = refusal_times.iter().sum::<Duration>() / refusal_times.len() as u32;
     println!("a refusal (connect to status line, client side) took {mean:?} on average");
     assert!(mean < Duration::from_millis(20), "{mean:?}");
-    hostile::assert_latency("connection flood", unloaded, loaded);
+    hostile::assert_latency("connection flood", &[(unloaded, loaded)]);
     drop(kept);
     hostile::assert_back_to_baseline(&handle, 2, (1, 1), tasks).await;
     honest.close().await;
@@ -566,47 +566,6 @@ async fn only_exact_origins_upgrade_and_refusals_come_before_authentication() {
 }
 
 // ---- row 26: tokens in the query string -------------------------------------------------
-
-/// Everything the tracing macros produce (event and span fields, names, messages), as text.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<String>>);
-
-impl Capture {
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-struct Fields<'a>(&'a mut String);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={:?}", field.name(), value);
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(out, "\nspan {}", span.metadata().name());
-        span.record(&mut Fields(&mut out));
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        values.record(&mut Fields(&mut self.0.lock().unwrap()));
-    }
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(out, "\nevent {}", event.metadata().target());
-        event.record(&mut Fields(&mut out));
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
 
 /// Row 26: a token in `?token=` (successful and failed authentication, then protocol errors
 /// and closes on the connection) never shows up in any log event or span field the library
