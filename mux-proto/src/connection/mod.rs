@@ -454,8 +454,13 @@ impl Connection {
 
     /// Drops a peer open's authorization deadline once it is decided or gone, so
     /// `pending` holds exactly the live pending sessions (at most `max_pending_opens`).
+    /// Decisions usually come in arrival order, so this is the front entry and O(1).
     fn forget_pending(&mut self, id: SessionId) {
-        self.pending.retain(|(pending, _)| *pending != id);
+        if self.pending.front().is_some_and(|(first, _)| *first == id) {
+            self.pending.pop_front();
+        } else {
+            self.pending.retain(|(pending, _)| *pending != id);
+        }
     }
 
     /// Drops an open's answer deadline once it is answered or gone. Answers usually come in
