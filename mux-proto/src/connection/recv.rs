@@ -27,6 +27,7 @@ impl Connection {
             self.fail(CloseCode::PROTOCOL_ERROR, "empty message");
             return;
         }
+        let input_len = message.len();
         while !message.is_empty() {
             // spec/frames.md#frame-header: what the header alone decides is decided before
             // the payload is waited for or looked at.
@@ -49,7 +50,7 @@ impl Connection {
                 }
             };
             self.stats.frames_received = self.stats.frames_received.saturating_add(1);
-            self.handle_frame(now, header, payload);
+            self.handle_frame(now, header, payload, input_len);
             if self.state != State::Open {
                 // Closed, or SETTINGS not yet in (only possible after an error).
                 return;
@@ -110,9 +111,10 @@ impl Connection {
         true
     }
 
-    fn handle_frame(&mut self, now: Timestamp, header: Header, payload: Bytes) {
+    /// One frame; `input_len` is the size of the WebSocket message it came in.
+    fn handle_frame(&mut self, now: Timestamp, header: Header, payload: Bytes, input_len: usize) {
         if header.frame_type == FrameType::Data {
-            self.on_data(now, header, payload);
+            self.on_data(now, header, payload, input_len);
             return;
         }
         let frame = match Frame::decode_body(&header, payload) {
@@ -437,7 +439,7 @@ impl Connection {
         });
     }
 
-    fn on_data(&mut self, now: Timestamp, header: Header, payload: Bytes) {
+    fn on_data(&mut self, now: Timestamp, header: Header, payload: Bytes, input_len: usize) {
         let id = header.session_id;
         let Some(session) = self.sessions.get_mut(id) else {
             self.on_not_live(now, id, false);
@@ -517,8 +519,17 @@ impl Connection {
             session.stats.bytes_received =
                 session.stats.bytes_received.saturating_add(u64::from(len));
             if end && session.recv.partial.is_none() {
-                // One-frame message: hand out the slice of the input, zero-copy.
-                completed = Some(payload);
+                // One-frame message: hand out the slice of the input, zero-copy, unless it is
+                // a small part of the WebSocket message it came in. A held slice keeps the
+                // whole input message alive, so tiny messages the application does not read,
+                // each sent with other frames around it, would pin up to L bytes per held
+                // byte; copied, what a held message keeps is at most twice what it is charged
+                // for in the receive buffer (spec/sessions.md#receive-buffer).
+                completed = Some(if payload.len().saturating_mul(2) < input_len {
+                    Bytes::copy_from_slice(&payload)
+                } else {
+                    payload
+                });
             } else {
                 let partial = session.recv.partial.get_or_insert_with(BytesMut::new);
                 partial.extend_from_slice(&payload);
