@@ -13,6 +13,9 @@
 //! through the 157 pre-encoded messages that 10,000 sessions need would otherwise charge
 //! that case for 10 MB of cold input, not for its sessions).
 //!
+//! A second group, `dispatch_per_message`, sends all 64 frames of a message to one session
+//! and rotates messages through the sessions: the one-session traffic with N sessions open.
+//!
 //! Throughput is in frames, so the three session counts are directly comparable; the
 //! per-frame cost should not grow with the session count. What does grow is memory
 //! traffic: with 10,000 sessions each frame is for a session whose state has left the
@@ -110,17 +113,36 @@ fn server(sessions: usize) -> (Connection, Vec<SessionId>) {
     (conn, ids)
 }
 
-/// Pre-encoded messages of `FRAMES` one-frame DATA messages each, round robin over `ids`,
-/// enough of them for the rotation to visit every session.
-fn messages(ids: &[SessionId]) -> Vec<Bytes> {
+/// How a message's frames are spread over the sessions.
+#[derive(Clone, Copy)]
+enum Spread {
+    /// Frame `i` of message `m` is for session `m * FRAMES + i` (round robin): with more
+    /// sessions than frames, every frame is for a different, cache-cold session. The worst
+    /// case for memory traffic.
+    EveryFrame,
+    /// All frames of message `m` are for session `m`: the same traffic as the one-session
+    /// case, with N sessions open and messages rotating through all of them.
+    PerMessage,
+}
+
+/// Pre-encoded messages of `FRAMES` one-frame DATA messages each, enough of them for the
+/// rotation to visit every session.
+fn messages(ids: &[SessionId], spread: Spread) -> Vec<Bytes> {
     let payload = Bytes::from(vec![0x5a; FRAME_PAYLOAD]);
-    let count = ids.len().div_ceil(FRAMES);
+    let count = match spread {
+        Spread::EveryFrame => ids.len().div_ceil(FRAMES),
+        Spread::PerMessage => ids.len(),
+    };
     (0..count)
         .map(|m| {
             let frames: Vec<Frame> = (0..FRAMES)
                 .map(|i| {
+                    let session = match spread {
+                        Spread::EveryFrame => (m * FRAMES + i) % ids.len(),
+                        Spread::PerMessage => m,
+                    };
                     Frame::Data(Data {
-                        session_id: ids[(m * FRAMES + i) % ids.len()],
+                        session_id: ids[session],
                         end: true,
                         fin: false,
                         payload: payload.clone(),
@@ -133,11 +155,16 @@ fn messages(ids: &[SessionId]) -> Vec<Bytes> {
 }
 
 fn dispatch(c: &mut Criterion) {
-    let mut group = c.benchmark_group("dispatch");
+    dispatch_group(c, "dispatch", Spread::EveryFrame);
+    dispatch_group(c, "dispatch_per_message", Spread::PerMessage);
+}
+
+fn dispatch_group(c: &mut Criterion, name: &str, spread: Spread) {
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(FRAMES as u64));
     for sessions in [1usize, 100, 10_000] {
         let (mut conn, ids) = server(sessions);
-        let messages = messages(&ids);
+        let messages = messages(&ids, spread);
         let mut buf = BytesMut::with_capacity(256 * 1024);
         let mut next = 0usize;
         group.bench_with_input(BenchmarkId::new("sessions", sessions), &sessions, |b, _| {
