@@ -19,7 +19,7 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,6 +33,33 @@ struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static REALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Live heap bytes, attributed to the side whose call is running (see [`on_side`]).
+static LIVE: [AtomicI64; 3] = [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
+static SIDE: AtomicUsize = AtomicUsize::new(0);
+
+const OTHER: usize = 0;
+const CLIENT: usize = 1;
+const SERVER: usize = 2;
+
+/// Runs `f` with allocations and frees attributed to `side`.
+fn on_side<T>(side: usize, f: impl FnOnce() -> T) -> T {
+    let before = SIDE.swap(side, Ordering::Relaxed);
+    let out = f();
+    SIDE.store(before, Ordering::Relaxed);
+    out
+}
+
+fn live(side: usize) -> i64 {
+    LIVE[side].load(Ordering::Relaxed)
+}
+
+fn grow(size: usize) {
+    LIVE[SIDE.load(Ordering::Relaxed) % 3].fetch_add(size as i64, Ordering::Relaxed);
+}
+
+fn shrink(size: usize) {
+    LIVE[SIDE.load(Ordering::Relaxed) % 3].fetch_sub(size as i64, Ordering::Relaxed);
+}
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
 // counters are plain atomics and never allocate.
@@ -40,6 +67,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        grow(layout.size());
         // SAFETY: forwarded as is.
         unsafe { System.alloc(layout) }
     }
@@ -47,11 +75,13 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        grow(layout.size());
         // SAFETY: forwarded as is.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        shrink(layout.size());
         // SAFETY: forwarded as is.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -59,6 +89,8 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         REALLOCS.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        shrink(layout.size());
+        grow(new_size);
         // SAFETY: forwarded as is.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -107,6 +139,7 @@ impl Cost {
 const WARMUP: u64 = 2_000;
 const MESSAGES: u64 = 50_000;
 const OPENS: u64 = 5_000;
+const IDLE: u64 = 10_000;
 
 // ---- (a) mux-proto alone -------------------------------------------------------------
 
@@ -119,7 +152,10 @@ struct Direct {
 
 impl Direct {
     fn new() -> Direct {
-        let cfg = common::bench_config();
+        Direct::with(common::bench_config())
+    }
+
+    fn with(cfg: mux_proto::Config) -> Direct {
         let mut d = Direct {
             client: Connection::new(Side::Client, cfg.clone(), Timestamp::ZERO),
             server: Connection::new(Side::Server, cfg, Timestamp::ZERO),
@@ -142,12 +178,15 @@ impl Direct {
         loop {
             let now = self.now();
             let mut moved = false;
-            while self.client.poll_transmit(now, &mut self.buf) {
-                self.server.handle_message(now, self.buf.split().freeze());
+            let (client, server, buf) = (&mut self.client, &mut self.server, &mut self.buf);
+            while on_side(CLIENT, || client.poll_transmit(now, buf)) {
+                let message = on_side(CLIENT, || buf.split().freeze());
+                on_side(SERVER, || server.handle_message(now, message));
                 moved = true;
             }
-            while self.server.poll_transmit(now, &mut self.buf) {
-                self.client.handle_message(now, self.buf.split().freeze());
+            while on_side(SERVER, || server.poll_transmit(now, buf)) {
+                let message = on_side(SERVER, || buf.split().freeze());
+                on_side(CLIENT, || client.handle_message(now, message));
                 moved = true;
             }
             if !moved {
@@ -248,6 +287,82 @@ fn mux_proto_opens() -> Cost {
         assert!(closed, "client saw the close");
     }
     Cost::between(start.unwrap(), snapshot(), OPENS)
+}
+
+/// Live heap per idle session: `IDLE` sessions opened, accepted and left idle, attributed
+/// to the server and the client endpoint. Returns (server, client) bytes per session.
+fn mux_proto_idle() -> (f64, f64) {
+    // Default windows (64 messages, 64 KiB), as the load tool's P7 server uses.
+    let mut cfg = mux_proto::Config::default();
+    cfg.limits.max_sessions = IDLE as u32 + 16;
+    cfg.limits.max_pending_opens = 1024;
+    cfg.limits.opens_per_sec = 1_000_000;
+    cfg.limits.opens_burst = 1_000_000;
+    cfg.limits.control_budget = 10_000_000;
+    cfg.limits.max_recv_buffer = 1 << 40;
+    let mut d = Direct::with(cfg);
+    // Let every session's OPEN and ACCEPT go out in a few transmits, as a real driver would.
+    let (s0, c0) = (live(SERVER), live(CLIENT));
+    let mut opened = 0u64;
+    while opened < IDLE {
+        let now = d.now();
+        for _ in 0..100 {
+            on_side(CLIENT, || {
+                d.client
+                    .open(now, "idle", Bytes::new(), OpenRequest::default())
+                    .unwrap()
+            });
+            opened += 1;
+        }
+        d.shuttle();
+        let now = d.now();
+        let server = &mut d.server;
+        on_side(SERVER, || {
+            while let Some(event) = server.poll_event() {
+                if let Event::Incoming { id, .. } = event {
+                    server.accept(now, id, Grant::full()).unwrap();
+                }
+            }
+        });
+        d.shuttle();
+        on_side(CLIENT, || while d.client.poll_event().is_some() {});
+    }
+    assert_eq!(d.server.session_count() as u64, IDLE);
+    // Release the transmit buffer's spare capacity so it is not counted.
+    d.buf = BytesMut::new();
+    let n = IDLE as f64;
+    (
+        (live(SERVER) - s0) as f64 / n,
+        (live(CLIENT) - c0) as f64 / n,
+    )
+}
+
+/// The same for rust-yamux: `IDLE` streams opened (one byte written so the peer sees each),
+/// accepted and held. Both endpoints together, bytes per stream.
+async fn yamux_idle() -> f64 {
+    let mut config = yamux::Config::default();
+    config.set_max_connection_receive_window(None);
+    config.set_max_num_streams(IDLE as usize + 16);
+    let (opens, mut inbound) = common::yamux_pair_with(config);
+    let base = live(OTHER);
+    let mut held = Vec::with_capacity(IDLE as usize);
+    let mut accepted = Vec::with_capacity(IDLE as usize);
+    // One at a time with a one-byte answer: yamux lets at most 256 streams wait for the
+    // acceptor's ACK, which rides on the acceptor's first frame.
+    for _ in 0..IDLE {
+        let mut stream = common::yamux_open(&opens).await;
+        stream.write_all(b"x").await.expect("write");
+        let mut peer = inbound.recv().await.expect("inbound");
+        let mut byte = [0u8; 1];
+        peer.read_exact(&mut byte).await.expect("read");
+        peer.write_all(b"y").await.expect("answer");
+        stream.read_exact(&mut byte).await.expect("answer");
+        held.push(stream);
+        accepted.push(peer);
+    }
+    let per = (live(OTHER) - base) as f64 / IDLE as f64;
+    drop((held, accepted));
+    per
 }
 
 // ---- (b) mux-tokio over tokio-tungstenite on loopback -----------------------------------
@@ -399,4 +514,12 @@ fn main() {
     let c = rt.block_on(yamux_opens());
     row("(a) mux-proto alone", &a);
     row("(c) rust-yamux over duplex", &c);
+    println!();
+    println!("== P7 breakdown: live heap per idle session, {IDLE} sessions on one connection ==");
+    let (server, client) = mux_proto_idle();
+    println!("(a) mux-proto alone: server endpoint {server:.0} B, client endpoint {client:.0} B per session");
+    let y = rt.block_on(yamux_idle());
+    println!(
+        "(c) rust-yamux: both endpoints {y:.0} B per stream (vectors holding the handles included)"
+    );
 }

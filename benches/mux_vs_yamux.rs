@@ -10,7 +10,7 @@
 //!
 //! After criterion, the bench prints a **ratio table**: each case runs its sides alternately
 //! (A, B, A, B, ..., the order flipped every round) for `MUX_BENCH_ROUNDS` rounds (default
-//! 5), and reports the median per-round ratio. That table is the figure to quote: criterion's
+//! 7), and reports the median per-round ratio. That table is the figure to quote: criterion's
 //! per-side numbers are measured minutes apart on a shared machine. A filter argument
 //! (`cargo bench --bench mux_vs_yamux -- p1/10x`) applies to both. `MUX_BENCH_RATIOS_ONLY=1`
 //! skips criterion.
@@ -25,14 +25,14 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 
 const SESSIONS: [usize; 3] = [1, 10, 100];
 const SIZES: [usize; 3] = [64, 1024, 64 * 1024];
-const CHURN_TOTAL: u64 = 20_000;
+const CHURN_TOTAL: u64 = 10_000;
 const CHURN_WINDOW: u64 = 16;
 
-/// Messages per P1/P2 run: 16 MiB of payload, at least 4,096 messages, a multiple of the
+/// Messages per P1/P2 run: 8 MiB of payload, at least 2,048 messages, a multiple of the
 /// session count.
 fn messages(size: usize, sessions: usize) -> u64 {
-    let n = (16usize << 20) / size;
-    let n = n.max(4096) as u64;
+    let n = (8usize << 20) / size;
+    let n = n.max(2048) as u64;
     n / sessions as u64 * sessions as u64
 }
 
@@ -244,6 +244,6 @@ fn main() {
     let rounds = std::env::var("MUX_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(7);
     ratio_phase(&list, rounds);
 }

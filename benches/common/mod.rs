@@ -55,6 +55,14 @@ pub fn bench_config() -> Config {
     c.limits.max_pending_opens = 1024;
     c.limits.max_sessions = 10_000;
     c.hash_seed = 0x5eed;
+    // What-if knob: a larger frame size (default 16 KiB) sends a 64 KiB message as one
+    // frame, which the receiver hands over without reassembling it.
+    if let Some(frame) = std::env::var("MUX_BENCH_MAX_FRAME")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        c.limits.max_frame_size = frame;
+    }
     c
 }
 
