@@ -735,7 +735,7 @@ impl Driver {
                 reason: reason.to_owned(),
                 by_peer,
             };
-            let _ = slot.shared.closed.set(closed.clone());
+            slot.shared.end(closed.clone());
             for (_, reply) in slot.parked.drain(..) {
                 let _ = reply.send(Err(SendError::Closed(closed.clone())));
             }
@@ -759,7 +759,7 @@ impl Driver {
                 reason: "connection closed".into(),
                 by_peer: false,
             };
-            let _ = slot.shared.closed.set(closed.clone());
+            slot.shared.end(closed.clone());
             for (_, reply) in slot.parked.drain(..) {
                 let _ = reply.send(Err(SendError::Closed(closed.clone())));
             }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 use mux_proto::{CloseCode, SessionId, SessionStats};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::driver::Command;
 use crate::error::{SendError, SessionClosed};
@@ -21,6 +21,27 @@ pub(crate) struct Shared {
     pub(crate) starved: AtomicBool,
     /// How the session ended, once it has.
     pub(crate) closed: OnceLock<SessionClosed>,
+    /// Woken once `closed` is set (see [`Shared::end`]).
+    ended: Notify,
+}
+
+impl Shared {
+    /// Records how the session ended and wakes whoever waits for it.
+    pub(crate) fn end(&self, closed: SessionClosed) {
+        let _ = self.closed.set(closed);
+        self.ended.notify_waiters();
+    }
+
+    /// Waits until the session has ended.
+    async fn ended(&self) {
+        let notified = self.ended.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so an `end` in between is not missed.
+        notified.as_mut().enable();
+        if self.closed.get().is_none() {
+            notified.await;
+        }
+    }
 }
 
 /// Facts about a session the peer opened, for the authorization hook.
@@ -101,6 +122,12 @@ impl SessionSender {
     /// How the session ended, once it has.
     pub fn close_reason(&self) -> Option<&SessionClosed> {
         self.shared.closed.get()
+    }
+
+    /// Waits until the session has ended (by either side, or with its connection); then
+    /// [`close_reason`](SessionSender::close_reason) says how.
+    pub async fn closed(&self) {
+        self.shared.ended().await;
     }
 }
 

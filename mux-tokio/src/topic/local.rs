@@ -317,8 +317,12 @@ async fn forward(
             break;
         }
         if batch.is_empty() && gap == 0 {
-            sub.wake.notified().await;
-            continue;
+            // Wait for a publish, or for the session to end: a subscriber whose session
+            // ended must leave the topic now, not at the next publish (which may never come).
+            tokio::select! {
+                () = sub.wake.notified() => continue,
+                () = sender.closed() => break,
+            }
         }
         if gap > 0 && sender.send(envelope::gap(gap)).await.is_err() {
             break;
