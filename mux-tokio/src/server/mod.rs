@@ -503,3 +503,26 @@ async fn serve_connection(
     drop(principal_permit);
     drop(ip_permit);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threat catalogue row 32: knobs with no trip point of their own reach tungstenite's
+    /// configuration (the others are tripped over loopback in tests/effective_config.rs).
+    #[test]
+    fn websocket_config_follows_the_server_config() {
+        let mut config = ServerConfig::default();
+        config.read_buffer_size = 12_345;
+        config.protocol.limits.max_frame_size = 100_000;
+        let ws = config.websocket_config();
+        assert_eq!(ws.read_buffer_size, 12_345);
+        // L = max(65,536, MAX_FRAME_SIZE + 10): the largest message and frame accepted.
+        assert_eq!(ws.max_message_size, Some(100_010));
+        assert_eq!(ws.max_frame_size, Some(100_010));
+        assert_eq!(ws.max_write_buffer_size, 200_020);
+        let small = ServerConfig::default().websocket_config();
+        assert_eq!(small.max_message_size, Some(65_536));
+        assert_eq!(small.read_buffer_size, 8 * 1024);
+    }
+}
