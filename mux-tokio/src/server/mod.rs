@@ -512,9 +512,13 @@ mod tests {
     /// configuration (the others are tripped over loopback in tests/effective_config.rs).
     #[test]
     fn websocket_config_follows_the_server_config() {
-        let mut config = ServerConfig::default();
-        config.read_buffer_size = 12_345;
-        config.protocol.limits.max_frame_size = 100_000;
+        let mut protocol = mux_proto::Config::default();
+        protocol.limits.max_frame_size = 100_000;
+        let config = ServerConfig {
+            read_buffer_size: 12_345,
+            ..ServerConfig::default()
+        }
+        .protocol(protocol);
         let ws = config.websocket_config();
         assert_eq!(ws.read_buffer_size, 12_345);
         // L = max(65,536, MAX_FRAME_SIZE + 10): the largest message and frame accepted.
