@@ -42,7 +42,7 @@ impl Env {
             });
         }
         if separate {
-            let child = ChildServer::spawn(false, target.server_threads)?;
+            let child = ChildServer::spawn(server::Options::default(), target.server_threads)?;
             return Ok(Env {
                 url: child.url(),
                 server_pid: Some(child.pid),
@@ -54,7 +54,11 @@ impl Env {
         }
         let server_rt = crate::runtime(target.server_threads, sys::Role::Server, "server")?;
         let running = server_rt
-            .block_on(server::start(([127, 0, 0, 1], 0).into(), false, None))
+            .block_on(server::start(
+                ([127, 0, 0, 1], 0).into(),
+                server::Options::default(),
+                None,
+            ))
             .map_err(|e| format!("bind: {e}"))?;
         Ok(Env {
             url: format!("ws://{}/", running.addr),

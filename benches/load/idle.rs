@@ -58,7 +58,13 @@ pub fn main(args: P7Args) -> Result<(), String> {
             (url.clone(), Probe { child: None, pid })
         }
         None => {
-            let child = ChildServer::spawn(true, 1)?;
+            let child = ChildServer::spawn(
+                crate::server::Options {
+                    hold: true,
+                    read_buffer: args.read_buffer,
+                },
+                1,
+            )?;
             let pid = child.pid;
             (
                 child.url(),
@@ -86,6 +92,7 @@ pub fn main(args: P7Args) -> Result<(), String> {
     );
     let loaded = probe.wait_conns(connections as u64, Duration::from_secs(10))?;
     let per_conn = loaded.rss.saturating_sub(base.rss) as f64 / connections as f64;
+    let heap_per_conn = loaded.heap.saturating_sub(base.heap) as f64 / connections as f64;
     println!(
         "      server RSS {:.1} MiB -> {:.1} MiB (server reports {} connections, {} sessions held): {:.0} B per idle connection",
         mib(base.rss),
@@ -94,6 +101,9 @@ pub fn main(args: P7Args) -> Result<(), String> {
         loaded.sessions,
         per_conn
     );
+    if probe.child.is_some() {
+        println!("      of which live heap {heap_per_conn:.0} B per connection");
+    }
     rt.block_on(async {
         let mut set = JoinSet::new();
         for (client, sessions) in clients {
@@ -135,6 +145,7 @@ pub fn main(args: P7Args) -> Result<(), String> {
     std::thread::sleep(Duration::from_secs(1));
     let after = probe.stats()?;
     let per_session = after.rss.saturating_sub(before.rss) as f64 / sessions as f64;
+    let heap_per_session = after.heap.saturating_sub(before.heap) as f64 / sessions as f64;
     println!(
         "  (b) one connection with {sessions} idle sessions: server RSS {:.1} MiB -> {:.1} MiB ({} sessions held): {:.0} B per idle session",
         mib(before.rss),
@@ -142,6 +153,9 @@ pub fn main(args: P7Args) -> Result<(), String> {
         after.sessions,
         per_session
     );
+    if probe.child.is_some() {
+        println!("      of which live heap {heap_per_session:.0} B per session");
+    }
     println!(
         "  per session / per connection = {:.4} (1/{:.0})",
         per_session / per_conn,

@@ -149,6 +149,9 @@ pub struct P7Args {
     /// Idle sessions on one connection for part (b).
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
+    /// The spawned server's tungstenite read buffer per connection (default 8 KiB).
+    #[arg(long)]
+    read_buffer: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -208,6 +211,9 @@ pub struct ServeArgs {
     /// Keep every session without a task (for idle-memory runs).
     #[arg(long)]
     hold: bool,
+    /// tungstenite's read buffer per connection in bytes (default 8 KiB).
+    #[arg(long)]
+    read_buffer: Option<usize>,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -230,7 +236,10 @@ fn main() {
         Some(Mode::Topics(args)) => topics::main(args),
         Some(Mode::Serve(args)) => server::serve_main(
             args.port,
-            args.hold,
+            server::Options {
+                hold: args.hold,
+                read_buffer: args.read_buffer,
+            },
             args.threads,
             Duration::from_secs(args.lifetime.min(24 * 3600)),
         ),

@@ -45,12 +45,22 @@ pub struct Running {
     pub held: Held,
 }
 
+/// Server knobs the load modes vary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Keep every session's handle without a task.
+    pub hold: bool,
+    /// tungstenite's per-connection read buffer (default: ServerConfig's, 8 KiB).
+    pub read_buffer: Option<usize>,
+}
+
 /// Starts a server on `addr` (which must be loopback) on the current runtime.
 pub async fn start(
     addr: SocketAddr,
-    hold: bool,
+    options: Options,
     hub: Option<LocalHub>,
 ) -> std::io::Result<Running> {
+    let hold = options.hold;
     assert!(addr.ip().is_loopback(), "the load tool binds loopback only");
     let config = ServerConfig::default()
         .origins(OriginPolicy::allow(["http://localhost"]).allow_missing(true))
@@ -58,6 +68,9 @@ pub async fn start(
         .protocol(protocol());
     let mut config = config;
     config.accept_queue = 16_384;
+    if let Some(size) = options.read_buffer {
+        config.read_buffer_size = size.clamp(256, 1 << 20);
+    }
     let mut server = Server::bind(addr, config, AllowAll, AllowAll).await?;
     let addr = server.local_addr();
     let handle = server.handle();
@@ -102,16 +115,25 @@ async fn serve_session(mut session: Session, hub: Option<LocalHub>) {
 }
 
 /// `mux-load serve`: prints `pid=<pid> port=<port>`, then answers `stats` lines on stdin
-/// with `rss=<bytes> conns=<n> sessions=<held>` (after returning freed heap to the OS) until
+/// with `rss=<bytes> heap=<live heap bytes> conns=<n> sessions=<held>` (after returning freed heap to the OS) until
 /// stdin closes or `lifetime` passes.
-pub fn serve_main(port: u16, hold: bool, threads: usize, lifetime: Duration) -> Result<(), String> {
+pub fn serve_main(
+    port: u16,
+    options: Options,
+    threads: usize,
+    lifetime: Duration,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let running = rt
-        .block_on(start(SocketAddr::from(([127, 0, 0, 1], port)), hold, None))
+        .block_on(start(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            options,
+            None,
+        ))
         .map_err(|e| format!("bind: {e}"))?;
     println!("pid={} port={}", std::process::id(), running.addr.port());
     let _ = std::io::stdout().flush();
@@ -132,7 +154,8 @@ pub fn serve_main(port: u16, hold: bool, threads: usize, lifetime: Duration) -> 
                 sys::trim();
                 let rss = sys::rss("self").unwrap_or(0);
                 let conns = handle.stats().connections;
-                println!("rss={rss} conns={conns} sessions={sessions}");
+                let heap = sys::live_heap();
+                println!("rss={rss} heap={heap} conns={conns} sessions={sessions}");
                 let _ = std::io::stdout().flush();
             }
         }
@@ -157,18 +180,23 @@ pub struct ChildServer {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChildStats {
     pub rss: u64,
+    /// Live heap bytes (the child's counting allocator).
+    pub heap: u64,
     pub conns: u64,
     pub sessions: u64,
 }
 
 impl ChildServer {
     /// Spawns `mux-load serve --port 0 [--hold]` and reads its pid and port.
-    pub fn spawn(hold: bool, threads: usize) -> Result<ChildServer, String> {
+    pub fn spawn(options: Options, threads: usize) -> Result<ChildServer, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--port", "0", "--threads", &threads.to_string()]);
-        if hold {
+        if options.hold {
             cmd.arg("--hold");
+        }
+        if let Some(size) = options.read_buffer {
+            cmd.args(["--read-buffer", &size.to_string()]);
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -218,6 +246,7 @@ impl ChildServer {
         };
         Ok(ChildStats {
             rss: field("rss="),
+            heap: field("heap="),
             conns: field("conns="),
             sessions: field("sessions="),
         })

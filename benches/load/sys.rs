@@ -19,6 +19,13 @@ thread_local! {
 }
 
 static ALLOCS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+/// Bytes allocated and not yet freed, all threads.
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+/// Heap bytes live now (requested sizes; the allocator's own overhead is not included).
+pub fn live_heap() -> u64 {
+    LIVE.load(Ordering::Relaxed)
+}
 
 /// Tags the calling thread's allocations from now on.
 pub fn set_role(role: Role) {
@@ -46,23 +53,28 @@ pub struct Counting;
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
+        LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: forwarded as is.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count();
+        LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: forwarded as is.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: forwarded as is.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count();
+        LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        LIVE.fetch_add(new_size as u64, Ordering::Relaxed);
         // SAFETY: forwarded as is.
         unsafe { System.realloc(ptr, layout, new_size) }
     }

@@ -78,7 +78,7 @@ pub fn main(args: TopicArgs) -> Result<(), String> {
         let running = server_rt
             .block_on(server::start(
                 ([127, 0, 0, 1], 0).into(),
-                false,
+                server::Options::default(),
                 Some(hub.clone()),
             ))
             .map_err(|e| format!("bind: {e}"))?;
