@@ -269,7 +269,10 @@ fn tiny_frame_floods_are_bounded_by_message_credit_then_the_budget() {
     // 64 messages per session (half of them 1 byte) plus their overhead, at most.
     let held_bound = u64::from(SESSIONS) * 64 * (overhead + 1);
     assert!(most_held <= held_bound, "{most_held} > {held_bound}");
-    assert!(most_held <= reserved, "{most_held} > the {reserved} B reserved");
+    assert!(
+        most_held <= reserved,
+        "{most_held} > the {reserved} B reserved"
+    );
     assert!(fed < FLOOD, "the flood was never cut off");
     assert_eq!(
         conn_closed_with(&mut peer),
