@@ -108,15 +108,7 @@ impl SessionSender {
 
     /// Closes the session with RESET and `code` (e.g. 4007 REVOKED, 4008 SLOW_CONSUMER).
     pub async fn reset(&self, code: CloseCode, reason: &str) {
-        let _ = self
-            .commands
-            .send(Command::Close {
-                id: self.id,
-                code,
-                reason: reason.to_owned(),
-                graceful: false,
-            })
-            .await;
+        close_on(&self.commands, self.id, code, reason, false).await;
     }
 
     /// How the session ended, once it has.
@@ -129,6 +121,25 @@ impl SessionSender {
     pub async fn closed(&self) {
         self.shared.ended().await;
     }
+}
+
+/// Asks the connection task to end session `id`: gracefully (CLOSE after queued messages) or
+/// at once (RESET).
+async fn close_on(
+    commands: &mpsc::Sender<Command>,
+    id: SessionId,
+    code: CloseCode,
+    reason: &str,
+    graceful: bool,
+) {
+    let command = Command::Close {
+        id,
+        code,
+        reason: reason.to_owned(),
+        graceful,
+    };
+    // A closed channel means the connection already ended, and the session with it.
+    let _ = commands.send(command).await;
 }
 
 async fn send_on(
@@ -217,29 +228,13 @@ impl Session {
     /// Closes the session gracefully: queued messages go out, then CLOSE with `code`.
     pub async fn close(mut self, code: CloseCode, reason: &str) {
         self.done = true;
-        let _ = self
-            .commands
-            .send(Command::Close {
-                id: self.id,
-                code,
-                reason: reason.to_owned(),
-                graceful: true,
-            })
-            .await;
+        close_on(&self.commands, self.id, code, reason, true).await;
     }
 
     /// Aborts the session with RESET and `code`.
     pub async fn reset(mut self, code: CloseCode, reason: &str) {
         self.done = true;
-        let _ = self
-            .commands
-            .send(Command::Close {
-                id: self.id,
-                code,
-                reason: reason.to_owned(),
-                graceful: false,
-            })
-            .await;
+        close_on(&self.commands, self.id, code, reason, false).await;
     }
 
     /// How the session ended, once it has.
