@@ -29,6 +29,9 @@ use crate::transport::{Transport, WsMessage};
 /// its Close; see the lingering close in `Driver::run`.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// A lingering close ends once the peer has sent nothing for this long.
+const LINGER_QUIET: Duration = Duration::from_millis(100);
+
 /// Requests from handles to their connection task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -306,11 +309,13 @@ impl Driver {
                 let _ = timeout(write_timeout, &mut writer).await;
                 if !peer_gone {
                     // A lingering close: read and discard what the peer still sends until it
-                    // answers our Close or a short deadline passes. Dropping a socket with
-                    // unread input resets it, and the reset destroys our Close still in
-                    // flight: the peer would never learn the code.
+                    // answers our Close, goes quiet, or a short deadline passes. Dropping a
+                    // socket with unread input resets it, and the reset destroys our Close
+                    // still in flight: the peer would never learn the code. A quiet peer
+                    // (nothing left to read) gets a clean close at once.
                     let _ = timeout(LINGER.min(write_timeout), async {
-                        while let Some(Ok(message)) = stream.next().await {
+                        while let Ok(Some(Ok(message))) = timeout(LINGER_QUIET, stream.next()).await
+                        {
                             if matches!(message, WsMessage::Close(_)) {
                                 break;
                             }
