@@ -116,6 +116,15 @@ impl SessionSender {
         self.shared.closed.get()
     }
 
+    /// This handle as a [`Sink`](futures_util::Sink) of messages: each item waits for credit
+    /// like [`SessionSender::send`] before the sink is ready for the next one.
+    pub fn into_sink(self) -> impl futures_util::Sink<Bytes, Error = SendError> + Send + 'static {
+        futures_util::sink::unfold(self, |sender, message: Bytes| async move {
+            sender.send(message).await?;
+            Ok::<_, SendError>(sender)
+        })
+    }
+
     /// Waits until the session has ended (by either side, or with its connection); then
     /// [`close_reason`](SessionSender::close_reason) says how.
     pub async fn closed(&self) {
