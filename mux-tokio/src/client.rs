@@ -87,6 +87,11 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// A write the server does not read within this long drops the connection. Default 10 s.
     pub write_timeout: Duration,
+    /// The re-open policy: sessions (kind, per-session credentials) the client opens again
+    /// after every reconnect, delivering them through [`Client::accept`] and reporting each
+    /// with [`ClientEvent::Reopened`]. Default empty: the application re-opens what it needs
+    /// on [`ClientEvent::Connected`].
+    pub reopen: Vec<(String, Bytes)>,
 }
 
 impl Default for ClientConfig {
@@ -100,6 +105,7 @@ impl Default for ClientConfig {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            reopen: Vec::new(),
         }
     }
 }
@@ -134,6 +140,13 @@ impl ClientConfig {
         self.protocol = protocol;
         self
     }
+
+    /// Builder: re-open a session of `kind` with `auth` after every reconnect (the re-open
+    /// policy; see [`ClientConfig::reopen`]).
+    pub fn reopen_on_reconnect(mut self, kind: impl Into<String>, auth: Bytes) -> Self {
+        self.reopen.push((kind.into(), auth));
+        self
+    }
 }
 
 /// What happened to the client's connection.
@@ -162,6 +175,14 @@ pub enum ClientEvent {
     },
     /// `max_attempts` consecutive attempts failed; the client stopped.
     GaveUp,
+    /// After a reconnect, the re-open policy opened `kind` again: the new session is waiting
+    /// in [`Client::accept`], or the server refused it.
+    Reopened {
+        /// The session kind.
+        kind: String,
+        /// Whether it opened.
+        outcome: Result<(), OpenError>,
+    },
 }
 
 /// Why connecting failed.
@@ -381,11 +402,14 @@ impl Supervisor {
                 acceptor,
                 span,
             );
-            let _ = self.current.send(Some(handle));
+            let _ = self.current.send(Some(handle.clone()));
             let _ = self.events.try_send(ClientEvent::Connected {
                 attempt,
                 generation,
             });
+            if generation > 1 {
+                self.reopen(&handle);
+            }
             attempt = 0;
             // 1006 is never sent: it stands for "lost without a close frame", which the
             // event reports as `None`.
@@ -403,6 +427,26 @@ impl Supervisor {
             if !self.wait_before_retry(attempt).await {
                 return;
             }
+        }
+    }
+
+    /// Applies the re-open policy on a new connection: each listed session is opened in its
+    /// own task (an open waits for the server's decision) and handed to the application.
+    fn reopen(&self, handle: &ConnectionHandle) {
+        for (kind, auth) in self.config.reopen.iter().cloned() {
+            let handle = handle.clone();
+            let sessions = self.incoming.clone();
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let outcome = match handle.open(&kind, auth).await {
+                    Ok(session) => sessions
+                        .send(session)
+                        .await
+                        .map_err(|_| OpenError::ConnectionClosed),
+                    Err(e) => Err(e),
+                };
+                let _ = events.send(ClientEvent::Reopened { kind, outcome }).await;
+            });
         }
     }
 

@@ -279,3 +279,56 @@ async fn a_connection_lost_without_a_close_frame_is_reported_and_retried() {
         ClientEvent::Disconnected { code: None }
     );
 }
+
+#[tokio::test]
+async fn the_reopen_policy_opens_listed_sessions_again_after_a_reconnect() {
+    let (handle, addr) = echo_server_on(common::loopback()).await;
+    let config = ClientConfig::default()
+        .backoff(Backoff::new(BASE, MAX, Some(20)))
+        .reopen_on_reconnect("echo", Bytes::new());
+    let mut client = within("connect", Client::connect(&format!("ws://{addr}/"), config))
+        .await
+        .expect("connect");
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Connected {
+            attempt: 0,
+            generation: 1
+        }
+    );
+    // The policy applies to reconnects: the first connection's sessions are the app's own.
+    handle.connections()[0]
+        .close(CloseCode::TRY_AGAIN_LATER, "kicked")
+        .await;
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Disconnected {
+            code: Some(CloseCode::TRY_AGAIN_LATER)
+        }
+    );
+    let backoff = Backoff::new(BASE, MAX, Some(20));
+    let (event, _) = reconnecting(&mut client, &backoff).await;
+    assert!(
+        matches!(event, ClientEvent::Connected { generation: 2, .. }),
+        "{event:?}"
+    );
+    assert_eq!(
+        next(&mut client).await,
+        ClientEvent::Reopened {
+            kind: "echo".into(),
+            outcome: Ok(())
+        }
+    );
+    let mut session = within("the re-opened session", client.accept())
+        .await
+        .expect("a re-opened session");
+    assert_eq!(session.kind(), "echo");
+    session
+        .send(Bytes::from_static(b"again"))
+        .await
+        .expect("send");
+    assert_eq!(
+        within("echo", session.recv()).await.as_deref(),
+        Some(&b"again"[..])
+    );
+}
