@@ -88,9 +88,13 @@ async fn start() -> Seed {
         while let Some(session) = server.accept().await {
             let kind = session.kind().to_owned();
             if kind.starts_with("topic/") || kind == "admin-events" {
-                let mut sub = app_hub
-                    .attach(&session, SubscribeOptions::default())
-                    .expect("attach");
+                // A user may close its session before the application attaches it: then
+                // there is nothing to subscribe (AttachError::Closed), and nothing leaks.
+                let mut sub = match app_hub.attach(&session, SubscribeOptions::default()) {
+                    Ok(sub) => sub,
+                    Err(mux_tokio::topic::AttachError::Closed) => continue,
+                    Err(e) => panic!("attach: {e}"),
+                };
                 let subscribed = app_subscribed.clone();
                 subscribed.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
