@@ -208,9 +208,8 @@ impl Connection {
         }
         check_code(code)?;
         self.stats.opens_refused = self.stats.opens_refused.saturating_add(1);
-        let close = SessionClose::new(id, code, reason);
-        self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
-        Ok(())
+        // Refusing a pending open is a RESET like any other (spec/frames.md#close).
+        self.reset(now, id, code, reason)
     }
 
     /// Queues one whole message. It is fragmented into frames of at most the peer's
