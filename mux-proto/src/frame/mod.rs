@@ -113,7 +113,7 @@ impl FrameType {
     }
 
     /// True for frames that travel on session 0 (the control channel).
-    pub fn is_connection_frame(self) -> bool {
+    pub const fn is_connection_frame(self) -> bool {
         matches!(
             self,
             FrameType::Settings
@@ -125,7 +125,7 @@ impl FrameType {
     }
 
     /// The flag bits this type defines; any other bit set is an error.
-    pub fn defined_flags(self) -> u8 {
+    pub const fn defined_flags(self) -> u8 {
         match self {
             FrameType::Data => FLAG_END | FLAG_FIN,
             _ => 0,
@@ -135,7 +135,7 @@ impl FrameType {
     /// Inclusive payload length bounds implied by the type alone (spec/frames.md#frame-types).
     ///
     /// DATA has no bound here: its bound is the receiver's MAX_FRAME_SIZE setting.
-    pub fn len_bounds(self) -> (u32, u32) {
+    pub const fn len_bounds(self) -> (u32, u32) {
         const CLOSE_MIN: u32 = 6;
         const CLOSE_MAX: u32 = CLOSE_MIN + MAX_REASON_LEN as u32;
         match self {
