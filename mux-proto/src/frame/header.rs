@@ -31,7 +31,9 @@ pub struct Header {
     pub len: u32,
 }
 
-type RawHeader = (u8, u8, u32, u32);
+/// The first two header bytes as one little-endian `u16` (the first byte in the low half,
+/// the flags in the high half), the session ID and the length.
+type RawHeader = (u16, u32, u32);
 
 /// The four header fields: nom's complete `take` splits off the ten header bytes (the one
 /// check a fixed-width header needs), then the fields are read at fixed offsets.
@@ -45,98 +47,84 @@ fn raw_header(input: &[u8]) -> Option<RawHeader> {
     let (_, header) = taken.ok()?;
     let &[ver_type, flags, s0, s1, s2, s3, l0, l1, l2, l3] = header.first_chunk::<HEADER_LEN>()?;
     Some((
-        ver_type,
-        flags,
+        u16::from_le_bytes([ver_type, flags]),
         u32::from_be_bytes([s0, s1, s2, s3]),
         u32::from_be_bytes([l0, l1, l2, l3]),
     ))
 }
 
-/// What a version-1 header of one frame type may carry, by the pair of DATA flag bits.
-///
-/// Every rule of spec/frames.md#frame-header that depends on the type and the flags folds
-/// into a scope and one length range per flag pair, so a valid header is recognised with one
-/// table row and a few comparisons that do not branch on the type; only headers that fail
-/// take the rule-by-rule path that names the broken rule. Rows are one cache line each.
+/// The valid payload lengths for one first header byte and one pair of DATA flag bits:
+/// `len - min <= span`, wrapping, checks both ends in one comparison.
 #[derive(Debug, Clone, Copy)]
-#[repr(align(64))]
-struct TypeRule {
-    /// The smallest valid length for each value of `flags & TABLE_FLAGS`.
-    min: [u32; 4],
-    /// The largest valid length minus `min`, so one wrapping comparison `len - min <= span`
-    /// checks both ends.
-    span: [u32; 4],
-    /// `SCOPE_SESSION` or `SCOPE_CONNECTION` for each value of `flags & TABLE_FLAGS`;
-    /// `SCOPE_NEVER` for an unassigned type or a flag the type leaves undefined.
-    scope: [u8; 4],
-    frame_type: FrameType,
+struct LenRange {
+    min: u32,
+    span: u32,
 }
 
 const SCOPE_SESSION: u8 = 0;
 const SCOPE_CONNECTION: u8 = 1;
+/// No header with this first byte and these flags is valid, whatever its length.
 const SCOPE_NEVER: u8 = 2;
 
-/// The flag bits rows are split by; every higher bit is reserved for every type.
+/// The flag bits the tables are split by; every higher bit is reserved for every type.
 const TABLE_FLAGS: u8 = FLAG_END | FLAG_FIN;
 
-/// The row for an unassigned type nibble: no scope matches it.
-const NEVER: TypeRule = TypeRule {
-    min: [0; 4],
-    span: [0; 4],
-    scope: [SCOPE_NEVER; 4],
-    frame_type: FrameType::Data,
-};
+/// Table entries: one for each first header byte (version and type nibbles) and each flags
+/// byte that sets no reserved bit, at the little-endian value of the first two header bytes
+/// (`first_byte | flags << 8`). A flags byte with a higher bit set indexes past the end.
+const ENTRIES: usize = (TABLE_FLAGS as usize + 1) << 8;
 
-/// The row for `frame_type`.
-// Evaluated only at compile time: an overflow or a bad index fails the build.
-#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
-const fn type_rule(frame_type: FrameType) -> TypeRule {
-    let scope = if frame_type.is_connection_frame() {
-        SCOPE_CONNECTION
-    } else {
-        SCOPE_SESSION
-    };
-    let mut rule = TypeRule {
-        frame_type,
-        ..NEVER
-    };
-    let mut flags = 0;
-    while flags <= TABLE_FLAGS {
-        if flags & !frame_type.defined_flags() != 0 {
-            // A flag this type does not define: the scope stays SCOPE_NEVER.
-            flags += 1;
-            continue;
-        }
-        let (mut min, mut max) = frame_type.len_bounds();
-        let end = flags & FLAG_END != 0;
-        let fin = flags & FLAG_FIN != 0;
-        if matches!(frame_type, FrameType::Data) && !end && !fin {
-            // A fragment: at least MIN_FRAGMENT bytes (which also rules out empty frames).
-            min = MIN_FRAGMENT;
-        } else if matches!(frame_type, FrameType::Data) && fin && !end {
-            // A bare FIN carries no payload.
-            max = 0;
-        }
-        rule.min[flags as usize] = min;
-        rule.span[flags as usize] = max - min;
-        rule.scope[flags as usize] = scope;
-        flags += 1;
-    }
-    rule
+/// The scope, the length range and the type for every first byte and flag pair, so that
+/// a valid header is recognised with three table loads and three comparisons and no
+/// branch on its type, version or flags; only a header that fails takes the rule-by-rule
+/// path that names the broken rule. Valid traffic reads only the 14 entries of each table
+/// that hold version-1 types with their defined flags.
+struct HeaderRules {
+    scope: [u8; ENTRIES],
+    len: [LenRange; ENTRIES],
+    frame_type: [FrameType; ENTRIES],
 }
 
-/// `TYPE_RULES[first header byte]`, so the version check costs no instruction of its own.
-///
-/// 16 KiB, of which valid traffic reads only the eleven version-1 rows (eleven cache
-/// lines); every other first byte is `NEVER`.
-// Evaluated only at compile time: a bad index fails the build.
-#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-static TYPE_RULES: [TypeRule; 256] = {
-    let mut rules = [NEVER; 256];
+// Evaluated only at compile time: an overflow or a bad index fails the build.
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+static HEADER_RULES: HeaderRules = {
+    let mut rules = HeaderRules {
+        scope: [SCOPE_NEVER; ENTRIES],
+        len: [LenRange { min: 0, span: 0 }; ENTRIES],
+        frame_type: [FrameType::Data; ENTRIES],
+    };
     let mut i = 0;
     while i < FrameType::ALL.len() {
         let frame_type = FrameType::ALL[i];
-        rules[((VERSION << 4) | frame_type as u8) as usize] = type_rule(frame_type);
+        let first_byte = ((VERSION << 4) | frame_type as u8) as usize;
+        let mut flags = 0;
+        while flags <= TABLE_FLAGS {
+            let entry = first_byte | (flags as usize) << 8;
+            rules.frame_type[entry] = frame_type;
+            // A flag the type does not define leaves the scope SCOPE_NEVER.
+            if flags & !frame_type.defined_flags() == 0 {
+                let (mut min, mut max) = frame_type.len_bounds();
+                let end = flags & FLAG_END != 0;
+                let fin = flags & FLAG_FIN != 0;
+                if matches!(frame_type, FrameType::Data) && !end && !fin {
+                    // A fragment: at least MIN_FRAGMENT bytes (which rules out empty frames).
+                    min = MIN_FRAGMENT;
+                } else if matches!(frame_type, FrameType::Data) && fin && !end {
+                    // A bare FIN carries no payload.
+                    max = 0;
+                }
+                rules.len[entry] = LenRange {
+                    min,
+                    span: max - min,
+                };
+                rules.scope[entry] = if frame_type.is_connection_frame() {
+                    SCOPE_CONNECTION
+                } else {
+                    SCOPE_SESSION
+                };
+            }
+            flags += 1;
+        }
         i += 1;
     }
     rules
@@ -160,19 +148,19 @@ impl Header {
         }
     }
 
-    /// The header if every rule holds, from one table row and no branch on the type.
+    /// The header if every rule holds, from three table loads and no branch on the type.
     #[inline(always)]
-    fn accept_valid((ver_type, flags, session_id, len): RawHeader) -> Option<Header> {
-        let rule = TYPE_RULES.get(usize::from(ver_type))?;
-        let by_flags = usize::from(flags & TABLE_FLAGS);
-        let min = rule.min.get(by_flags).copied().unwrap_or(0);
-        let span = rule.span.get(by_flags).copied().unwrap_or(0);
-        let scope = rule.scope.get(by_flags).copied().unwrap_or(SCOPE_NEVER);
-        let valid = (flags & !TABLE_FLAGS == 0)
-            & (scope == u8::from(session_id == 0))
-            & (len.wrapping_sub(min) <= span);
+    fn accept_valid((type_and_flags, session_id, len): RawHeader) -> Option<Header> {
+        // Out of range exactly when a reserved flag bit is set.
+        let entry = usize::from(type_and_flags);
+        let [_, flags] = type_and_flags.to_le_bytes();
+        let rules = &HEADER_RULES;
+        let range = rules.len.get(entry)?;
+        let scope = rules.scope.get(entry).copied().unwrap_or(SCOPE_NEVER);
+        let valid =
+            (scope == u8::from(session_id == 0)) & (len.wrapping_sub(range.min) <= range.span);
         valid.then_some(Header {
-            frame_type: rule.frame_type,
+            frame_type: rules.frame_type.get(entry).copied()?,
             flags,
             session_id: SessionId(session_id),
             len,
@@ -184,10 +172,11 @@ impl Header {
     #[cold]
     #[inline(never)]
     fn parse_checked(input: &[u8]) -> Result<Header, FrameError> {
-        let (ver_type, flags, session_id, len) =
+        let (type_and_flags, session_id, len) =
             raw_header(input).ok_or(FrameError::TruncatedHeader {
                 available: input.len(),
             })?;
+        let [ver_type, flags] = type_and_flags.to_le_bytes();
         let version = ver_type >> 4;
         if version != VERSION {
             return Err(FrameError::UnsupportedVersion { version });
@@ -274,7 +263,14 @@ mod tests {
 
     /// Every length at which some rule changes its answer, and its neighbours.
     fn boundary_lengths() -> Vec<u32> {
-        let mut lens = vec![0, 1, MIN_FRAGMENT - 1, MIN_FRAGMENT, MIN_FRAGMENT + 1, u32::MAX];
+        let mut lens = vec![
+            0,
+            1,
+            MIN_FRAGMENT - 1,
+            MIN_FRAGMENT,
+            MIN_FRAGMENT + 1,
+            u32::MAX,
+        ];
         for frame_type in FrameType::ALL {
             let (min, max) = frame_type.len_bounds();
             for len in [min, max] {
