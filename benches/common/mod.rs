@@ -13,11 +13,13 @@
 //! - **raw**: the same bytes written straight to the duplex.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::poll_fn;
+/// The yamux connection driver, shared with the load tool.
+#[path = "../load/yamux_drive.rs"]
+mod yamux_drive;
+
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -28,12 +30,12 @@ use mux_proto::{
     CloseCode, Config, Connection, Event, Grant, OpenRequest, SendError, SessionId, Side, Timestamp,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt as _};
+use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 /// Capacity of the in-memory pipe, each direction.
 pub const DUPLEX: usize = 1 << 20;
@@ -388,55 +390,7 @@ pub async fn raw_bulk(count: u64, size: usize) -> Duration {
 
 // ---- yamux ---------------------------------------------------------------------------
 
-pub type YamuxIo = Compat<DuplexStream>;
-pub type OpenRequestTx = mpsc::Sender<oneshot::Sender<yamux::Stream>>;
-
-/// Drives a yamux connection: serves outbound-open requests and hands inbound streams to
-/// `inbound`. Ends when the connection does.
-pub async fn drive_yamux(
-    mut conn: yamux::Connection<YamuxIo>,
-    mut opens: mpsc::Receiver<oneshot::Sender<yamux::Stream>>,
-    inbound: Option<mpsc::UnboundedSender<yamux::Stream>>,
-) {
-    let mut pending: Option<oneshot::Sender<yamux::Stream>> = None;
-    let mut opens_open = true;
-    poll_fn(|cx| {
-        loop {
-            if pending.is_some() {
-                match conn.poll_new_outbound(cx) {
-                    Poll::Ready(Ok(stream)) => {
-                        if let Some(reply) = pending.take() {
-                            let _ = reply.send(stream);
-                        }
-                        continue;
-                    }
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
-                    Poll::Pending => break,
-                }
-            }
-            if !opens_open {
-                break;
-            }
-            match opens.poll_recv(cx) {
-                Poll::Ready(Some(reply)) => pending = Some(reply),
-                Poll::Ready(None) => opens_open = false,
-                Poll::Pending => break,
-            }
-        }
-        loop {
-            match conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(stream))) => {
-                    if let Some(tx) = &inbound {
-                        let _ = tx.send(stream);
-                    }
-                }
-                Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    })
-    .await
-}
+pub type OpenRequestTx = yamux_drive::OpenRequests;
 
 /// A yamux client and server over one duplex, their drivers spawned. Returns the client's
 /// open-request sender and the server's inbound streams.
@@ -451,18 +405,14 @@ pub fn yamux_pair_with(
     let client = yamux::Connection::new(a.compat(), config.clone(), yamux::Mode::Client);
     let server = yamux::Connection::new(b.compat(), config, yamux::Mode::Server);
     let (open_tx, open_rx) = mpsc::channel(1024);
-    let (_unused_tx, unused_rx) = mpsc::channel(1);
     let (in_tx, in_rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive_yamux(client, open_rx, None));
-    tokio::spawn(drive_yamux(server, unused_rx, Some(in_tx)));
-    drop(_unused_tx);
+    tokio::spawn(yamux_drive::drive(client, Some(open_rx), None));
+    tokio::spawn(yamux_drive::drive(server, None, Some(in_tx)));
     (open_tx, in_rx)
 }
 
 pub async fn yamux_open(opens: &OpenRequestTx) -> yamux::Stream {
-    let (tx, rx) = oneshot::channel();
-    opens.send(tx).await.expect("yamux driver");
-    rx.await.expect("yamux open")
+    yamux_drive::open(opens).await.expect("yamux open")
 }
 
 /// yamux: `sessions` streams × `per_session` writes of `size` bytes, one direction; the
