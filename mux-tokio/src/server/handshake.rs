@@ -38,14 +38,10 @@ impl Origin {
         }
         let (host, port) = match rest.rsplit_once(':') {
             // An IPv6 literal has colons inside brackets; a port follows the closing bracket.
-            Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()?),
+            Some((host, port)) if !port.contains(']') => (host, parse_port(port)?),
             _ => (rest, default_port),
         };
-        if host.is_empty()
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-        {
+        if !is_origin_host(host) {
             return None;
         }
         Some(Origin {
@@ -54,6 +50,39 @@ impl Origin {
             port,
         })
     }
+}
+
+/// A port as browsers serialize it (RFC 6454 §6.2 with RFC 3986's `port`): 1 to 5 ASCII
+/// digits, no sign, no leading zero, not 0. Anything looser would let two spellings of one
+/// origin compare differently from how the browser that sent them sees them.
+fn parse_port(port: &str) -> Option<u16> {
+    let canonical = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !port.starts_with('0');
+    if !canonical {
+        return None;
+    }
+    port.parse().ok()
+}
+
+/// A host as it may appear in an origin: a bracketed IPv6 literal, or a name or IPv4
+/// address of ASCII letters, digits, `-` and `.` (internationalized names arrive in their
+/// punycode form). Colons and brackets anywhere else are refused.
+fn is_origin_host(host: &str) -> bool {
+    if let Some(literal) = host.strip_prefix('[') {
+        let Some(literal) = literal.strip_suffix(']') else {
+            return false;
+        };
+        return literal.contains(':')
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+    }
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 impl fmt::Debug for Origin {
@@ -162,11 +191,42 @@ mod tests {
             "https://example.com@evil.com",
             "",
             "example.com",
+            // Loose spellings of an allowed port: not how a browser serializes one.
+            "http://localhost:+3000",
+            "http://localhost:03000",
+            "http://localhost:",
+            "http://localhost:0",
+            "http://localhost:65536",
+            "http://localhost:003000",
+            // Colons and brackets outside an IPv6 literal.
+            "http://localhost:3000:3000",
+            "https://example.com:443:443",
+            "https://[example.com]",
+            "https://[::1",
+            "https://::1]",
         ] {
             assert!(!p.admits(Some(bad)), "{bad}");
         }
         assert!(!p.admits(None));
         assert!(p.clone().allow_missing(true).admits(None));
+    }
+
+    #[test]
+    fn ipv6_literals_and_explicit_default_ports() {
+        let p = OriginPolicy::allow(["http://[::1]:3000", "https://[2001:db8::1]"]);
+        assert!(p.admits(Some("http://[::1]:3000")));
+        assert!(p.admits(Some("https://[2001:DB8::1]")));
+        assert!(p.admits(Some("https://[2001:db8::1]:443")));
+        assert!(!p.admits(Some("http://[::1]")));
+        assert!(!p.admits(Some("http://[::2]:3000")));
+        assert!(!p.admits(Some("http://[::1]:03000")));
+        assert!(!p.admits(Some("http://[:3000")));
+        assert_eq!(
+            Origin::parse("https://[::1]:8443").map(|o| o.port),
+            Some(8443)
+        );
+        assert_eq!(Origin::parse("https://[::1]").map(|o| o.port), Some(443));
+        assert_eq!(Origin::parse("https://[::g]"), None);
     }
 
     #[test]
