@@ -112,6 +112,15 @@ impl TokenBucket {
         self.tokens_micro >= MICRO
     }
 
+    /// Whole tokens available now (0 while in debt). Unlimited buckets report `u64::MAX`.
+    pub(crate) fn available(&mut self, now: Timestamp) -> u64 {
+        if self.is_unlimited() {
+            return u64::MAX;
+        }
+        self.refill(now);
+        self.tokens_micro / MICRO
+    }
+
     /// How long until `n` tokens are available (zero if they are now). Used for retry hints.
     pub(crate) fn time_until(&mut self, now: Timestamp, n: u64) -> Duration {
         if self.is_unlimited() {

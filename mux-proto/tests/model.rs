@@ -457,7 +457,8 @@ struct Model {
     restricted: BTreeSet<u32>,
     /// Sessions whose grant has a rate (4002 and rate limit hits are then legitimate).
     rated: BTreeSet<u32>,
-    /// Some grant of the connection had a rate (throttle timers may be armed).
+    /// Some grant of the connection had a rate (the acceptor's throttle timers and the
+    /// opener's pacing timers may be armed).
     rated_ever: [bool; 2],
     sessions_opened: usize,
     closes: BTreeMap<u16, usize>,
@@ -986,7 +987,7 @@ impl Model {
                 }
                 if grant.rate.is_some() {
                     self.rated.insert(id.0);
-                    self.rated_ever[x] = true;
+                    self.rated_ever = [true; 2];
                 }
                 match endpoint_mut(pair, x).conn.accept(now, id, grant.grant()) {
                     Ok(()) => {

@@ -4,15 +4,19 @@
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects
 )]
-//! This side's own control frames stay within the peer's CONTROL_BUDGET, and opens the peer
-//! never answers are given up (spec/sessions.md#control-budget, #authorization).
+//! This side's own control frames stay within the peer's CONTROL_BUDGET, an opener's DATA
+//! stays within the rates its peer granted, and opens the peer never answers are given up
+//! (spec/sessions.md#control-budget, #rates, #authorization).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use mux_proto::frame::{Frame, Setting, Settings};
 use mux_proto::testing::{Pair, RawPeer};
-use mux_proto::{CloseCode, Config, Event, Grant, Initiator, OpenRequest, Side};
+use mux_proto::{
+    CloseCode, Config, Event, Grant, Initiator, LimitKind, OpenRequest, RateLimits, RatePolicy,
+    SessionId, Side,
+};
 
 /// 100 sessions of request/response with a small budget on both sides: without pacing the
 /// receivers' CREDITs alone exceed the budget and the connection closes with 1008.
@@ -170,4 +174,190 @@ fn an_open_the_peer_never_answers_is_reset_with_4006() {
     assert_eq!(peer.conn.session_count(), 0);
     assert_eq!(peer.conn.recv_reserved(), 0);
     assert_eq!(peer.conn.open_answer_deadlines().count(), 0);
+}
+
+// ---- DATA within the granted rates -------------------------------------------------------
+
+fn rate(
+    messages_per_sec: u32,
+    burst_messages: u32,
+    bytes_per_sec: u32,
+    burst_bytes: u32,
+) -> RateLimits {
+    RateLimits {
+        messages_per_sec,
+        bytes_per_sec,
+        burst_messages,
+        burst_bytes,
+    }
+}
+
+fn quiet_pair() -> Pair {
+    let mut config = Config::default();
+    config.timeouts.keepalive_interval = None;
+    config.limits.max_message_size = 256 * 1024;
+    config.limits.initial_credit_bytes = 256 * 1024;
+    Pair::connected_with(config.clone(), config)
+}
+
+/// Reads what arrived on `id` in 1 ms steps until `expected` messages have or `limit`
+/// passes, and returns each message with the milliseconds since the start.
+fn read_timed(
+    pair: &mut Pair,
+    id: SessionId,
+    expected: usize,
+    limit: Duration,
+) -> Vec<(u64, Bytes)> {
+    let start = pair.now;
+    let mut got = Vec::new();
+    while got.len() < expected && pair.now.saturating_duration_since(start) < limit {
+        pair.advance(Duration::from_millis(1));
+        let elapsed = pair.now.saturating_duration_since(start).as_millis() as u64;
+        got.extend(
+            pair.server
+                .recv_all(pair.now, id)
+                .into_iter()
+                .map(|m| (elapsed, m)),
+        );
+    }
+    got
+}
+
+/// Neither the session nor the connection was ended or limited for its rate.
+fn assert_rate_never_tripped(pair: &mut Pair, id: SessionId) {
+    assert!(pair.server.take_closed(id).is_none(), "session closed");
+    assert!(pair.client.take_closed(id).is_none(), "session closed");
+    assert!(pair.server.conn.is_open() && pair.client.conn.is_open());
+    assert!(!pair.server.has_event(|e| matches!(
+        e,
+        Event::LimitHit {
+            limit: LimitKind::SessionRate,
+            ..
+        }
+    )));
+    assert_eq!(pair.server.conn.stats().closes(CloseCode::RATE_LIMITED), 0);
+}
+
+/// A burst queued at once goes out at the granted message rate: the acceptor, which resets
+/// the session (4002) at the first message over its rate, never has to.
+#[test]
+fn an_opener_sends_no_faster_than_the_granted_message_rate() {
+    let mut pair = quiet_pair();
+    let id = pair.open_accepted(
+        "feed",
+        Grant::full().with_rate(rate(10, 3, 0, 0), RatePolicy::CloseSession),
+    );
+    for i in 0..13u8 {
+        pair.client
+            .conn
+            .send(pair.now, id, Bytes::from(vec![i; 10]))
+            .unwrap();
+    }
+    let got = read_timed(&mut pair, id, 13, Duration::from_secs(3));
+    assert_rate_never_tripped(&mut pair, id);
+    let order: Vec<u8> = got.iter().map(|(_, m)| m[0]).collect();
+    assert_eq!(order, (0..13).collect::<Vec<_>>());
+    // The burst of 3 at once, then one per 100 ms: message k no earlier than (k - 2) × 100 ms
+    // and no later than a step after it.
+    for (k, (at, _)) in got.iter().enumerate() {
+        let due = (k as u64).saturating_sub(2) * 100;
+        assert!(
+            *at >= due.max(1) && *at <= due + 2,
+            "message {k} at {at} ms, due {due} ms"
+        );
+    }
+}
+
+/// A message larger than the byte burst goes out in fragments the bucket holds (never under
+/// the 1,024-byte minimum fragment), at the granted byte rate, and arrives whole.
+#[test]
+fn an_opener_fragments_a_large_message_within_the_granted_byte_rate() {
+    let mut pair = quiet_pair();
+    let id = pair.open_accepted(
+        "upload",
+        Grant::full().with_rate(rate(0, 0, 8192, 4096), RatePolicy::CloseSession),
+    );
+    let message: Bytes = (0..20_480u32).map(|i| i as u8).collect::<Vec<u8>>().into();
+    pair.client
+        .conn
+        .send(pair.now, id, message.clone())
+        .unwrap();
+    let got = read_timed(&mut pair, id, 1, Duration::from_secs(5));
+    assert_rate_never_tripped(&mut pair, id);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, message);
+    // 4,096 bytes of burst, then 16,384 bytes at 8,192 B/s: 2 s, plus at most one minimum
+    // fragment's wait (125 ms) for the last piece.
+    let at = got[0].0;
+    assert!((2000..=2125).contains(&at), "delivered at {at} ms");
+}
+
+/// Waiting for its rate takes a session off the scheduler, not the connection: an unpaced
+/// session's messages go out at once while the paced one trickles.
+#[test]
+fn a_paced_session_does_not_hold_back_the_others() {
+    let mut pair = quiet_pair();
+    let slow = pair.open_accepted(
+        "slow",
+        Grant::full().with_rate(rate(1, 1, 0, 0), RatePolicy::CloseSession),
+    );
+    let fast = pair.open_accepted("fast", Grant::full());
+    for _ in 0..3 {
+        pair.client
+            .conn
+            .send(pair.now, slow, Bytes::from_static(b"s"))
+            .unwrap();
+    }
+    for _ in 0..40 {
+        pair.client
+            .conn
+            .send(pair.now, fast, Bytes::from_static(b"f"))
+            .unwrap();
+    }
+    pair.drive();
+    assert_eq!(pair.server.recv_all(pair.now, fast).len(), 40);
+    assert_eq!(pair.server.recv_all(pair.now, slow).len(), 1);
+    // The pacer's deadline is what the driver sleeps until: one token at 1/s.
+    let wake = pair.client.conn.poll_timeout().expect("a pacing deadline");
+    assert_eq!(
+        wake.saturating_duration_since(pair.now),
+        Duration::from_secs(1)
+    );
+    pair.advance(Duration::from_millis(999));
+    assert_eq!(pair.server.recv_all(pair.now, slow).len(), 0);
+    pair.advance(Duration::from_millis(1));
+    assert_eq!(pair.server.recv_all(pair.now, slow).len(), 1);
+    assert_rate_never_tripped(&mut pair, slow);
+}
+
+/// A paced session that ends while it waits leaves nothing behind: its timer firing later
+/// finds nothing to do, and new sessions are unaffected.
+#[test]
+fn a_paced_session_can_end_while_it_waits() {
+    let mut pair = quiet_pair();
+    let slow = pair.open_accepted(
+        "slow",
+        Grant::full().with_rate(rate(1, 1, 0, 0), RatePolicy::CloseSession),
+    );
+    for _ in 0..2 {
+        pair.client
+            .conn
+            .send(pair.now, slow, Bytes::from_static(b"s"))
+            .unwrap();
+    }
+    pair.drive();
+    pair.client
+        .conn
+        .reset(pair.now, slow, CloseCode::NORMAL, "done")
+        .unwrap();
+    pair.advance(Duration::from_secs(2));
+    assert!(pair.server.take_closed(slow).is_some());
+    assert!(pair.client.conn.poll_timeout().is_none_or(|t| t > pair.now));
+    let next = pair.open_accepted("next", Grant::full());
+    pair.client
+        .conn
+        .send(pair.now, next, Bytes::from_static(b"n"))
+        .unwrap();
+    pair.drive();
+    assert_eq!(pair.server.recv_all(pair.now, next).len(), 1);
 }

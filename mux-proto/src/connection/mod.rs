@@ -109,6 +109,9 @@ pub struct Connection {
     pace: TokenBucket,
     /// CREDITs waiting for the pacer, outside the control queue so they hold nothing back.
     paced_credits: VecDeque<SessionId>,
+    /// Sessions this side opened whose DATA waits for their granted rates (each at most
+    /// once: `SendHalf::paced`); they rejoin the ring when the data pacing timer fires.
+    paced_sessions: VecDeque<SessionId>,
     events: VecDeque<Event>,
     control_budget: TokenBucket,
     open_bucket: TokenBucket,
@@ -159,6 +162,7 @@ impl Connection {
             throttled: VecDeque::new(),
             pace: TokenBucket::unlimited(),
             paced_credits: VecDeque::new(),
+            paced_sessions: VecDeque::new(),
             events: VecDeque::new(),
             control_budget: TokenBucket::new(l.control_budget, l.control_budget, now),
             open_bucket: TokenBucket::new(l.opens_per_sec, l.opens_burst, now),
@@ -333,6 +337,7 @@ impl Connection {
         self.pending.clear();
         self.opening.clear();
         self.paced_credits.clear();
+        self.paced_sessions.clear();
         self.pending_pong = None;
         self.ping_due = None;
         self.emit(Event::ConnectionClosed {
@@ -376,6 +381,9 @@ impl Connection {
         let Some(session) = self.sessions.remove(id) else {
             return;
         };
+        if session.send.paced {
+            self.paced_sessions.retain(|&paced| paced != id);
+        }
         match session.phase {
             Phase::Pending => self.forget_pending(id),
             Phase::Opening => self.forget_opening(id),
@@ -477,7 +485,7 @@ impl Connection {
     fn schedule(&mut self, id: SessionId) {
         let max_frame = self.now_peer().max_frame_size;
         if let Some(s) = self.sessions.get_mut(id) {
-            if !s.in_ring && s.wants_to_send(max_frame) {
+            if !s.in_ring && !s.send.paced && s.wants_to_send(max_frame) {
                 s.in_ring = true;
                 self.ring.push_back(id);
             }

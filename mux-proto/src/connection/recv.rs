@@ -10,7 +10,7 @@ use crate::frame::{
     split_frame, Accept, Credit, Frame, FrameType, GoAway, Header, Open, SessionClose,
 };
 use crate::id::SessionId;
-use crate::session::{PendingClose, Phase, RecvHalf, SendHalf, Session, Window};
+use crate::session::{Pacer, PendingClose, Phase, RecvHalf, SendHalf, Session, Window};
 use crate::time::Timestamp;
 
 impl Connection {
@@ -304,6 +304,8 @@ impl Connection {
         };
         session.send.permitted = accept.permissions.opener_may_send();
         session.recv.permitted = accept.permissions.acceptor_may_send();
+        // spec/sessions.md#rates: DATA from now on is paced within the granted rates.
+        session.send.pacer = Pacer::for_grant(&accept.rate, now).map(Box::new);
         // spec/sessions.md#limits: the acceptor's grant is the opener's limit from now on
         // (it never exceeds the acceptor's window for the session).
         session.send.max_message = accept.max_message_size;

@@ -35,6 +35,8 @@ pub(super) struct Timers {
     throttle: Timestamp,
     /// When paced CREDITs may go out again.
     pace: Timestamp,
+    /// When the earliest session waiting for its granted rates may send again.
+    data_pace: Timestamp,
 }
 
 impl Timers {
@@ -54,7 +56,13 @@ impl Timers {
                 .map_or(Timestamp::NEVER, |i| now.saturating_add(sweep_period(i))),
             throttle: Timestamp::NEVER,
             pace: Timestamp::NEVER,
+            data_pace: Timestamp::NEVER,
         }
+    }
+
+    /// A session's DATA waits for its granted rates until `at`.
+    pub(super) fn arm_data_pace(&mut self, at: Timestamp) {
+        self.data_pace = self.data_pace.min(at);
     }
 
     /// CREDITs wait for the pacer until `at`.
@@ -110,7 +118,12 @@ impl Connection {
             return None;
         }
         let t = &self.timers;
-        let mut next = t.pong.min(t.shutdown).min(t.throttle).min(t.pace);
+        let mut next = t
+            .pong
+            .min(t.shutdown)
+            .min(t.throttle)
+            .min(t.pace)
+            .min(t.data_pace);
         if self.peer.is_none() {
             next = next.min(t.settings);
         }
@@ -174,6 +187,17 @@ impl Connection {
             self.timers.pace = Timestamp::NEVER;
             while let Some(id) = self.paced_credits.pop_front() {
                 self.control.push_back(super::Control::Credit(id));
+            }
+        }
+        if now >= self.timers.data_pace {
+            // Sessions waiting for their granted rates rejoin the ring; write_data paces
+            // again (and re-arms this timer) any whose buckets are still short.
+            self.timers.data_pace = Timestamp::NEVER;
+            while let Some(id) = self.paced_sessions.pop_front() {
+                if let Some(s) = self.sessions.get_mut(id) {
+                    s.send.paced = false;
+                }
+                self.schedule(id);
             }
         }
         if now >= self.timers.idle_sweep {

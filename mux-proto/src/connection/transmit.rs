@@ -7,7 +7,7 @@ use super::{Connection, Control, State};
 use crate::event::{Event, Initiator};
 use crate::frame::{Credit, Data, Frame, SessionClose, HEADER_LEN};
 use crate::id::SessionId;
-use crate::session::Window;
+use crate::session::{FramePlan, Pace, Window};
 use crate::time::Timestamp;
 
 /// Smallest size a transmit may grow to, whatever the peer's frame size: every receiver
@@ -184,10 +184,29 @@ impl Connection {
                     .saturating_add(quantum.saturating_mul(u64::from(s.weight)));
             }
             let mut sent_any = resuming;
+            let mut paced = None;
             while let Some(s) = self.sessions.get_mut(id) {
-                let Some(plan) = s.send.plan(max_frame) else {
+                let Some(mut plan) = s.send.plan(max_frame) else {
                     break;
                 };
+                let starting = s.send.offset == 0 && !s.send.queue.is_empty();
+                if let Some(pacer) = s.send.pacer.as_mut() {
+                    match pacer.admit(now, starting, plan.len, plan.len > 0) {
+                        Pace::Send(len) if len < plan.len => {
+                            // A shorter, non-final fragment: what the granted rate allows.
+                            plan = FramePlan {
+                                len,
+                                end: false,
+                                fin: false,
+                            };
+                        }
+                        Pace::Send(_) => {}
+                        Pace::Wait(wait) => {
+                            paced = Some(wait);
+                            break;
+                        }
+                    }
+                }
                 let len = u64::try_from(plan.len).unwrap_or(u64::MAX);
                 if sent_any && len > s.deficit {
                     break;
@@ -198,6 +217,9 @@ impl Connection {
                     break;
                 }
                 s.deficit = s.deficit.saturating_sub(len);
+                if let Some(pacer) = s.send.pacer.as_mut() {
+                    pacer.charge(now, starting, plan.len);
+                }
                 sent_any = true;
                 frames = frames.saturating_add(1);
                 let payload = match s.send.queue.front() {
@@ -206,7 +228,6 @@ impl Connection {
                     }
                     None => bytes::Bytes::new(),
                 };
-                let starting = s.send.offset == 0 && !s.send.queue.is_empty();
                 let used_credit = Window::new(
                     u32::from(starting),
                     u32::try_from(plan.len).unwrap_or(u32::MAX),
@@ -240,6 +261,19 @@ impl Connection {
                 .encode(buf);
             }
             self.after_send(now, id);
+            if let Some(wait) = paced {
+                // Off the ring until the granted rates allow its next frame.
+                if let Some(s) = self.sessions.get_mut(id) {
+                    s.deficit = 0;
+                    if !s.send.paced {
+                        s.send.paced = true;
+                        self.paced_sessions.push_back(id);
+                    }
+                }
+                let wait = wait.max(std::time::Duration::from_micros(1));
+                self.timers.arm_data_pace(now.saturating_add(wait));
+                continue;
+            }
             if full {
                 if let Some(s) = self.sessions.get_mut(id) {
                     if !s.in_ring && s.wants_to_send(max_frame) {

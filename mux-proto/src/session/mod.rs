@@ -1,6 +1,7 @@
 //! One session's state: its phase, its send half (queue, credit) and its receive half
 //! (reassembly, delivered queue, window, rate buckets).
 
+mod pacer;
 mod store;
 mod window;
 
@@ -8,6 +9,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+pub(crate) use pacer::{Pace, Pacer};
 pub(crate) use store::Store;
 pub use window::Window;
 
@@ -61,6 +63,11 @@ pub(crate) struct SendHalf {
     pub(crate) owes_writable: bool,
     /// Since when the session has data but no credit.
     pub(crate) stalled_since: Option<Timestamp>,
+    /// The granted rates, mirrored, on a session this side opened (boxed: most sessions
+    /// have none).
+    pub(crate) pacer: Option<Box<Pacer>>,
+    /// Waiting for the pacer: off the scheduler's ring until the pacing timer fires.
+    pub(crate) paced: bool,
 }
 
 impl SendHalf {
@@ -76,6 +83,8 @@ impl SendHalf {
             fin_sent: false,
             owes_writable: false,
             stalled_since: None,
+            pacer: None,
+            paced: false,
         }
     }
 
