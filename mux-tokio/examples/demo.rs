@@ -167,7 +167,8 @@ async fn run() {
     let rtt = echo_rtt(&mut sessions[0].1, b"still here").await;
     println!("                  her \"chat/general\" keeps working: echo in {rtt:.1?}");
 
-    // 3. A flooding session is throttled (credit withheld) while its neighbour stays fast.
+    // 3. A flooding session is held to its granted rate (the opener paces its DATA; the
+    //    server's throttle stands behind it) while its neighbour stays fast.
     let mut quiet = alice
         .open("chat/quiet", Bytes::new())
         .await
@@ -198,7 +199,7 @@ async fn run() {
     let (flood_sent, flood_time) = flood_task.await.expect("flood task");
     let rate = flood_sent as f64 / flood_time.as_secs_f64();
     println!(
-        "3. rate limiting  \"flood\" (limit 500 msg/s) pushed {flood_sent} messages in {flood_time:.1?} = {rate:.0} msg/s: throttled"
+        "3. rate limiting  \"flood\" (limit 500 msg/s) pushed {flood_sent} messages in {flood_time:.1?} = {rate:.0} msg/s: held to its grant"
     );
     println!(
         "                  neighbour echo p50/p99: unloaded {:.2?}/{:.2?}, during the flood {:.2?}/{:.2?}",
