@@ -871,6 +871,83 @@ fn send_blocks_exactly_at_max_send_buffer_then_writable_after_drain() {
     assert_eq!(pair.client.conn.send(pair.now, b, msg(1, 4)), Ok(()));
 }
 
+/// A session blocked by the shared send buffer is woken when its message fits, not when
+/// any byte frees: a wake-up it could only answer with another `Blocked` is not sent.
+#[test]
+fn writable_waits_until_the_blocked_message_fits_the_send_buffer() {
+    // Every session has one message of credit until the server reads.
+    let server = config(|c| c.limits.initial_credit_messages = 1);
+    let client = config(|c| {
+        c.limits.per_message_overhead = 64;
+        c.limits.max_send_buffer = 2 * 74 + 964 + 26;
+    });
+    let mut pair = Pair::connected_with(client, server);
+    let small = pair.open_accepted("small", Grant::full());
+    let big = pair.open_accepted("big", Grant::full());
+    let waiting = pair.open_accepted("waiting", Grant::full());
+    let tiny = pair.open_accepted("tiny", Grant::full());
+    // One message of each goes out and uses the session's credit; what follows is stuck:
+    // 2 × 74 + 964 bytes, leaving 26 bytes of room.
+    pair.client.conn.send(pair.now, small, msg(10, 0)).unwrap();
+    pair.client.conn.send(pair.now, big, msg(10, 0)).unwrap();
+    pair.drive();
+    let now = pair.now;
+    for i in 1..3 {
+        pair.client.conn.send(now, small, msg(10, i)).unwrap();
+    }
+    pair.client.conn.send(now, big, msg(900, 1)).unwrap();
+    pair.drive();
+    assert_eq!(pair.client.conn.stats().send_buffered, 2 * 74 + 964);
+    assert_eq!(
+        pair.client.conn.send(pair.now, waiting, msg(100, 2)),
+        Err(SendError::Blocked)
+    );
+    assert_eq!(
+        pair.client.conn.send(pair.now, tiny, msg(10, 3)),
+        Err(SendError::Blocked)
+    );
+    // The server reads one small message: 74 bytes free, room 100. The tiny message fits
+    // (and is not held back by the larger one blocked before it); 164 bytes do not.
+    assert_eq!(pair.server.recv_all(pair.now, small).len(), 1);
+    pair.drive();
+    assert_eq!(pair.client.conn.stats().send_buffered, 74 + 964);
+    assert!(pair
+        .client
+        .take_event(|e| matches!(e, Event::Writable { id } if *id == tiny))
+        .is_some());
+    assert!(!pair
+        .client
+        .has_event(|e| matches!(e, Event::Writable { .. })));
+    // Another: room 174, and the message fits.
+    assert_eq!(pair.server.recv_all(pair.now, small).len(), 1);
+    pair.drive();
+    assert!(pair
+        .client
+        .take_event(|e| matches!(e, Event::Writable { id } if *id == waiting))
+        .is_some());
+    assert_eq!(
+        pair.client.conn.send(pair.now, waiting, msg(100, 2)),
+        Ok(())
+    );
+}
+
+/// A message that could not fit the connection's send buffer even when it is empty is
+/// refused as too large rather than blocked forever.
+#[test]
+fn a_message_larger_than_the_whole_send_buffer_is_too_large() {
+    let client = config(|c| {
+        c.limits.per_message_overhead = 64;
+        c.limits.max_send_buffer = 500;
+    });
+    let mut pair = Pair::connected_with(client, Default::default());
+    let id = pair.open_accepted("x", Grant::full());
+    assert_eq!(
+        pair.client.conn.send(pair.now, id, msg(437, 0)),
+        Err(SendError::TooLarge { len: 437, max: 436 })
+    );
+    assert_eq!(pair.client.conn.send(pair.now, id, msg(436, 0)), Ok(()));
+}
+
 #[test]
 fn a_blocked_sender_stays_blocked_while_the_peer_does_not_read() {
     let client = config(|c| c.limits.max_queued_messages = 2);

@@ -215,7 +215,10 @@ impl Connection {
     /// Queues one whole message. It is fragmented into frames of at most the peer's
     /// MAX_FRAME_SIZE and sent as credit allows, interleaved fairly with other sessions.
     ///
-    /// [`SendError::Blocked`] is backpressure: wait for [`Event::Writable`] and retry.
+    /// [`SendError::Blocked`] is backpressure: wait for [`Event::Writable`] and retry. A
+    /// session blocked by the connection's send buffer is woken once the message it was
+    /// refused fits; a message that could not fit even in an empty buffer is
+    /// [`SendError::TooLarge`].
     pub fn send(
         &mut self,
         _now: Timestamp,
@@ -248,9 +251,17 @@ impl Connection {
         let cost = u64::try_from(message.len())
             .unwrap_or(u64::MAX)
             .saturating_add(overhead);
+        if cost > max_buffer {
+            // Would not fit even in an empty send buffer: blocking would be forever.
+            return Err(SendError::TooLarge {
+                len: message.len(),
+                max: u32::try_from(max_buffer.saturating_sub(overhead)).unwrap_or(u32::MAX),
+            });
+        }
         let queue_full = u32::try_from(session.send.queue.len()).unwrap_or(u32::MAX) >= max_queued;
         let buffer_full = send_buffered.saturating_add(cost) > max_buffer;
         if queue_full || buffer_full {
+            session.send.blocked_cost = cost;
             if !session.send.owes_writable {
                 session.send.owes_writable = true;
                 if buffer_full && !queue_full {

@@ -340,18 +340,38 @@ impl Connection {
         self.maybe_complete(now, id);
     }
 
-    /// Sessions blocked by the connection's send buffer get `Writable` once it has room.
+    /// Sessions blocked by the connection's send buffer get `Writable` once the message each
+    /// was refused fits in the room there is: a wake-up that could only be answered with
+    /// another `Blocked` is not sent. One pass in blocking order; the room a session is woken
+    /// for is not offered to the next, and a session whose message does not fit keeps its
+    /// place without holding back smaller ones behind it.
     fn wake_blocked(&mut self) {
-        if self.blocked.is_empty() || self.send_buffered >= self.config.limits.max_send_buffer {
+        let mut room = self
+            .config
+            .limits
+            .max_send_buffer
+            .saturating_sub(self.send_buffered);
+        if room == 0 {
             return;
         }
-        while let Some(id) = self.blocked.pop_front() {
-            if let Some(s) = self.sessions.get_mut(id) {
-                if s.send.owes_writable {
-                    s.send.owes_writable = false;
-                    self.emit(Event::Writable { id });
-                }
+        for _ in 0..self.blocked.len() {
+            let Some(id) = self.blocked.pop_front() else {
+                break;
+            };
+            let Some(s) = self.sessions.get_mut(id) else {
+                continue;
+            };
+            if !s.send.owes_writable {
+                // Woken already because its own queue drained.
+                continue;
             }
+            if s.send.blocked_cost > room {
+                self.blocked.push_back(id);
+                continue;
+            }
+            room = room.saturating_sub(s.send.blocked_cost);
+            s.send.owes_writable = false;
+            self.emit(Event::Writable { id });
         }
     }
 }

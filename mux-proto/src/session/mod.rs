@@ -61,6 +61,9 @@ pub(crate) struct SendHalf {
     pub(crate) fin_sent: bool,
     /// The application saw `Blocked` and is owed `Writable`.
     pub(crate) owes_writable: bool,
+    /// What the message refused for lack of send-buffer room would cost (payload plus
+    /// per-message overhead): `Writable` waits until that much is free.
+    pub(crate) blocked_cost: u64,
     /// Since when the session has data but no credit.
     pub(crate) stalled_since: Option<Timestamp>,
     /// The granted rates, mirrored, on a session this side opened (boxed: most sessions
@@ -82,6 +85,7 @@ impl SendHalf {
             fin_requested: false,
             fin_sent: false,
             owes_writable: false,
+            blocked_cost: 0,
             stalled_since: None,
             pacer: None,
             paced: false,
