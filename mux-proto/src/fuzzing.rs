@@ -1039,6 +1039,12 @@ impl Harness {
             deadlines.windows(2).all(|w| w[0].1 <= w[1].1),
             "side {side}: deadlines out of order"
         );
+        for len in conn.wait_list_lengths() {
+            assert!(
+                len <= conn.session_count(),
+                "side {side}: a wait list longer than the live sessions"
+            );
+        }
         let timeout = conn.poll_timeout();
         if let Some(t) = timeout {
             assert!(

@@ -826,6 +826,16 @@ impl Model {
             conn.pending_open_count(),
             "{who}: pending count"
         );
+        for (list, len) in ["paced", "blocked", "throttled"]
+            .into_iter()
+            .zip(conn.wait_list_lengths())
+        {
+            assert!(
+                len <= conn.session_count(),
+                "{who}: {len} {list} entries for {} live sessions",
+                conn.session_count()
+            );
+        }
         let timeout = conn.poll_timeout();
         if conn.is_closed() {
             assert_eq!(timeout, None, "{who}: timeout after close");

@@ -252,6 +252,19 @@ impl Connection {
         self.sessions.len()
     }
 
+    /// Entries in the lists of sessions waiting for something (the pacer, send-buffer room,
+    /// throttled credit): each holds a live session at most once, so never more than
+    /// `session_count` (checked by the model test and the fuzz target).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn wait_list_lengths(&self) -> [usize; 3] {
+        [
+            self.paced_sessions.len(),
+            self.blocked.len(),
+            self.throttled.len(),
+        ]
+    }
+
     /// Closed sessions still remembered to absorb late frames.
     pub fn tombstone_count(&self) -> usize {
         self.sessions.tombstone_count()
@@ -381,8 +394,16 @@ impl Connection {
         let Some(session) = self.sessions.remove(id) else {
             return;
         };
+        // The wait lists hold each live session at most once; drop this one so they stay
+        // bounded by the live sessions however many end while listed.
         if session.send.paced {
             self.paced_sessions.retain(|&paced| paced != id);
+        }
+        if session.send.owes_writable {
+            self.blocked.retain(|&blocked| blocked != id);
+        }
+        if session.recv.throttled {
+            self.throttled.retain(|&throttled| throttled != id);
         }
         match session.phase {
             Phase::Pending => self.forget_pending(id),
