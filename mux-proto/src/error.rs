@@ -44,12 +44,13 @@ pub enum SendError {
     /// [`Event::Writable`](crate::Event::Writable) and retry: this is backpressure.
     #[error("send queue full")]
     Blocked,
-    /// The message is larger than the peer accepts on this session.
-    #[error("message of {len} bytes exceeds the session maximum of {max}")]
+    /// The message is larger than the peer accepts on this session, or than this side's
+    /// whole send buffer holds (less the per-message overhead): it can never be sent.
+    #[error("message of {len} bytes exceeds the maximum of {max} this session can send")]
     TooLarge {
         /// The message length.
         len: usize,
-        /// The session's maximum.
+        /// The largest message this session can send.
         max: u32,
     },
     /// The grant does not allow this side to send on the session.

@@ -21,12 +21,13 @@ pub enum SendError {
     /// The session (or its connection) has ended.
     #[error(transparent)]
     Closed(SessionClosed),
-    /// The message is larger than the peer accepts on this session.
-    #[error("message of {len} bytes exceeds the session maximum of {max}")]
+    /// The message is larger than the peer accepts on this session, or than this side's
+    /// whole send buffer holds (less the per-message overhead): it can never be sent.
+    #[error("message of {len} bytes exceeds the maximum of {max} this session can send")]
     TooLarge {
         /// The message length.
         len: usize,
-        /// The maximum.
+        /// The largest message this session can send.
         max: u32,
     },
     /// The session's grant does not allow this side to send.
