@@ -248,7 +248,9 @@ pub struct Grant {
     pub permissions: Permissions,
     /// Largest message the peer may send; `None` keeps the connection's limit.
     pub max_message_size: Option<u32>,
-    /// Rates enforced on the peer's DATA; `None` keeps [`Limits::session_rate`].
+    /// Rates enforced on the peer's DATA; `None` keeps [`Limits::session_rate`]. They travel
+    /// in the ACCEPT, and an opener built on this crate paces its DATA within them, so only
+    /// a peer that ignores its grant meets the policy.
     pub rate: Option<RateLimits>,
     /// What exceeding the rate does; `None` keeps [`Limits::rate_policy`].
     pub rate_policy: Option<RatePolicy>,
