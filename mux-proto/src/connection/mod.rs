@@ -1,26 +1,5 @@
 //! The connection state machine: it coordinates sessions, limits, credit, scheduling and
 //! timers, and only emits actions.
-//!
-//! Public methods fall in four groups (the quinn-proto shape):
-//!
-//! - **A. getters** (`&self`): [`side`](Connection::side), [`stats`](Connection::stats),
-//!   [`session_stats`](Connection::session_stats), [`is_closed`](Connection::is_closed), ...
-//! - **B. inputs** from the peer or the clock: [`handle_message`](Connection::handle_message),
-//!   [`handle_text_message`](Connection::handle_text_message),
-//!   [`handle_transport_control`](Connection::handle_transport_control),
-//!   [`handle_timeout`](Connection::handle_timeout),
-//!   [`handle_transport_closed`](Connection::handle_transport_closed).
-//! - **C. commands** from the application: [`open`](Connection::open),
-//!   [`accept`](Connection::accept), [`reject`](Connection::reject),
-//!   [`send`](Connection::send), [`recv`](Connection::recv), [`finish`](Connection::finish),
-//!   [`close_session`](Connection::close_session), [`reset`](Connection::reset),
-//!   [`revoke`](Connection::revoke), [`grant_credit`](Connection::grant_credit),
-//!   [`go_away`](Connection::go_away), [`close`](Connection::close).
-//! - **D. outputs**: [`poll_transmit`](Connection::poll_transmit),
-//!   [`poll_event`](Connection::poll_event), [`poll_timeout`](Connection::poll_timeout).
-//!
-//! The contract: after every B or C call, drain the D outputs until they are empty, then
-//! sleep until `poll_timeout()` or the next input.
 
 mod commands;
 mod recv;
@@ -66,7 +45,26 @@ enum State {
 
 /// One endpoint of one multiplexed connection. Fully deterministic: no I/O, no clock.
 ///
-/// See the [module docs](self) for the method groups and the driving contract.
+/// Public methods fall in four groups (the quinn-proto shape):
+///
+/// - **A. getters** (`&self`): [`side`](Connection::side), [`stats`](Connection::stats),
+///   [`session_stats`](Connection::session_stats), [`is_closed`](Connection::is_closed), ...
+/// - **B. inputs** from the peer or the clock: [`handle_message`](Connection::handle_message),
+///   [`handle_text_message`](Connection::handle_text_message),
+///   [`handle_transport_control`](Connection::handle_transport_control),
+///   [`handle_timeout`](Connection::handle_timeout),
+///   [`handle_transport_closed`](Connection::handle_transport_closed).
+/// - **C. commands** from the application: [`open`](Connection::open),
+///   [`accept`](Connection::accept), [`reject`](Connection::reject),
+///   [`send`](Connection::send), [`recv`](Connection::recv), [`finish`](Connection::finish),
+///   [`close_session`](Connection::close_session), [`reset`](Connection::reset),
+///   [`revoke`](Connection::revoke), [`grant_credit`](Connection::grant_credit),
+///   [`go_away`](Connection::go_away), [`close`](Connection::close).
+/// - **D. outputs**: [`poll_transmit`](Connection::poll_transmit),
+///   [`poll_event`](Connection::poll_event), [`poll_timeout`](Connection::poll_timeout).
+///
+/// The contract: after every B or C call, drain the D outputs until they are empty, then
+/// sleep until `poll_timeout()` or the next input.
 #[derive(Debug)]
 pub struct Connection {
     side: Side,
