@@ -257,13 +257,16 @@ fn an_opener_sends_no_faster_than_the_granted_message_rate() {
     assert_rate_never_tripped(&mut pair, id);
     let order: Vec<u8> = got.iter().map(|(_, m)| m[0]).collect();
     assert_eq!(order, (0..13).collect::<Vec<_>>());
-    // The burst of 3 at once, then one per 100 ms: message k no earlier than (k - 2) × 100 ms
-    // and no later than a step after it.
+    // The burst of 3 at once, then one per 100 ms as granted, stretched by the mirror's
+    // 1/32 margin: message k no earlier than the grant allows, (k - 2) × 100 ms, and no later
+    // than (k - 2) × 100 × 32/31 ms plus a step.
     for (k, (at, _)) in got.iter().enumerate() {
-        let due = (k as u64).saturating_sub(2) * 100;
+        let paced = (k as u64).saturating_sub(2);
+        let granted = paced * 100;
+        let mirrored = (paced * 100 * 32).div_ceil(31);
         assert!(
-            *at >= due.max(1) && *at <= due + 2,
-            "message {k} at {at} ms, due {due} ms"
+            *at >= granted.max(1) && *at <= mirrored + 2,
+            "message {k} at {at} ms: granted {granted} ms, mirrored {mirrored} ms"
         );
     }
 }
@@ -286,10 +289,11 @@ fn an_opener_fragments_a_large_message_within_the_granted_byte_rate() {
     assert_rate_never_tripped(&mut pair, id);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, message);
-    // 4,096 bytes of burst, then 16,384 bytes at 8,192 B/s: 2 s, plus at most one minimum
-    // fragment's wait (125 ms) for the last piece.
+    // The grant allows it no sooner than 4,096 bytes of burst then 16,384 at 8,192 B/s:
+    // 2.0 s. The mirror holds a quarter of the burst back and runs 1/32 slow: 3,072 bytes,
+    // then 17,408 at 7,936 B/s, 2.194 s, plus at most one minimum fragment's wait (129 ms).
     let at = got[0].0;
-    assert!((2000..=2125).contains(&at), "delivered at {at} ms");
+    assert!((2000..=2330).contains(&at), "delivered at {at} ms");
 }
 
 /// Waiting for its rate takes a session off the scheduler, not the connection: an unpaced
@@ -317,13 +321,14 @@ fn a_paced_session_does_not_hold_back_the_others() {
     pair.drive();
     assert_eq!(pair.server.recv_all(pair.now, fast).len(), 40);
     assert_eq!(pair.server.recv_all(pair.now, slow).len(), 1);
-    // The pacer's deadline is what the driver sleeps until: one token at 1/s.
+    // The pacer's deadline is what the driver sleeps until: one token at 1/s, on the
+    // mirror's clock that runs 1/32 slow.
     let wake = pair.client.conn.poll_timeout().expect("a pacing deadline");
     assert_eq!(
-        wake.saturating_duration_since(pair.now),
-        Duration::from_secs(1)
+        wake.saturating_duration_since(pair.now).as_micros(),
+        (Duration::from_secs(1) * 32 / 31 + Duration::from_micros(1)).as_micros()
     );
-    pair.advance(Duration::from_millis(999));
+    pair.advance(Duration::from_millis(1032));
     assert_eq!(pair.server.recv_all(pair.now, slow).len(), 0);
     pair.advance(Duration::from_millis(1));
     assert_eq!(pair.server.recv_all(pair.now, slow).len(), 1);

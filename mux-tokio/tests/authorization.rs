@@ -1,5 +1,6 @@
-//! Per-session authorization end to end over loopback: full, receive-only and refused grants,
-//! enforcement against a peer that ignores its grant, and the authorization deadline.
+//! Per-session authorization end to end over loopback: full, receive-only, rate-limited and
+//! refused grants, enforcement against a peer that ignores its grant, a client that keeps
+//! to its granted rate by itself, and the authorization deadline.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{bind, open_config, within, RawPeer};
 use mux_proto::frame::{Data, Frame, Open, OpenRequest, Text};
-use mux_proto::{CloseCode, Grant, Permissions, SessionId};
+use mux_proto::{CloseCode, Grant, Permissions, RateLimits, RatePolicy, SessionId};
 use mux_tokio::{
     Client, ClientConfig, OpenError, OpenInfo, Principal, Rejection, SendError, Session,
 };
@@ -17,7 +18,16 @@ use tokio::sync::mpsc;
 
 const AUTHORIZE_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// public: full; feed: receive-only; admin: forbidden; stall: never answers.
+/// The `metered` grant: 200 messages a second, 40 at once.
+const METERED: RateLimits = RateLimits {
+    messages_per_sec: 200,
+    bytes_per_sec: 0,
+    burst_messages: 40,
+    burst_bytes: 0,
+};
+
+/// public: full; metered: full within a message rate, reset at the first message over it;
+/// feed: receive-only; admin: forbidden; stall: never answers.
 fn authorizer(
     _: &Principal,
     open: &OpenInfo,
@@ -26,6 +36,7 @@ fn authorizer(
     async move {
         match kind.as_str() {
             "public" => Ok(Grant::full()),
+            "metered" => Ok(Grant::full().with_rate(METERED, RatePolicy::CloseSession)),
             "feed" => Ok(Grant::receive_only()),
             "stall" => std::future::pending().await,
             _ => Err(Rejection::forbidden("admins only")),
@@ -42,7 +53,7 @@ async fn server() -> (String, std::net::SocketAddr, mpsc::Receiver<Session>) {
     tokio::spawn(async move {
         while let Some(session) = server.accept().await {
             match session.kind() {
-                "public" => {
+                "public" | "metered" => {
                     tokio::spawn(common::echo(session));
                 }
                 "feed" => {
@@ -299,4 +310,46 @@ async fn dropping_a_session_cancels_it_on_the_peer_with_4010() {
     let reason = server_feed.close_reason().expect("close reason");
     assert_eq!(reason.code, CloseCode::CANCELLED);
     assert!(reason.by_peer);
+}
+
+/// The server resets a `metered` session (4002) at the first message over its rate; the
+/// client, sending as fast as `send` lets it, paces itself within the grant it received, so
+/// every message arrives and is echoed, in order, and it takes at least as long as the rate
+/// allows.
+#[tokio::test]
+async fn a_client_keeps_to_its_granted_rate_by_itself() {
+    const MESSAGES: u32 = 80;
+    let (url, _, _feeds) = server().await;
+    let mut client = within(
+        "connect",
+        Client::connect(&url, ClientConfig::default().reconnect(false)),
+    )
+    .await
+    .expect("connect");
+    let mut metered = within("open metered", client.open("metered", Bytes::new()))
+        .await
+        .expect("metered is granted");
+    let start = Instant::now();
+    let sender = metered.sender();
+    let sending = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            sender.send(Bytes::from(i.to_be_bytes().to_vec())).await?;
+        }
+        Ok::<_, SendError>(())
+    });
+    for i in 0..MESSAGES {
+        let echo = within("an echo", metered.recv()).await;
+        assert_eq!(echo.as_deref(), Some(&i.to_be_bytes()[..]), "echo {i}");
+    }
+    within("the sender", sending)
+        .await
+        .expect("task")
+        .expect("every send");
+    // 10 at once, then 50 more at 200/s: at least 250 ms.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(245),
+        "{elapsed:?}: not paced"
+    );
+    echo_once(&mut metered, "still open").await;
 }
