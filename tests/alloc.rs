@@ -12,7 +12,9 @@
 //! - **transmit**: the `poll_transmit` calls (into a reused `BytesMut`) that write it;
 //! - **credit in**: `handle_message` + `poll_event` of the CREDIT that replenishes it.
 //!
-//! Receiving a one-frame message must not allocate at all. The numbers are printed
+//! Receiving a one-frame message must not allocate at all, and neither may turning down a
+//! malformed frame (`Header::parse` and `Frames` on a header that breaks each rule in turn,
+//! and on a missing payload). The numbers are printed
 //! (`cargo test --test alloc -- --nocapture`) and held to the bounds measured when this
 //! test was written.
 //!
@@ -346,4 +348,35 @@ fn multi_frame_messages_allocate_only_for_reassembly() {
     assert_eq!(send, 0.0);
     assert_eq!(transmit, 0.0);
     assert_eq!(credit_in, 0.0);
+}
+
+/// Malformed headers, one for each header rule, with the error each must get.
+const MALFORMED: [(&str, &[u8]); 8] = [
+    ("TruncatedHeader", &[0x10, 0x01, 0, 0, 0, 1, 0, 0]),
+    ("UnsupportedVersion", &[0x20, 0x01, 0, 0, 0, 1, 0, 0, 0, 0]),
+    ("UnknownType", &[0x1f, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ("ReservedFlags", &[0x10, 0x04, 0, 0, 0, 1, 0, 0, 0, 0]),
+    ("InvalidFlags", &[0x10, 0x00, 0, 0, 0, 1, 0, 0, 0, 0]),
+    ("WrongSession", &[0x10, 0x01, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ("BadLength", &[0x17, 0x00, 0, 0, 0, 0, 0, 0, 0, 0]),
+    // A valid header whose payload is missing: only the frame decoder sees this one.
+    ("TruncatedPayload", &[0x10, 0x01, 0, 0, 0, 1, 0, 0, 0, 5]),
+];
+
+#[test]
+fn rejecting_a_malformed_frame_allocates_nothing() {
+    for (kind, bytes) in MALFORMED {
+        let message = Bytes::from_static(bytes);
+        let mut n = 0;
+        let header = counted(&mut n, || mux_proto::frame::Header::parse(bytes));
+        if kind == "TruncatedPayload" {
+            assert!(header.is_ok(), "{kind}: the header itself is valid");
+        } else {
+            assert_eq!(header.map_err(|e| e.kind()), Err(kind));
+        }
+        let first = counted(&mut n, || mux_proto::frame::Frames::new(message).next());
+        let error = first.and_then(Result::err).map(|e| e.kind());
+        assert_eq!(error, Some(kind));
+        assert_eq!(n, 0, "{kind}: allocations while rejecting {bytes:02x?}");
+    }
 }
