@@ -31,13 +31,19 @@ use crate::{CloseCode, Config, Event, Grant, RatePolicy, SessionId, Timestamp};
 
 /// Arbitrary bytes as one WebSocket message through [`Frames`] and [`Header::parse`].
 ///
-/// No panic; `Header::parse` agrees with the first item `Frames` yields; errors call for
+/// No panic; `Header::parse` (the table) gives the same answer as the rule-by-rule header
+/// checks; `Header::parse` agrees with the first item `Frames` yields; errors call for
 /// 1002 (1007 exactly for invalid UTF-8); the decoder stops after its first error; every
 /// frame that decoded re-encodes to its exact input bytes (SETTINGS: to at most as many,
 /// since unknown or reordered ids are dropped), and decode → encode → decode is stable.
 pub fn decode_bytes(data: &[u8]) {
     let message = Bytes::copy_from_slice(data);
     let header = Header::parse(data);
+    assert_eq!(
+        header,
+        Header::parse_checked(data),
+        "the header table and the rules disagree"
+    );
 
     let mut iter = Frames::new(message.clone());
     let mut frames = Vec::new();

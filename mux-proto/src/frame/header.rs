@@ -169,8 +169,9 @@ impl Header {
 
     /// The error for a header the table turned down but the rules accept, which the tests
     /// show never happens: every first byte, flags byte, session scope and boundary length
-    /// gets the same answer from both. Should it happen, the header stays rejected (the
-    /// table is the stricter reading) and debug builds, fuzzing included, stop.
+    /// gets the same answer from both, and the `decode_bytes` fuzz target compares them on
+    /// arbitrary bytes. Should it happen, the header stays rejected (the table is the
+    /// stricter reading) and debug builds stop.
     ///
     /// Inlined, so that the caller sees this error's type constant: an error made out of
     /// line could, for all the caller knows, be the `Ok` niche, and would join the paths.
@@ -209,7 +210,7 @@ impl Header {
     /// [`Header::accept_valid`] turns down.
     #[cold]
     #[inline(never)]
-    fn parse_checked(input: &[u8]) -> Result<Header, FrameError> {
+    pub(crate) fn parse_checked(input: &[u8]) -> Result<Header, FrameError> {
         let (type_and_flags, session_id, len) =
             raw_header(input).ok_or(FrameError::TruncatedHeader {
                 available: input.len(),
