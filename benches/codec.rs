@@ -18,11 +18,11 @@
 //! fields (see [`Consume`]): one running sum, as criterion measures, and one sum per field.
 //!
 //! Instructions per header, which do not drift with the machine's load: run the side-by-side
-//! part alone under callgrind and divide each decoder's inclusive count by its calls
-//! (2 × 20,000 passes + 1 check) × 256 headers:
+//! part alone under callgrind and divide each decoder's inclusive count by the calls and
+//! headers the bench prints last (`.ci/header-icount` does this):
 //! `MUX_BENCH_ROUNDS=1 valgrind --tool=callgrind target/release/deps/codec-* --bench none`,
 //! then `callgrind_annotate --inclusive=yes callgrind.out.*`. Each decoder is compiled once
-//! per consumer, so each name appears twice.
+//! per consumer; callgrind reports both under one name, and the printed calls count both.
 //!
 //! Where the linker happens to place each loop moves the timed ratio by as much as a fifth
 //! (a loop that straddles more 64-byte fetch blocks runs slower, with the same
@@ -38,6 +38,8 @@ use mux_proto::frame::{Data, Frame, FrameError, FrameType, Frames, Header, HEADE
 use mux_proto::SessionId;
 
 const HEADERS: usize = 256;
+/// Passes over the header buffer per timed round (and in the warm-up).
+const PASSES: u32 = 20_000;
 
 /// 256 valid headers of every frame type, with valid sessions and lengths, back to back.
 fn headers() -> Vec<Header> {
@@ -256,7 +258,6 @@ fn fastest(times: &[f64]) -> f64 {
 /// The side-by-side header decode ratio for one way of consuming the fields (see the crate
 /// docs).
 fn header_decode_ratio<C: Consume>(name: &str, rounds: usize) {
-    const PASSES: u32 = 20_000;
     let buf = header_buffer(&headers());
     let raw_side: fn(&[u8]) -> u64 = raw_load::<C>;
     let parse_side: fn(&[u8]) -> Result<u64, FrameError> = parse_headers::<C>;
@@ -305,4 +306,9 @@ fn main() {
         .unwrap_or(31);
     header_decode_ratio::<RunningSum>("one running sum", rounds);
     header_decode_ratio::<FieldSums>("one sum per field", rounds);
+    // For instruction counts (.ci/header-icount): per consumer, the check in
+    // `header_decode`, the warm-up and the rounds.
+    let rounds = u64::try_from(rounds).expect("rounds fit in u64");
+    let calls = 2 * (1 + (rounds + 1) * u64::from(PASSES));
+    println!("header decode calls: {calls} per decoder, {HEADERS} headers each");
 }
