@@ -9,11 +9,14 @@
 //! 10,000 connections and at 10,000 sessions on one connection, server in a child process),
 //! `p8` (victim echo latency while a neighbour session floods, mux and rust-yamux), `topics`
 //! (publish-to-receive latency and allocations per recipient), and `serve` (a server in this
-//! process, for the client modes' `--url` and `--server-pid`).
+//! process, for the client modes' `--url` and `--server-pid`), and `compare` (issue 16:
+//! mux-tokio vs yamux over one WebSocket vs one WebSocket per session vs raw TCP, through
+//! the public APIs on loopback, alternating).
 //!
 //! Every loop is bounded in count and time, every address is loopback, and a `--url` that
 //! is not a loopback address is refused.
 
+mod compare;
 mod echo;
 mod flood;
 mod idle;
@@ -59,6 +62,9 @@ enum Mode {
     P8(P8Args),
     /// Issue #5: publish to N subscribers; publish-to-receive latency, allocations.
     Topics(TopicArgs),
+    /// Issue 16: mux-tokio vs yamux over one WebSocket vs a WebSocket per session (and raw
+    /// TCP for bulk), public APIs on loopback, alternating rounds, ratios.
+    Compare(CompareArgs),
     /// Runs a server on 127.0.0.1 and prints `pid=<pid> port=<port>`.
     Serve(ServeArgs),
 }
@@ -204,6 +210,25 @@ pub struct TopicArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Worker threads of the one runtime that runs every client and server.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Measured seconds per phase.
+    #[arg(short = 'd', long, default_value_t = 2.0)]
+    duration: f64,
+    /// Warm-up seconds per phase (connections open, load running, not counted).
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Rounds of every side, the order flipped every round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Run only the cases whose name contains this (`echo`, `echo-64B`, `bulk`, `churn`).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Port on 127.0.0.1 (0: any).
     #[arg(long, default_value_t = 0)]
@@ -234,6 +259,7 @@ fn main() {
         Some(Mode::P7(args)) => idle::main(args),
         Some(Mode::P8(args)) => flood::main(args),
         Some(Mode::Topics(args)) => topics::main(args),
+        Some(Mode::Compare(args)) => compare::main(args),
         Some(Mode::Serve(args)) => server::serve_main(
             args.port,
             server::Options {

@@ -8,6 +8,7 @@
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,15 @@ pub fn protocol() -> mux_proto::Config {
     // Accounting only (the sum of all windows); memory is used only as data arrives.
     c.limits.max_recv_buffer = 1 << 40;
     c
+}
+
+/// Bytes received so far by every sink in this process (mux `sink` sessions, yamux `s`
+/// streams, and the `compare` mode's WebSocket and TCP sinks).
+pub static SUNK: AtomicU64 = AtomicU64::new(0);
+
+/// Counts `n` bytes received by a sink.
+pub fn sunk(n: usize) {
+    SUNK.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// Sessions held by a `hold` server.
@@ -95,7 +105,11 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn serve_session(mut session: Session, hub: Option<LocalHub>) {
     match session.kind() {
-        "sink" => while session.recv().await.is_some() {},
+        "sink" => {
+            while let Some(message) = session.recv().await {
+                sunk(message.len());
+            }
+        }
         TOPIC => {
             let Some(hub) = hub else { return };
             let options = SubscribeOptions::default().queue_capacity(256);
@@ -278,34 +292,42 @@ pub async fn start_yamux() -> std::io::Result<SocketAddr> {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let _ = tcp.set_nodelay(true);
-            let conn =
-                yamux::Connection::new(tcp.compat(), yamux::Config::default(), yamux::Mode::Server);
-            let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(crate::yamux_drive::drive(conn, None, Some(in_tx)));
-            tokio::spawn(async move {
-                while let Some(mut stream) = in_rx.recv().await {
-                    tokio::spawn(async move {
-                        let mut role = [0u8; 1];
-                        if stream.read_exact(&mut role).await.is_err() {
-                            return;
-                        }
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if role[0] == b'e' {
-                                let Some(chunk) = buf.get(..n) else { return };
-                                if stream.write_all(chunk).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    });
-                }
-            });
+            tokio::spawn(serve_yamux(tcp.compat()));
         }
     });
     Ok(addr)
+}
+
+/// Serves one yamux connection over `io`: each inbound stream's first byte picks its role:
+/// `e` echoes, `s` reads and drops (counted in [`SUNK`]).
+pub async fn serve_yamux<T>(io: T)
+where
+    T: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = yamux::Connection::new(io, yamux::Config::default(), yamux::Mode::Server);
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(crate::yamux_drive::drive(conn, None, Some(in_tx)));
+    while let Some(mut stream) = in_rx.recv().await {
+        tokio::spawn(async move {
+            let mut role = [0u8; 1];
+            if stream.read_exact(&mut role).await.is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if role[0] == b'e' {
+                    let Some(chunk) = buf.get(..n) else { return };
+                    if stream.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                } else {
+                    sunk(n);
+                }
+            }
+        });
+    }
 }
