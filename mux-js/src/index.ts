@@ -1,2 +1,3 @@
 export * from "./codec/index.js";
 export * from "./core/index.js";
+export * from "./driver/client.js";
