@@ -65,7 +65,7 @@ export class MuxSession extends EventTarget {
   /** @internal */ toHand: Pending[] = [];
   /** @internal */ inCore: Pending[] = [];
   /** @internal */ ended = false;
-  private stream: ReadableStream<Uint8Array> | null = null;
+  #stream: ReadableStream<Uint8Array> | null = null;
 
   constructor(private readonly client: MuxClient, readonly id: number, readonly kind: string) { super(); }
 
@@ -97,7 +97,7 @@ export class MuxSession extends EventTarget {
 
   /** A ReadableStream whose pulls grant credit: the server never runs ahead of the reader. */
   get readable(): ReadableStream<Uint8Array> {
-    this.stream ??= new ReadableStream<Uint8Array>({
+    this.#stream ??= new ReadableStream<Uint8Array>({
       pull: async (ctl) => {
         try {
           const m = await this.next();
@@ -106,7 +106,7 @@ export class MuxSession extends EventTarget {
       },
       cancel: () => this.close(4010, "cancelled"),
     }, { highWaterMark: 0 });
-    return this.stream;
+    return this.#stream;
   }
 
   get writable(): WritableStream<Uint8Array> {
@@ -126,91 +126,91 @@ export class MuxSession extends EventTarget {
 export class MuxClient extends EventTarget {
   state: ClientState = "connecting";
   readonly ready: Promise<void>;
-  private readonly ws: WebSocketLike;
-  private readonly core: Connection;
-  private readonly clock: () => number;
-  private readonly timers: Timers;
-  private timer: unknown = null;
-  private timerAt = Infinity;
-  private readonly sessions = new Map<number, MuxSession>();
-  private readonly opening = new Map<number, { resolve: (s: MuxSession) => void; reject: (e: unknown) => void }>();
-  private readonly readyWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
-  private readonly high: number;
-  private readonly low: number;
-  private blockedOnBuffer = false;
-  private wsClosed = false;
-  private readonly maxPending: number;
-  private readonly openQueue: (() => void)[] = [];
+  readonly #ws: WebSocketLike;
+  readonly #core: Connection;
+  readonly #clock: () => number;
+  readonly #timers: Timers;
+  #timer: unknown = null;
+  #timerAt = Infinity;
+  readonly #sessions = new Map<number, MuxSession>();
+  readonly #opening = new Map<number, { resolve: (s: MuxSession) => void; reject: (e: unknown) => void }>();
+  readonly #readyWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  readonly #high: number;
+  readonly #low: number;
+  #blockedOnBuffer = false;
+  #wsClosed = false;
+  readonly #maxPending: number;
+  readonly #openQueue: (() => void)[] = [];
 
   constructor(url: string, opts: ConnectOptions = {}) {
     super();
     const WS = opts.WebSocket ?? (globalThis as unknown as { WebSocket: WebSocketConstructor }).WebSocket;
-    this.clock = opts.clock ?? (() => performance.now());
-    this.timers = opts.timers ?? { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
-    this.high = opts.highWater ?? 1 << 20;
-    this.low = opts.lowWater ?? this.high / 4;
-    this.maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
-    this.core = new Connection(this.clock(), opts.core);
-    this.ready = new Promise((resolve, reject) => this.readyWaiters.push({ resolve, reject }));
+    this.#clock = opts.clock ?? (() => performance.now());
+    this.#timers = opts.timers ?? { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+    this.#high = opts.highWater ?? 1 << 20;
+    this.#low = opts.lowWater ?? this.#high / 4;
+    this.#maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
+    this.#core = new Connection(this.#clock(), opts.core);
+    this.ready = new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
     this.ready.catch(() => undefined);
     const protocols = ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])];
-    this.ws = new WS(url, protocols);
-    this.ws.binaryType = "arraybuffer";
-    this.ws.onopen = () => this.pump();
-    this.ws.onmessage = (ev) => {
-      const now = this.clock();
-      if (typeof ev.data === "string") this.core.handleText(now);
-      else this.core.handleMessage(new Uint8Array(ev.data as ArrayBuffer), now);
+    this.#ws = new WS(url, protocols);
+    this.#ws.binaryType = "arraybuffer";
+    this.#ws.onopen = () => this.pump();
+    this.#ws.onmessage = (ev) => {
+      const now = this.#clock();
+      if (typeof ev.data === "string") this.#core.handleText(now);
+      else this.#core.handleMessage(new Uint8Array(ev.data as ArrayBuffer), now);
       this.pump();
     };
-    this.ws.onclose = (ev) => {
-      this.wsClosed = true;
-      this.core.handleTransportClosed(this.clock(), ev.code === 1005 ? 1006 : ev.code, ev.reason);
+    this.#ws.onclose = (ev) => {
+      this.#wsClosed = true;
+      this.#core.handleTransportClosed(this.#clock(), ev.code === 1005 ? 1006 : ev.code, ev.reason);
       this.pump();
     };
-    this.ws.onerror = () => undefined; // a close event follows
+    this.#ws.onerror = () => undefined; // a close event follows
   }
 
   /** Opens a session; rejects with MuxCloseError (e.g. 4001) if the server refuses it. */
   async open(kind: string, opts: { auth?: Uint8Array | string } = {}): Promise<MuxSession> {
     await this.ready;
-    while (this.opening.size >= this.maxPending) await new Promise<void>((r) => this.openQueue.push(r));
+    while (this.#opening.size >= this.#maxPending) await new Promise<void>((r) => this.#openQueue.push(r));
     const auth = typeof opts.auth === "string" ? utf8.encode(opts.auth) : opts.auth;
-    const id = this.core.open(kind, auth ? { auth } : {}, this.clock());
+    const id = this.#core.open(kind, auth ? { auth } : {}, this.#clock());
     const s = new MuxSession(this, id, kind);
-    this.sessions.set(id, s);
-    const p = new Promise<MuxSession>((resolve, reject) => this.opening.set(id, { resolve, reject }));
+    this.#sessions.set(id, s);
+    const p = new Promise<MuxSession>((resolve, reject) => this.#opening.set(id, { resolve, reject }));
     this.pump();
     return p;
   }
 
   close(code = 1000, reason = ""): void {
-    if (!this.core.isClosed) this.core.closeConnection(code, reason);
+    if (!this.#core.isClosed) this.#core.closeConnection(code, reason);
     this.pump();
   }
 
-  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.core.consumed(s.id, m.length); this.pump(); }
-  /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.core.finish(s.id); this.pump(); } }
+  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.pump(); }
+  /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
   /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
     if (s.closeInfo) return;
-    this.core.close(s.id, code, reason);
+    this.#core.close(s.id, code, reason);
     this.pump();
   }
 
   /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
   pump(): void {
-    for (const s of this.sessions.values()) this.handOver(s);
-    for (let e = this.core.pollEvent(); e; e = this.core.pollEvent()) this.dispatch(e);
-    this.flush();
-    for (let e = this.core.pollEvent(); e; e = this.core.pollEvent()) this.dispatch(e);
-    this.arm();
+    for (const s of this.#sessions.values()) this.#handOver(s);
+    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#flush();
+    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#arm();
   }
 
-  private handOver(s: MuxSession): void {
+  #handOver(s: MuxSession): void {
     while (s.toHand.length && !s.closeInfo) {
       const p = s.toHand[0] as Pending;
       try {
-        this.core.send(s.id, p.data);
+        this.#core.send(s.id, p.data);
       } catch (e) {
         if (e instanceof MuxError && e.kind === "blocked") return;
         s.toHand.shift();
@@ -223,61 +223,62 @@ export class MuxClient extends EventTarget {
   }
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
-  private flush(): void {
-    if (this.wsClosed || (this.ws as { readyState?: number }).readyState === 0) return;
-    if (this.blockedOnBuffer && this.ws.bufferedAmount > this.low) return;
-    this.blockedOnBuffer = false;
-    const now = this.clock();
-    for (let m = this.core.pollTransmit(now); m; m = this.core.pollTransmit(now)) {
-      this.ws.send(m);
-      if (this.ws.bufferedAmount > this.high) { this.blockedOnBuffer = true; break; }
+  #flush(): void {
+    if (this.#wsClosed || (this.#ws as { readyState?: number }).readyState === 0) return;
+    if (this.#ws.bufferedAmount > this.#high) this.#blockedOnBuffer = true;
+    if (this.#blockedOnBuffer && this.#ws.bufferedAmount > this.#low) return;
+    this.#blockedOnBuffer = false;
+    const now = this.#clock();
+    for (let m = this.#core.pollTransmit(now); m; m = this.#core.pollTransmit(now)) {
+      this.#ws.send(m);
+      if (this.#ws.bufferedAmount > this.#high) { this.#blockedOnBuffer = true; break; }
     }
-    if (this.core.isClosed && !this.blockedOnBuffer && !this.wsClosed) {
-      const c = this.core.closeCode ?? 1000;
+    if (this.#core.isClosed && !this.#blockedOnBuffer && !this.#wsClosed) {
+      const c = this.#core.closeCode ?? 1000;
       // Browsers let an application close with 1000 or 3000–4999 only.
-      this.ws.close(c === 1000 || (c >= 3000 && c <= 4999) ? c : 1000);
-      this.wsClosed = true;
+      this.#ws.close(c === 1000 || (c >= 3000 && c <= 4999) ? c : 1000);
+      this.#wsClosed = true;
     }
   }
 
-  private arm(): void {
-    let at = this.core.pollTimeout() ?? Infinity;
-    if (this.blockedOnBuffer) at = Math.min(at, this.clock() + 10); // bufferedAmount has no drain event
-    if (at === this.timerAt) return;
-    if (this.timer !== null) this.timers.clear(this.timer);
-    this.timer = null;
-    this.timerAt = at;
+  #arm(): void {
+    let at = this.#core.pollTimeout() ?? Infinity;
+    if (this.#blockedOnBuffer) at = Math.min(at, this.#clock() + 10); // bufferedAmount has no drain event
+    if (at === this.#timerAt) return;
+    if (this.#timer !== null) this.#timers.clear(this.#timer);
+    this.#timer = null;
+    this.#timerAt = at;
     if (at === Infinity) return;
-    this.timer = this.timers.set(() => {
-      this.timer = null;
-      this.timerAt = Infinity;
-      this.core.handleTimeout(this.clock());
+    this.#timer = this.#timers.set(() => {
+      this.#timer = null;
+      this.#timerAt = Infinity;
+      this.#core.handleTimeout(this.#clock());
       this.pump();
-    }, Math.max(0, at - this.clock()));
+    }, Math.max(0, at - this.#clock()));
   }
 
-  private openSlotFreed(): void { this.openQueue.shift()?.(); }
+  #openSlotFreed(): void { this.#openQueue.shift()?.(); }
 
-  private dispatch(e: CoreEvent): void {
-    const s = "id" in e ? this.sessions.get(e.id) : undefined;
+  #dispatch(e: CoreEvent): void {
+    const s = "id" in e ? this.#sessions.get(e.id) : undefined;
     switch (e.type) {
       case "ready":
         this.state = "open";
-        for (const w of this.readyWaiters.splice(0)) w.resolve();
+        for (const w of this.#readyWaiters.splice(0)) w.resolve();
         this.dispatchEvent(new CustomEvent("open"));
         return;
       case "opened":
         if (!s) return;
         s.grant = e.grant;
         s.state = "open";
-        this.opening.get(e.id)?.resolve(s);
-        this.opening.delete(e.id);
-        this.openSlotFreed();
+        this.#opening.get(e.id)?.resolve(s);
+        this.#opening.delete(e.id);
+        this.#openSlotFreed();
         s.dispatchEvent(new CustomEvent("open", { detail: e.grant }));
         return;
       case "message":
         if (!s) return;
-        { const w = s.waiters.shift(); if (w) { this.core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data); }
+        { const w = s.waiters.shift(); if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data); }
         s.dispatchEvent(new CustomEvent("message", { detail: e.data }));
         return;
       case "sent": s?.inCore.shift()?.resolve(); return;
@@ -292,9 +293,9 @@ export class MuxClient extends EventTarget {
         s.closeInfo = err;
         s.state = "closed";
         s.ended = true;
-        this.sessions.delete(e.id);
-        const o = this.opening.get(e.id);
-        if (o) { this.opening.delete(e.id); o.reject(err); this.openSlotFreed(); }
+        this.#sessions.delete(e.id);
+        const o = this.#opening.get(e.id);
+        if (o) { this.#opening.delete(e.id); o.reject(err); this.#openSlotFreed(); }
         for (const p of [...s.inCore.splice(0), ...s.toHand.splice(0)]) p.reject(err);
         for (const w of s.waiters.splice(0)) w(null);
         s.dispatchEvent(new CustomEvent("close", { detail: err }));
@@ -306,8 +307,8 @@ export class MuxClient extends EventTarget {
       case "connection_closed": {
         this.state = "closed";
         const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
-        for (const w of this.readyWaiters.splice(0)) w.reject(err);
-        for (const r of this.openQueue.splice(0)) r();
+        for (const w of this.#readyWaiters.splice(0)) w.reject(err);
+        for (const r of this.#openQueue.splice(0)) r();
         this.dispatchEvent(new CustomEvent("close", { detail: err }));
       }
     }
