@@ -1,52 +1,9 @@
 // The driver against a fake WebSocket, on an injected clock and timers.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeMessage, encodeMessage, type Frame } from "../src/codec/index.js";
-import { connect, MuxCloseError, type WebSocketLike } from "../src/index.js";
-
-class FakeSocket implements WebSocketLike {
-  static last: FakeSocket;
-  binaryType = "blob";
-  bufferedAmount = 0;
-  protocol = "mux.v1";
-  readyState = 0;
-  onopen: ((ev: unknown) => void) | null = null;
-  onmessage: ((ev: { data: unknown }) => void) | null = null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null = null;
-  onerror: ((ev: unknown) => void) | null = null;
-  sent: Uint8Array[] = [];
-  closedWith: number | null = null;
-  constructor(readonly url: string, readonly protocols: string[]) { FakeSocket.last = this; }
-  send(d: Uint8Array): void { this.sent.push(d); }
-  close(code?: number): void { this.closedWith = code ?? 1000; }
-  open(): void { this.readyState = 1; this.onopen?.({}); }
-  deliver(...fs: Frame[]): void {
-    const m = encodeMessage(fs);
-    this.onmessage?.({ data: m.buffer.slice(m.byteOffset, m.byteOffset + m.length) });
-  }
-  frames(): Frame[] { return this.sent.splice(0).flatMap((m) => decodeMessage(m).frames); }
-}
-
-class Clock {
-  now = 0;
-  private q: { at: number; fn: () => void; id: number }[] = [];
-  private n = 0;
-  timers = {
-    set: (fn: () => void, ms: number) => { const id = ++this.n; this.q.push({ at: this.now + ms, fn, id }); return id; },
-    clear: (h: unknown) => { this.q = this.q.filter((t) => t.id !== h); },
-  };
-  advance(to: number): void {
-    for (;;) {
-      this.q.sort((a, b) => a.at - b.at);
-      const t = this.q[0];
-      if (!t || t.at > to) break;
-      this.q.shift();
-      this.now = t.at;
-      t.fn();
-    }
-    this.now = to;
-  }
-}
+import type { Frame } from "../src/codec/index.js";
+import { connect, MuxCloseError } from "../src/index.js";
+import { Clock, FakeSocket } from "./fakes.js";
 
 function setup() {
   const clock = new Clock();

@@ -189,6 +189,13 @@ export class MuxClient extends EventTarget {
     this.pump();
   }
 
+  /** Drops the socket at once (a connect timeout): every session ends with 1006. */
+  abort(): void {
+    if (!this.#wsClosed) { this.#wsClosed = true; this.#ws.close(); }
+    this.#core.handleTransportClosed(this.#clock(), 1006, "aborted");
+    this.pump();
+  }
+
   /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.pump(); }
   /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
   /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
