@@ -60,7 +60,10 @@ export class DurableSession extends EventTarget {
 
   /** @internal */ attach(s: MuxSession): void {
     this.current = s;
-    s.addEventListener("message", (e) => this.dispatchEvent(new CustomEvent("message", { detail: (e as CustomEvent).detail })));
+    // Reading through the iterator returns credit as each message is dispatched.
+    void (async () => {
+      try { for await (const m of s) this.dispatchEvent(new CustomEvent("message", { detail: m })); } catch { /* closed */ }
+    })();
     for (const q of this.queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
     this.queuedBytes = 0;
     this.dispatchEvent(new CustomEvent("open"));
