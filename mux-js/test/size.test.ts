@@ -20,3 +20,9 @@ test("client core: min+gzip ≤ 8 KB", async () => {
   console.log(`# size src/index.ts: ${min} B minified, ${gz} B min+gzip`);
   assert.ok(gz <= 8 * 1024, `${gz} B`);
 });
+
+test("React binding: min+gzip ≤ 2 KB (react and the client external)", async () => {
+  const { min, gz } = await minGzip(join(here, "..", "src", "react", "index.ts"), ["react", "../driver/*", "../topics.js"]);
+  console.log(`# size src/react/index.ts: ${min} B minified, ${gz} B min+gzip`);
+  assert.ok(gz <= 2 * 1024, `${gz} B`);
+});
