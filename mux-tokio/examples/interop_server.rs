@@ -3,6 +3,9 @@
 //! Session kinds: `echo` (full grant, echoes every message), `big` (echo with a 256 KiB
 //! message size and the credit to carry it), `forbidden` (refused with 4001), and
 //! `shutdown` (starts a graceful shutdown: GOAWAY to every connection).
+//!
+//! Connections without an `Origin` are admitted; so is the origin given as the first argument
+//! (the page of the browser tests).
 
 use std::time::Duration;
 
@@ -33,7 +36,9 @@ async fn authorize(open: OpenInfo) -> Result<Grant, Rejection> {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let config = ServerConfig::default().origins(OriginPolicy::allow([]).allow_missing(true));
+    let origin = std::env::args().nth(1);
+    let config = ServerConfig::default()
+        .origins(OriginPolicy::allow(origin.as_deref()).allow_missing(true));
     let mut server = Server::bind(
         "127.0.0.1:0".parse().expect("loopback address"),
         config,
