@@ -414,3 +414,10 @@ test("the core never reads a clock: the same inputs give the same outputs", () =
   };
   assert.deepEqual(run(), run());
 });
+
+test("hostile: a DATA header over MAX_FRAME_SIZE is 1009 before its payload is waited for", () => {
+  const s = Script.ready({}, { settings: { max_frame_size: 2048 } });
+  s.client.open("x");
+  s.raw(new Uint8Array([0x10, 0x01, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]));
+  s.expectConnClose(1009);
+});

@@ -5,7 +5,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Frame } from "../src/codec/index.js";
 
-export const SPEC_DIR = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "spec");
+/** ../spec, or MUX_SPEC_DIR (e.g. another checkout's spec/ while it changes). */
+export const SPEC_DIR = process.env.MUX_SPEC_DIR ?? join(dirname(fileURLToPath(import.meta.url)), "..", "..", "spec");
 
 export interface Vector {
   file: string; name: string; description: string; hex: string;

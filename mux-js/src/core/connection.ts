@@ -7,7 +7,7 @@
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
 import {
-  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeInto, encodedLen, frames, isFrameError,
+  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeInto, encodedLen, isFrameError, parseHeader,
   settingsWithDefaults, type Frame, type Settings,
 } from "../codec/index.js";
 import { Bucket, Pacer } from "./bucket.js";
@@ -79,19 +79,19 @@ export class Connection {
     this.#lastReceived = now;
     this.#pingOutstanding = null; // spec/sessions.md#timers: any message counts as liveness
     if (message.length > transportLimit(this.own.max_frame_size)) return this.#fail(1009, "message over L");
-    const it = frames(message);
-    for (;;) {
-      const n = it.next();
-      if (n.done) {
-        if (n.value) this.#fail(n.value.close_code, n.value.kind);
-        return;
-      }
-      const { header, payload } = n.value;
-      // spec/sessions.md#data-checks D0: the frame size is checked from the header.
+    if (message.length === 0) return this.#fail(1002, "EmptyMessage");
+    for (let off = 0; off < message.length;) {
+      const header = parseHeader(message, off);
+      if (isFrameError(header)) return this.#fail(header.close_code, header.kind);
+      // spec/sessions.md#data-checks D0: the frame size is checked from the header, before the
+      // payload is waited for and before the session is looked up.
       if (header.type === 0 && header.len > this.own.max_frame_size) return this.#fail(1009, "frame over MAX_FRAME_SIZE");
+      const start = off + HEADER_LEN;
+      if (header.len > message.length - start) return this.#fail(1002, "TruncatedPayload");
+      off = start + header.len;
       let f: Frame;
       try {
-        f = decodeBody(header, payload);
+        f = decodeBody(header, message.subarray(start, off));
       } catch (e) {
         if (isFrameError(e)) return this.#fail(e.close_code, e.kind);
         throw e;
