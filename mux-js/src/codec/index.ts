@@ -1,0 +1,5 @@
+export * from "./types.js";
+export * from "./error.js";
+export * from "./header.js";
+export * from "./decode.js";
+export * from "./encode.js";

@@ -1,0 +1,643 @@
+// The client side of one mux connection, sans-IO (spec/frames.md, spec/sessions.md).
+//
+// Inputs (B): handleMessage(bytes, now), handleText(now), handleTransportClosed(now),
+// handleTimeout(now). Commands (C): open, send, finish, close, reset, consumed,
+// closeConnection. Outputs (D): pollTransmit, pollEvent, pollTimeout.
+//
+// Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
+// null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
+import {
+  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeInto, encodedLen, isFrameError, parseHeader,
+  settingsWithDefaults, type Frame, type Settings,
+} from "../codec/index.js";
+import { Bucket, Pacer } from "./bucket.js";
+import { Session } from "./session.js";
+import { DEFAULT_CONFIG, MuxError, type CloseSource, type CoreConfig, type CoreEvent } from "./types.js";
+
+const U32_MAX = 0xffffffff;
+const utf8 = new TextEncoder();
+type Queued = Frame | { type: "CREDIT_FOR"; session_id: number };
+
+/** spec/sessions.md#transport-message-size: L for a receiver's MAX_FRAME_SIZE. */
+export const transportLimit = (maxFrameSize: number): number => Math.max(65536, maxFrameSize + 10);
+
+export class Connection {
+  readonly config: CoreConfig;
+  readonly own: Settings;
+  #peer: Settings | null = null;
+  readonly #startedAt: number;
+  #now: number;
+  readonly #sessions = new Map<number, Session>();
+  readonly #tombstones = new Map<number, { expires: number; allowance: number }>();
+  #lastLocalId = 0;
+  #lastPeerId = 0;
+  #settingsSent = false;
+  #control: Queued[] = [];
+  #pendingPong: bigint | null = null;
+  #pingDue = false;
+  #pingOutstanding: { payload: bigint; sentAt: number } | null = null;
+  #pingCounter = 0n;
+  #lastReceived: number;
+  #lastSent: number;
+  #goaway: { lastSessionId: number } | null = null;
+  #recvBudget: Bucket;
+  #sendBudget: Bucket | null = null;
+  readonly #events: CoreEvent[] = [];
+  #ring: Session[] = [];
+  #queuedTotal = 0;
+  #finalFrame: Frame | null = null;
+  #finished = false;
+  /** The code the connection closed with, once it has; the driver closes the WebSocket with it. */
+  closeCode: number | null = null;
+
+  constructor(now: number, config: Partial<CoreConfig> = {}) {
+    this.config = { ...DEFAULT_CONFIG, ...config, settings: { ...DEFAULT_CONFIG.settings, ...config.settings } };
+    this.own = settingsWithDefaults(this.config.settings);
+    this.#now = this.#startedAt = this.#lastReceived = this.#lastSent = now;
+    this.#recvBudget = new Bucket(this.own.control_budget, this.own.control_budget, now);
+  }
+
+  // ---- A. getters -------------------------------------------------------------------------
+  get isReady(): boolean { return this.#peer !== null && !this.isClosed; }
+  get isClosed(): boolean { return this.closeCode !== null; }
+  /** The peer's settings, once its SETTINGS has arrived. */
+  get peerSettings(): Readonly<Settings> | null { return this.#peer; }
+  get liveSessions(): number { return this.#sessions.size; }
+  /** Credit this side may still use on a session: messages and bytes. */
+  sendCredit(id: number): { messages: number; bytes: number } | null {
+    const s = this.#sessions.get(id);
+    return s ? { messages: s.sendMsgs, bytes: s.sendBytes } : null;
+  }
+  /** Messages queued on a session and not yet fully written. */
+  queued(id: number): number { return this.#sessions.get(id)?.queue.length ?? 0; }
+
+  // ---- B. inputs --------------------------------------------------------------------------
+  /** One WebSocket binary message from the server. */
+  handleMessage(message: Uint8Array, now: number): void {
+    this.#tick(now);
+    if (this.isClosed) return;
+    this.#lastReceived = now;
+    this.#pingOutstanding = null; // spec/sessions.md#timers: any message counts as liveness
+    if (message.length > transportLimit(this.own.max_frame_size)) return this.#fail(1009, "message over L");
+    if (message.length === 0) return this.#fail(1002, "EmptyMessage");
+    for (let off = 0; off < message.length;) {
+      const header = parseHeader(message, off);
+      if (isFrameError(header)) return this.#fail(header.close_code, header.kind);
+      // spec/sessions.md#data-checks D0: the frame size is checked from the header, before the
+      // payload is waited for and before the session is looked up.
+      if (header.type === 0 && header.len > this.own.max_frame_size) return this.#fail(1009, "frame over MAX_FRAME_SIZE");
+      const start = off + HEADER_LEN;
+      if (header.len > message.length - start) return this.#fail(1002, "TruncatedPayload");
+      off = start + header.len;
+      let f: Frame;
+      try {
+        f = decodeBody(header, message.subarray(start, off));
+      } catch (e) {
+        if (isFrameError(e)) return this.#fail(e.close_code, e.kind);
+        throw e;
+      }
+      this.#handleFrame(f);
+      if (this.isClosed) return;
+    }
+  }
+
+  /** spec/frames.md#transport: a text message is a connection error 1003. */
+  handleText(now: number): void {
+    this.#tick(now);
+    if (!this.isClosed) this.#fail(1003, "text message");
+  }
+
+  /** The transport ended; without a CONN_CLOSE every session ends with 1006. */
+  handleTransportClosed(now: number, code = 1006, reason = ""): void {
+    this.#tick(now);
+    if (this.isClosed) return;
+    this.#endAll(code, reason, 0, "transport");
+    this.#finished = true;
+  }
+
+  handleTimeout(now: number): void {
+    this.#tick(now);
+    if (this.isClosed) return;
+    if (!this.#peer) {
+      if (now >= this.#startedAt + this.config.settingsDeadlineMs) this.#fail(4006, "no SETTINGS", "timeout");
+      return;
+    }
+    if (this.#pingOutstanding && now >= this.#pingOutstanding.sentAt + this.config.keepaliveTimeoutMs) {
+      return this.#fail(4006, "keepalive timeout", "timeout");
+    }
+    if (!this.#pingOutstanding && now >= this.#nextPingAt()) this.#pingDue = true;
+    for (const s of [...this.#sessions.values()]) {
+      if (s.grant === null && now >= s.openDeadline) this.#resetSession(s, 4006, "open deadline", "timeout", false);
+    }
+    for (const [id, t] of this.#tombstones) if (now >= t.expires) this.#tombstones.delete(id);
+  }
+
+  // ---- C. commands ------------------------------------------------------------------------
+  /** Opens a session of `kind`; returns its ID. Throws MuxError on local refusal. */
+  open(kind: string, opts: { auth?: Uint8Array; maxMessageSize?: number; messagesPerSec?: number; bytesPerSec?: number } = {}, now = this.#now): number {
+    this.#tick(now);
+    const peer = this.#requirePeer();
+    if (this.#goaway) throw new MuxError("going_away");
+    if (this.#sessions.size >= peer.max_sessions) throw new MuxError("too_many_sessions");
+    const kindBytes = utf8.encode(kind);
+    const auth = opts.auth ?? new Uint8Array(0);
+    if (kindBytes.length > 255) throw new MuxError("kind_too_long");
+    if (auth.length > 65535 || kindBytes.length + auth.length > Math.min(peer.max_open_metadata, transportLimit(peer.max_frame_size) - 25)) {
+      throw new MuxError("metadata_too_large");
+    }
+    const id = this.#lastLocalId === 0 ? 1 : this.#lastLocalId + 2;
+    if (id > U32_MAX) throw new MuxError("ids_exhausted");
+    this.#lastLocalId = id;
+    const s = new Session(
+      id, kind,
+      { msgs: peer.initial_credit_messages, bytes: peer.initial_credit_bytes, maxMessage: peer.max_message_size },
+      { msgs: this.own.initial_credit_messages, bytes: this.own.initial_credit_bytes, maxMessage: this.own.max_message_size },
+      now, this.config.openDeadlineMs,
+    );
+    this.#sessions.set(id, s);
+    this.#control.push({
+      type: "OPEN", session_id: id, kind, auth,
+      request: { max_message_size: opts.maxMessageSize ?? 0, messages_per_sec: opts.messagesPerSec ?? 0, bytes_per_sec: opts.bytesPerSec ?? 0 },
+    });
+    return id;
+  }
+
+  /** Queues one message. Throws MuxError "blocked" when the send buffer is full: wait for "sent". */
+  send(id: number, data: Uint8Array, opts: { fin?: boolean } = {}): void {
+    const s = this.#live(id);
+    if (s.finQueued) throw new MuxError("finished");
+    if (!s.canSendData || s.state === "closing") throw new MuxError("not_permitted");
+    if (data.length > s.sendMax) throw new MuxError("too_large", `${data.length} > ${s.sendMax}`);
+    const cost = data.length + 64;
+    if (cost > this.config.sendBufferBytes) throw new MuxError("too_large");
+    if (s.queue.length >= this.config.maxQueuedMessages || this.#queuedTotal + cost > this.config.sendBufferBytes) {
+      throw new MuxError("blocked");
+    }
+    s.queue.push({ data, off: 0, fin: opts.fin === true, started: false });
+    s.queuedBytes += cost;
+    this.#queuedTotal += cost;
+    if (opts.fin) s.finQueued = true;
+  }
+
+  /** Half-closes: FIN after every message already queued. */
+  finish(id: number): void {
+    const s = this.#live(id);
+    if (s.finQueued) return;
+    if (!s.canSendData) throw new MuxError("not_permitted");
+    s.finQueued = true;
+    const last = s.queue[s.queue.length - 1];
+    if (last) last.fin = true;
+  }
+
+  /** Graceful close: queued messages go first, then CLOSE (spec/sessions.md#closing). */
+  close(id: number, code = 1000, reason = ""): void {
+    const s = this.#live(id);
+    checkCode(code, reason);
+    s.state = "closing";
+    s.closeAfter = { code, reason };
+    this.#maybeSendClose(s);
+  }
+
+  /** Aborts a session: RESET, both directions end now. */
+  reset(id: number, code = 4010, reason = ""): void {
+    const s = this.#live(id);
+    checkCode(code, reason);
+    this.#resetSession(s, code, reason, "local", false);
+  }
+
+  /** The application has read a message of `bytes` bytes: its credit returns (spec/sessions.md#credit). */
+  consumed(id: number, bytes: number): void {
+    const s = this.#sessions.get(id);
+    if (!s || s.heldMsgs === 0) return;
+    s.heldMsgs--;
+    s.unannouncedMsgs++;
+    s.unannouncedBytes += bytes;
+    this.#maybeAnnounce(s);
+    this.#maybeFinishSession(s);
+  }
+
+  /** Closes the connection: CONN_CLOSE with `code`, every session ends with it. */
+  closeConnection(code = 1000, reason = ""): void {
+    checkCode(code, reason);
+    if (!this.isClosed) this.#fail(code, reason, "local");
+  }
+
+  // ---- D. outputs -------------------------------------------------------------------------
+  pollEvent(): CoreEvent | null { return this.#events.shift() ?? null; }
+
+  /** The next deadline at which handleTimeout must be called, or null for none. */
+  pollTimeout(): number | null {
+    if (this.#finished) return null;
+    if (this.isClosed) return null;
+    if (!this.#peer) return this.#startedAt + this.config.settingsDeadlineMs;
+    let t = this.#pingOutstanding ? this.#pingOutstanding.sentAt + this.config.keepaliveTimeoutMs : this.#nextPingAt();
+    for (const s of this.#sessions.values()) {
+      if (s.grant === null) t = Math.min(t, s.openDeadline);
+      const head = s.queue[0];
+      if (s.pacer && head && s.sendMsgs > 0 && s.sendBytes > 0) {
+        const rem = head.data.length - head.off;
+        t = Math.min(t, s.pacer.readyAt(!head.started, Math.min(rem, MIN_FRAGMENT), this.#now));
+      }
+    }
+    if (this.#control.length && this.#sendBudget) t = Math.min(t, this.#sendBudget.readyAt(1, this.#now));
+    for (const tomb of this.#tombstones.values()) t = Math.min(t, tomb.expires);
+    return t;
+  }
+
+  /** The next WebSocket binary message to send, frames coalesced up to L; null when none. */
+  pollTransmit(now = this.#now): Uint8Array | null {
+    this.#tick(now);
+    if (this.#finished) return null;
+    const out: Frame[] = [];
+    let size = 0;
+    if (!this.#settingsSent) {
+      this.#settingsSent = true;
+      out.push({ type: "SETTINGS", session_id: 0, settings: { ...this.config.settings } });
+      size += encodedLen(out[0] as Frame);
+    }
+    if (this.#finalFrame) {
+      out.push(this.#finalFrame);
+      this.#finalFrame = null;
+      this.#finished = true;
+      return this.#encode(out);
+    }
+    if (this.isClosed || !this.#peer) return out.length ? this.#encode(out) : null;
+    const limit = transportLimit(this.#peer.max_frame_size);
+    const budget = this.#sendBudget as Bucket;
+    const fits = (f: Frame) => size + encodedLen(f) <= limit;
+    if (this.#pendingPong !== null && budget.take(1, now)) {
+      out.push({ type: "PONG", session_id: 0, payload: this.#pendingPong });
+      size += 18;
+      this.#pendingPong = null;
+    }
+    if (this.#pingDue && !this.#pingOutstanding && budget.take(1, now)) {
+      const payload = ++this.#pingCounter;
+      out.push({ type: "PING", session_id: 0, payload });
+      size += 18;
+      this.#pingDue = false;
+      this.#pingOutstanding = { payload, sentAt: now };
+    }
+    while (this.#control.length) {
+      const q = this.#control[0] as Queued;
+      let f: Frame | null;
+      if (q.type === "CREDIT_FOR") {
+        f = this.#takeCredit(q.session_id);
+        if (!f) { this.#control.shift(); continue; }
+      } else f = q;
+      if (!fits(f) || budget.available(now) < 1) {
+        if (q.type === "CREDIT_FOR") this.#restoreCredit(f as Extract<Frame, { type: "CREDIT" }>);
+        break;
+      }
+      budget.take(1, now);
+      this.#control.shift();
+      out.push(f);
+      size += encodedLen(f);
+    }
+    // spec/sessions.md#scheduling: DATA only once no control frame is left waiting.
+    if (!this.#control.length) size = this.#writeData(out, size, limit, now);
+    if (!out.length) return null;
+    return this.#encode(out);
+  }
+
+  // ---- internals --------------------------------------------------------------------------
+  #tick(now: number): void { if (now > this.#now) this.#now = now; }
+
+  #encode(fs: Frame[]): Uint8Array {
+    this.#lastSent = this.#now;
+    const buf = new Uint8Array(fs.reduce((n, f) => n + encodedLen(f), 0));
+    let off = 0;
+    for (const f of fs) off = encodeInto(f, buf, off);
+    return buf;
+  }
+
+  #nextPingAt(): number {
+    let t = this.#lastReceived + this.config.keepaliveIntervalMs;
+    // spec/sessions.md#timers: make sure the peer hears from us once per its IDLE_TIMEOUT_MS.
+    const idle = this.#peer?.idle_timeout_ms ?? 0;
+    if (idle > 0) t = Math.min(t, this.#lastSent + idle / 2);
+    return t;
+  }
+
+  #requirePeer(): Settings {
+    if (this.isClosed) throw new MuxError("connection_closed");
+    if (!this.#peer) throw new MuxError("not_ready");
+    return this.#peer;
+  }
+
+  #live(id: number): Session {
+    if (this.isClosed) throw new MuxError("connection_closed");
+    const s = this.#sessions.get(id);
+    if (!s) throw new MuxError("unknown_session");
+    return s;
+  }
+
+  /** Charges one unit of the control budget; exhaustion is conn 1008 (spec/sessions.md#control-budget). */
+  #charge(): boolean {
+    if (this.#recvBudget.take(1, this.#now)) return true;
+    this.#fail(1008, "control budget exhausted");
+    return false;
+  }
+
+  /** A connection error or close: CONN_CLOSE with `code`, every session ends with it. */
+  #fail(code: number, reason: string, source: CloseSource = "local"): void {
+    this.#control = [];
+    this.#pendingPong = null;
+    this.#finalFrame = { type: "CONN_CLOSE", session_id: 0, code, retry_after_ms: 0, reason };
+    this.#endAll(code, reason, 0, source);
+  }
+
+  #endAll(code: number, reason: string, retryAfterMs: number, source: CloseSource): void {
+    this.closeCode = code;
+    for (const s of this.#sessions.values()) {
+      this.#events.push({ type: "closed", id: s.id, code, reason, retryAfterMs, source });
+    }
+    this.#sessions.clear();
+    this.#ring = [];
+    this.#events.push({ type: "connection_closed", code, reason, retryAfterMs, source });
+  }
+
+  #handleFrame(f: Frame): void {
+    if (!this.#peer) {
+      if (f.type !== "SETTINGS") return this.#fail(1002, "frame before SETTINGS");
+      this.#peer = settingsWithDefaults(f.settings);
+      // spec/sessions.md#control-budget: pace at the peer's rate, within half its burst.
+      const b = this.#peer.control_budget;
+      this.#sendBudget = new Bucket(b, Math.max(1, Math.floor(b / 2)), this.#now);
+      this.#events.push({ type: "ready" });
+      return;
+    }
+    if (f.type === "SETTINGS") return this.#fail(1002, "second SETTINGS");
+    if (f.type !== "DATA" && !this.#charge()) return;
+    switch (f.type) {
+      case "PING": this.#pendingPong = f.payload; return; // a newer PING replaces the pending PONG
+      case "PONG": return; // liveness was counted on receipt
+      case "CONN_CLOSE":
+        this.#endAll(f.code, f.reason, f.retry_after_ms, "peer");
+        this.#finished = true; // spec/frames.md#conn-close: the receiver sends nothing more
+        return;
+      case "GOAWAY": return this.#onGoaway(f.last_session_id, f.code, f.reason);
+      case "OPEN": return this.#onOpen(f.session_id);
+    }
+    const s = this.#sessions.get(f.session_id);
+    if (!s) return this.#onNotLive(f);
+    switch (f.type) {
+      case "ACCEPT":
+        if (s.grant !== null) return this.#resetSession(s, 1002, "second ACCEPT");
+        return this.#onAccept(s, f);
+      case "CREDIT":
+        if (s.sendMsgs + f.messages > U32_MAX || s.sendBytes + f.bytes > U32_MAX) {
+          return this.#resetSession(s, 4004, "credit overflow");
+        }
+        s.sendMsgs += f.messages;
+        s.sendBytes += f.bytes;
+        return;
+      case "CLOSE": return this.#onClose(s, f.code, f.reason, f.retry_after_ms);
+      case "RESET":
+        return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
+      case "DATA": return this.#onData(s, f);
+    }
+  }
+
+  #onGoaway(last: number, code: number, reason: string): void {
+    // spec/frames.md#goaway: a later GOAWAY may lower last_session_id, never raise it.
+    if (this.#goaway && last > this.#goaway.lastSessionId) return this.#fail(1002, "GOAWAY raised last_session_id");
+    this.#goaway = { lastSessionId: last };
+    this.#events.push({ type: "goaway", lastSessionId: last, code, reason });
+    for (const s of [...this.#sessions.values()]) {
+      if (s.id > last) this.#closeSession(s, 4009, "not processed before GOAWAY", 0, "peer");
+    }
+  }
+
+  #onOpen(id: number): void {
+    // spec/frames.md#session-ids: servers open even IDs, strictly increasing.
+    if (id % 2 === 1 || id <= this.#lastPeerId) return this.#fail(1002, "bad OPEN id");
+    this.#lastPeerId = id;
+    // This client advertises MAX_SESSIONS 0: every server-opened session is refused (step 7).
+    if (!this.#charge()) return;
+    this.#control.push({ type: "RESET", session_id: id, code: 4003, retry_after_ms: 0, reason: "" });
+    this.#addTombstone(id, this.own.initial_credit_messages, this.own.initial_credit_bytes);
+  }
+
+  #onNotLive(f: Frame): void {
+    const id = f.session_id;
+    const ownParity = id % 2 === 1;
+    if (id > (ownParity ? this.#lastLocalId : this.#lastPeerId)) return this.#fail(4005, "unknown session");
+    // spec/sessions.md#late-frames: discarded; late DATA is free within the tombstone's allowance.
+    if (f.type !== "DATA") return;
+    const t = this.#tombstones.get(id);
+    if (t && t.allowance > 0) { t.allowance--; return; }
+    this.#charge();
+  }
+
+  #onAccept(s: Session, f: Extract<Frame, { type: "ACCEPT" }>): void {
+    const grant = {
+      send: (f.permissions & 1) !== 0, receive: (f.permissions & 2) !== 0,
+      maxMessageSize: f.max_message_size,
+      messagesPerSec: f.rate.messages_per_sec, bytesPerSec: f.rate.bytes_per_sec,
+      burstMessages: f.rate.burst_messages, burstBytes: f.rate.burst_bytes,
+    };
+    s.grant = grant;
+    s.sendMax = f.max_message_size;
+    if (s.state === "opening") s.state = "open";
+    if (grant.messagesPerSec || grant.bytesPerSec) {
+      s.pacer = new Pacer(grant.messagesPerSec, grant.bytesPerSec, grant.burstMessages, grant.burstBytes, this.#now);
+    }
+    this.#events.push({ type: "opened", id: s.id, grant });
+    // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
+    // messages queued before the ACCEPT included.
+    if (s.queue.length && !grant.send) return this.#resetSession(s, 1008, "queued data without SEND", "local", false);
+    if (s.queue.some((q) => !q.started && q.data.length > grant.maxMessageSize)) {
+      return this.#resetSession(s, 1009, "queued message over the granted size", "local", false);
+    }
+  }
+
+  #onClose(s: Session, code: number, reason: string, retryAfterMs: number): void {
+    if (s.state === "draining") { s.drainCode = { code, reason, retryAfterMs }; return; }
+    // The receiver of CLOSE stops sending, drops a partial message, delivers what it holds.
+    this.#dropQueue(s);
+    s.partial = [];
+    s.partialLen = 0;
+    if (s.heldMsgs > 0 && s.state !== "closing") {
+      s.state = "draining";
+      s.drainCode = { code, reason, retryAfterMs };
+      return;
+    }
+    this.#closeSession(s, code, reason, retryAfterMs, "peer");
+  }
+
+  /** spec/sessions.md#data-checks D1–D7 for a live session. */
+  #onData(s: Session, f: Extract<Frame, { type: "DATA" }>): void {
+    if (s.state === "closing" || s.state === "draining") return; // D1: discarded
+    if (s.grant === null) return this.#resetSession(s, 1002, "DATA before ACCEPT"); // D2
+    if (!s.grant.receive) return this.#resetSession(s, 1008, "DATA without RECEIVE"); // D3
+    if (s.finReceived) return this.#resetSession(s, 1002, "DATA after FIN"); // D4
+    const len = f.payload.length;
+    const inMessage = s.partialLen > 0;
+    if (!f.end && f.fin && inMessage) return this.#resetSession(s, 1002, "FIN inside a message"); // D5
+    const starts = !inMessage && (f.end || len > 0);
+    if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#resetSession(s, 4004, "DATA beyond credit"); // D6
+    if (s.partialLen + len > s.recvMax) return this.#resetSession(s, 1009, "message over the session maximum"); // D7
+    if (starts) s.peerMsgs--;
+    s.peerBytes -= len;
+    // Copied, so a held message never pins the whole transport message it came in.
+    if (len) { s.partial.push(f.payload.slice()); s.partialLen += len; }
+    if (f.end) {
+      const data = concat(s.partial, s.partialLen);
+      s.partial = [];
+      s.partialLen = 0;
+      s.heldMsgs++;
+      this.#events.push({ type: "message", id: s.id, data });
+    } else if (len) this.#maybeAnnounce(s);
+    if (f.fin) {
+      s.finReceived = true;
+      this.#events.push({ type: "fin", id: s.id });
+      this.#maybeFinishSession(s);
+    }
+  }
+
+  #maybeAnnounce(s: Session): void {
+    if (!s.creditQueued && s.shouldAnnounce()) {
+      s.creditQueued = true;
+      this.#control.push({ type: "CREDIT_FOR", session_id: s.id });
+    }
+  }
+
+  #takeCredit(id: number): Extract<Frame, { type: "CREDIT" }> | null {
+    const s = this.#sessions.get(id);
+    if (!s) return null;
+    s.creditQueued = false;
+    if ((s.unannouncedMsgs === 0 && s.unannouncedBytes === 0) || s.finReceived || s.state === "draining") return null;
+    const f = { type: "CREDIT" as const, session_id: id, messages: s.unannouncedMsgs, bytes: s.unannouncedBytes };
+    s.peerMsgs += f.messages;
+    s.peerBytes += f.bytes;
+    s.unannouncedMsgs = s.unannouncedBytes = 0;
+    return f;
+  }
+
+  #restoreCredit(f: Extract<Frame, { type: "CREDIT" }>): void {
+    const s = this.#sessions.get(f.session_id);
+    if (!s) return;
+    s.creditQueued = true;
+    s.peerMsgs -= f.messages;
+    s.peerBytes -= f.bytes;
+    s.unannouncedMsgs += f.messages;
+    s.unannouncedBytes += f.bytes;
+  }
+
+  /** A session error (or local abort): RESET with `code`; errors we detect are charged. */
+  #resetSession(s: Session, code: number, reason: string, source: CloseSource = "local", charged = true): void {
+    this.#control.push({ type: "RESET", session_id: s.id, code, retry_after_ms: 0, reason });
+    this.#closeSession(s, code, reason, 0, source);
+    if (charged) this.#charge();
+  }
+
+  #closeSession(s: Session, code: number, reason: string, retryAfterMs: number, source: CloseSource): void {
+    if (!this.#sessions.delete(s.id)) return;
+    this.#dropQueue(s);
+    this.#ring = this.#ring.filter((x) => x !== s);
+    this.#addTombstone(s.id, s.peerMsgs, s.peerBytes);
+    this.#events.push({ type: "closed", id: s.id, code, reason, retryAfterMs, source });
+  }
+
+  #addTombstone(id: number, msgs: number, bytes: number): void {
+    if (this.#tombstones.size >= this.config.maxTombstones) {
+      const oldest = this.#tombstones.keys().next().value;
+      if (oldest !== undefined) this.#tombstones.delete(oldest);
+    }
+    this.#tombstones.set(id, { expires: this.#now + this.config.tombstoneMs, allowance: msgs + Math.ceil(bytes / MIN_FRAGMENT) + 2 });
+  }
+
+  #dropQueue(s: Session): void {
+    this.#queuedTotal -= s.queuedBytes;
+    s.queuedBytes = 0;
+    s.queue = [];
+  }
+
+  #maybeSendClose(s: Session): void {
+    if (!s.closeAfter || s.queue.length) return;
+    const { code, reason } = s.closeAfter;
+    this.#control.push({ type: "CLOSE", session_id: s.id, code, retry_after_ms: 0, reason });
+    this.#closeSession(s, code, reason, 0, "local");
+  }
+
+  /** FIN both ways and everything read: the session ends normally; draining ends when read. */
+  #maybeFinishSession(s: Session): void {
+    if (s.heldMsgs > 0 || !this.#sessions.has(s.id)) return;
+    if (s.state === "draining" && s.drainCode) {
+      const d = s.drainCode;
+      return this.#closeSession(s, d.code, d.reason, d.retryAfterMs, "peer");
+    }
+    if (s.finSent && s.finReceived && !s.queue.length) this.#closeSession(s, 1000, "", 0, "peer");
+  }
+
+  /** The next DATA frame a session can send now, or null (spec/sessions.md#fragments). */
+  #nextFrame(s: Session, now: number): { len: number; end: boolean; fin: boolean; starts: boolean } | null {
+    if (!s.canSendData) return null;
+    const head = s.queue[0];
+    if (!head) return s.finQueued && !s.finSent ? { len: 0, end: false, fin: true, starts: false } : null;
+    const starts = !head.started;
+    if (starts && s.sendMsgs < 1) return null;
+    if (starts && s.pacer && !s.pacer.messageAvailable(now)) return null;
+    const rem = head.data.length - head.off;
+    const peerMax = (this.#peer as Settings).max_frame_size;
+    const room = Math.min(peerMax, s.sendBytes, s.pacer ? s.pacer.bytesAvailable(now) : Infinity);
+    if (room >= rem) return { len: rem, end: true, fin: head.fin, starts };
+    if (room >= MIN_FRAGMENT) return { len: room, end: false, fin: false, starts };
+    return null; // wait for credit: never a fragment under MIN_FRAGMENT
+  }
+
+  /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
+  #writeData(out: Frame[], size: number, limit: number, now: number): number {
+    for (const s of this.#sessions.values()) {
+      if (!s.inRing && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
+    }
+    const quantum = (this.#peer as Settings).max_frame_size;
+    while (this.#ring.length) {
+      const s = this.#ring[0] as Session;
+      if (!s.midTurn) { s.deficit += quantum; s.midTurn = true; }
+      for (;;) {
+        const f = this.#nextFrame(s, now);
+        if (!f) { this.#ring.shift(); s.inRing = s.midTurn = false; s.deficit = 0; break; }
+        if (f.len > s.deficit) { this.#ring.shift(); this.#ring.push(s); s.midTurn = false; break; }
+        if (size + HEADER_LEN + f.len > limit) return size; // the turn continues in the next message
+        const head = s.queue[0];
+        const payload = head ? head.data.subarray(head.off, head.off + f.len) : new Uint8Array(0);
+        out.push({ type: "DATA", session_id: s.id, end: f.end, fin: f.fin, payload });
+        size += HEADER_LEN + f.len;
+        s.deficit -= f.len;
+        if (f.starts) s.sendMsgs--;
+        s.sendBytes -= f.len;
+        s.pacer?.take(f.starts, f.len, now);
+        if (f.fin) s.finSent = true;
+        if (head) {
+          head.off += f.len;
+          head.started = true;
+          if (f.end) {
+            s.queue.shift();
+            const cost = head.data.length + 64;
+            s.queuedBytes -= cost;
+            this.#queuedTotal -= cost;
+            this.#events.push({ type: "sent", id: s.id });
+          }
+        }
+        if (f.fin) this.#maybeFinishSession(s);
+        if (!s.queue.length) this.#maybeSendClose(s);
+        if (!this.#sessions.has(s.id)) { this.#ring = this.#ring.filter((x) => x !== s); break; }
+      }
+    }
+    return size;
+  }
+}
+
+function checkCode(code: number, reason: string): void {
+  const valid = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) || code === 1013 || (code >= 3000 && code <= 4999);
+  if (!valid || utf8.encode(reason).length > 123) throw new MuxError("invalid_code");
+}
+
+function concat(parts: Uint8Array[], len: number): Uint8Array {
+  if (parts.length === 1) return parts[0] as Uint8Array;
+  const out = new Uint8Array(len);
+  let off = 0;
+  for (const p of parts) { out.set(p, off); off += p.length; }
+  return out;
+}

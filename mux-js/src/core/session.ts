@@ -1,0 +1,79 @@
+// One client-opened session: its state, both credit windows, its send queue and its pacer.
+import type { Pacer } from "./bucket.js";
+import type { Grant } from "./types.js";
+
+export type SessionState = "opening" | "open" | "closing" | "draining";
+
+export interface Outgoing { data: Uint8Array; off: number; fin: boolean; started: boolean }
+
+export class Session {
+  state: SessionState = "opening";
+  grant: Grant | null = null;
+  pacer: Pacer | null = null;
+  openDeadline: number;
+  /** Credit left to send (spec/sessions.md#credit), in messages and bytes. */
+  sendMsgs: number;
+  sendBytes: number;
+  /** Largest message this side may start (spec/sessions.md#message-size-and-the-window). */
+  sendMax: number;
+  queue: Outgoing[] = [];
+  queuedBytes = 0;
+  finQueued = false;
+  finSent = false;
+  finReceived = false;
+  /** CLOSE to send once the queue drains (graceful close). */
+  closeAfter: { code: number; reason: string } | null = null;
+  /** The receive window and what is left of it to the peer. */
+  readonly recvWinMsgs: number;
+  readonly recvWinBytes: number;
+  peerMsgs: number;
+  peerBytes: number;
+  recvMax: number;
+  /** The message being reassembled, and messages delivered but not yet consumed. */
+  partial: Uint8Array[] = [];
+  partialLen = 0;
+  heldMsgs = 0;
+  unannouncedMsgs = 0;
+  unannouncedBytes = 0;
+  creditQueued = false;
+  drainCode: { code: number; reason: string; retryAfterMs: number } | null = null;
+  deficit = 0;
+  inRing = false;
+  midTurn = false;
+
+  constructor(
+    readonly id: number,
+    readonly kind: string,
+    peer: { msgs: number; bytes: number; maxMessage: number },
+    own: { msgs: number; bytes: number; maxMessage: number },
+    now: number,
+    openDeadlineMs: number,
+  ) {
+    this.sendMsgs = peer.msgs;
+    this.sendBytes = peer.bytes;
+    this.sendMax = Math.min(peer.maxMessage, peer.bytes);
+    this.recvWinMsgs = own.msgs;
+    this.recvWinBytes = own.bytes;
+    this.peerMsgs = own.msgs;
+    this.peerBytes = own.bytes;
+    this.recvMax = Math.min(own.maxMessage, own.bytes);
+    this.openDeadline = now + openDeadlineMs;
+  }
+
+  get canSendData(): boolean {
+    return this.state !== "draining" && (this.grant === null || this.grant.send);
+  }
+
+  /**
+   * spec/sessions.md#return-and-announcement: whether the unannounced credit should be
+   * announced now (a quarter window reached, or the peer low while nothing is held).
+   */
+  shouldAnnounce(): boolean {
+    if (this.unannouncedMsgs === 0 && this.unannouncedBytes === 0) return false;
+    if (this.finReceived || this.state === "draining") return false;
+    const qm = Math.max(1, Math.floor(this.recvWinMsgs / 4));
+    const qb = Math.floor(this.recvWinBytes / 4);
+    if (this.unannouncedMsgs >= qm || this.unannouncedBytes >= qb) return true;
+    return this.heldMsgs === 0 && (this.peerMsgs < qm || this.peerBytes < Math.max(qb, 1024));
+  }
+}

@@ -1,0 +1,328 @@
+// The WebSocket driver: owns the socket and the timers, feeds the sans-IO core, and turns its
+// events into promises, async iterators and WHATWG streams.
+import { Connection } from "../core/connection.js";
+import { MuxError, type CoreConfig, type CoreEvent, type Grant } from "../core/types.js";
+
+/** The part of the WebSocket API the driver uses; the constructor is injectable. */
+export interface WebSocketLike {
+  binaryType: string;
+  readonly bufferedAmount: number;
+  readonly protocol: string;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  send(data: Uint8Array): void;
+  close(code?: number, reason?: string): void;
+}
+export type WebSocketConstructor = new (url: string, protocols: string[]) => WebSocketLike;
+
+export interface Timers {
+  set(fn: () => void, ms: number): unknown;
+  clear(handle: unknown): void;
+}
+
+export interface ConnectOptions {
+  /** Sent as a `bearer.<token>` subprotocol entry next to `mux.v1`, never in the URL. */
+  token?: string;
+  WebSocket?: WebSocketConstructor;
+  /** Monotonic milliseconds; default `performance.now()`. */
+  clock?: () => number;
+  timers?: Timers;
+  core?: Partial<CoreConfig>;
+  /** Stop writing while the socket buffers more than this (bytes); resume below lowWater. */
+  highWater?: number;
+  lowWater?: number;
+  /**
+   * OPENs awaiting an answer at once (default 8); more wait their turn. Servers cap pending
+   * opens (spec/sessions.md#limits, RECOMMENDED 16) and refuse beyond it with 4003.
+   */
+  maxPendingOpens?: number;
+}
+
+export type ClientState = "connecting" | "open" | "closed";
+
+/** An OPEN the server refused, or a session or connection that ended: the code and reason. */
+export class MuxCloseError extends Error {
+  constructor(readonly code: number, readonly reason: string, readonly retryAfterMs = 0) {
+    super(`closed ${code}${reason ? ": " + reason : ""}`);
+    this.name = "MuxCloseError";
+  }
+}
+
+interface Pending { data: Uint8Array; resolve: () => void; reject: (e: unknown) => void }
+
+const utf8 = new TextEncoder();
+const utf8d = new TextDecoder();
+
+export class MuxSession extends EventTarget {
+  grant: Grant | null = null;
+  state: "opening" | "open" | "closed" = "opening";
+  /** Set once the session has ended. */
+  closeInfo: MuxCloseError | null = null;
+  /** @internal */ inbox: Uint8Array[] = [];
+  /** @internal */ waiters: ((m: Uint8Array | null) => void)[] = [];
+  /** @internal */ toHand: Pending[] = [];
+  /** @internal */ inCore: Pending[] = [];
+  /** @internal */ ended = false;
+  #stream: ReadableStream<Uint8Array> | null = null;
+
+  constructor(private readonly client: MuxClient, readonly id: number, readonly kind: string) { super(); }
+
+  /** Resolves once the message has been written to the socket, which needs the server's credit. */
+  send(data: Uint8Array | string): Promise<void> {
+    const bytes = typeof data === "string" ? utf8.encode(data) : data;
+    if (this.closeInfo) return Promise.reject(this.closeInfo);
+    return new Promise((resolve, reject) => {
+      this.toHand.push({ data: bytes, resolve, reject });
+      this.client.pump();
+    });
+  }
+  sendText(text: string): Promise<void> { return this.send(utf8.encode(text)); }
+  sendJson(value: unknown): Promise<void> { return this.send(utf8.encode(JSON.stringify(value))); }
+
+  /** The next message, or null at the end. Reading returns its credit to the server. */
+  next(): Promise<Uint8Array | null> {
+    const m = this.inbox.shift();
+    if (m) { this.client.consumed(this, m); return Promise.resolve(m); }
+    if (this.ended) return this.closeInfo && this.closeInfo.code !== 1000 ? Promise.reject(this.closeInfo) : Promise.resolve(null);
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
+    for (let m = await this.next(); m; m = await this.next()) yield m;
+  }
+  async *texts(): AsyncGenerator<string> { for await (const m of this) yield utf8d.decode(m); }
+  async *json<T = unknown>(): AsyncGenerator<T> { for await (const m of this) yield JSON.parse(utf8d.decode(m)) as T; }
+
+  /** A ReadableStream whose pulls grant credit: the server never runs ahead of the reader. */
+  get readable(): ReadableStream<Uint8Array> {
+    this.#stream ??= new ReadableStream<Uint8Array>({
+      pull: async (ctl) => {
+        try {
+          const m = await this.next();
+          if (m) ctl.enqueue(m); else ctl.close();
+        } catch (e) { ctl.error(e); }
+      },
+      cancel: () => this.close(4010, "cancelled"),
+    }, { highWaterMark: 0 });
+    return this.#stream;
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    return new WritableStream<Uint8Array>({
+      write: (chunk) => this.send(chunk),
+      close: () => { this.client.finish(this); },
+      abort: () => this.close(4010, "aborted"),
+    });
+  }
+
+  /** Graceful close: queued messages are sent first. */
+  close(code = 1000, reason = ""): void { this.client.closeSession(this, code, reason); }
+  /** Half-close: FIN after the queued messages. */
+  finish(): void { this.client.finish(this); }
+}
+
+export class MuxClient extends EventTarget {
+  state: ClientState = "connecting";
+  readonly ready: Promise<void>;
+  readonly #ws: WebSocketLike;
+  readonly #core: Connection;
+  readonly #clock: () => number;
+  readonly #timers: Timers;
+  #timer: unknown = null;
+  #timerAt = Infinity;
+  readonly #sessions = new Map<number, MuxSession>();
+  readonly #opening = new Map<number, { resolve: (s: MuxSession) => void; reject: (e: unknown) => void }>();
+  readonly #readyWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  readonly #high: number;
+  readonly #low: number;
+  #blockedOnBuffer = false;
+  #wsClosed = false;
+  readonly #maxPending: number;
+  readonly #openQueue: (() => void)[] = [];
+
+  constructor(url: string, opts: ConnectOptions = {}) {
+    super();
+    const WS = opts.WebSocket ?? (globalThis as unknown as { WebSocket: WebSocketConstructor }).WebSocket;
+    this.#clock = opts.clock ?? (() => performance.now());
+    this.#timers = opts.timers ?? { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+    this.#high = opts.highWater ?? 1 << 20;
+    this.#low = opts.lowWater ?? this.#high / 4;
+    this.#maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
+    this.#core = new Connection(this.#clock(), opts.core);
+    this.ready = new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
+    this.ready.catch(() => undefined);
+    const protocols = ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])];
+    this.#ws = new WS(url, protocols);
+    this.#ws.binaryType = "arraybuffer";
+    this.#ws.onopen = () => this.pump();
+    this.#ws.onmessage = (ev) => {
+      const now = this.#clock();
+      if (typeof ev.data === "string") this.#core.handleText(now);
+      else this.#core.handleMessage(new Uint8Array(ev.data as ArrayBuffer), now);
+      this.pump();
+    };
+    this.#ws.onclose = (ev) => {
+      this.#wsClosed = true;
+      this.#core.handleTransportClosed(this.#clock(), ev.code === 1005 ? 1006 : ev.code, ev.reason);
+      this.pump();
+    };
+    this.#ws.onerror = () => undefined; // a close event follows
+  }
+
+  /** Opens a session; rejects with MuxCloseError (e.g. 4001) if the server refuses it. */
+  async open(kind: string, opts: { auth?: Uint8Array | string } = {}): Promise<MuxSession> {
+    await this.ready;
+    while (this.#opening.size >= this.#maxPending) await new Promise<void>((r) => this.#openQueue.push(r));
+    const auth = typeof opts.auth === "string" ? utf8.encode(opts.auth) : opts.auth;
+    const id = this.#core.open(kind, auth ? { auth } : {}, this.#clock());
+    const s = new MuxSession(this, id, kind);
+    this.#sessions.set(id, s);
+    const p = new Promise<MuxSession>((resolve, reject) => this.#opening.set(id, { resolve, reject }));
+    this.pump();
+    return p;
+  }
+
+  close(code = 1000, reason = ""): void {
+    if (!this.#core.isClosed) this.#core.closeConnection(code, reason);
+    this.pump();
+  }
+
+  /** Drops the socket at once (a connect timeout): every session ends with 1006. */
+  abort(): void {
+    if (!this.#wsClosed) { this.#wsClosed = true; this.#ws.close(); }
+    this.#core.handleTransportClosed(this.#clock(), 1006, "aborted");
+    this.pump();
+  }
+
+  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.pump(); }
+  /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
+  /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
+    if (s.closeInfo) return;
+    this.#core.close(s.id, code, reason);
+    this.pump();
+  }
+
+  /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
+  pump(): void {
+    for (const s of this.#sessions.values()) this.#handOver(s);
+    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#flush();
+    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#arm();
+  }
+
+  #handOver(s: MuxSession): void {
+    while (s.toHand.length && !s.closeInfo) {
+      const p = s.toHand[0] as Pending;
+      try {
+        this.#core.send(s.id, p.data);
+      } catch (e) {
+        if (e instanceof MuxError && e.kind === "blocked") return;
+        s.toHand.shift();
+        p.reject(e);
+        continue;
+      }
+      s.toHand.shift();
+      s.inCore.push(p);
+    }
+  }
+
+  /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
+  #flush(): void {
+    if (this.#wsClosed || (this.#ws as { readyState?: number }).readyState === 0) return;
+    if (this.#ws.bufferedAmount > this.#high) this.#blockedOnBuffer = true;
+    if (this.#blockedOnBuffer && this.#ws.bufferedAmount > this.#low) return;
+    this.#blockedOnBuffer = false;
+    const now = this.#clock();
+    for (let m = this.#core.pollTransmit(now); m; m = this.#core.pollTransmit(now)) {
+      this.#ws.send(m);
+      if (this.#ws.bufferedAmount > this.#high) { this.#blockedOnBuffer = true; break; }
+    }
+    if (this.#core.isClosed && !this.#blockedOnBuffer && !this.#wsClosed) {
+      const c = this.#core.closeCode ?? 1000;
+      // Browsers let an application close with 1000 or 3000–4999 only.
+      this.#ws.close(c === 1000 || (c >= 3000 && c <= 4999) ? c : 1000);
+      this.#wsClosed = true;
+    }
+  }
+
+  #arm(): void {
+    let at = this.#core.pollTimeout() ?? Infinity;
+    if (this.#blockedOnBuffer) at = Math.min(at, this.#clock() + 10); // bufferedAmount has no drain event
+    if (at === this.#timerAt) return;
+    if (this.#timer !== null) this.#timers.clear(this.#timer);
+    this.#timer = null;
+    this.#timerAt = at;
+    if (at === Infinity) return;
+    this.#timer = this.#timers.set(() => {
+      this.#timer = null;
+      this.#timerAt = Infinity;
+      this.#core.handleTimeout(this.#clock());
+      this.pump();
+    }, Math.max(0, at - this.#clock()));
+  }
+
+  #openSlotFreed(): void { this.#openQueue.shift()?.(); }
+
+  #dispatch(e: CoreEvent): void {
+    const s = "id" in e ? this.#sessions.get(e.id) : undefined;
+    switch (e.type) {
+      case "ready":
+        this.state = "open";
+        for (const w of this.#readyWaiters.splice(0)) w.resolve();
+        this.dispatchEvent(new CustomEvent("open"));
+        return;
+      case "opened":
+        if (!s) return;
+        s.grant = e.grant;
+        s.state = "open";
+        this.#opening.get(e.id)?.resolve(s);
+        this.#opening.delete(e.id);
+        this.#openSlotFreed();
+        s.dispatchEvent(new CustomEvent("open", { detail: e.grant }));
+        return;
+      case "message":
+        if (!s) return;
+        { const w = s.waiters.shift(); if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data); }
+        s.dispatchEvent(new CustomEvent("message", { detail: e.data }));
+        return;
+      case "sent": s?.inCore.shift()?.resolve(); return;
+      case "fin":
+        if (!s) return;
+        s.ended = true;
+        for (const w of s.waiters.splice(0)) w(null);
+        return;
+      case "closed": {
+        if (!s) return;
+        const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
+        s.closeInfo = err;
+        s.state = "closed";
+        s.ended = true;
+        this.#sessions.delete(e.id);
+        const o = this.#opening.get(e.id);
+        if (o) { this.#opening.delete(e.id); o.reject(err); this.#openSlotFreed(); }
+        for (const p of [...s.inCore.splice(0), ...s.toHand.splice(0)]) p.reject(err);
+        for (const w of s.waiters.splice(0)) w(null);
+        s.dispatchEvent(new CustomEvent("close", { detail: err }));
+        return;
+      }
+      case "goaway":
+        this.dispatchEvent(new CustomEvent("goaway", { detail: e }));
+        return;
+      case "connection_closed": {
+        this.state = "closed";
+        const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
+        for (const w of this.#readyWaiters.splice(0)) w.reject(err);
+        for (const r of this.#openQueue.splice(0)) r();
+        this.dispatchEvent(new CustomEvent("close", { detail: err }));
+      }
+    }
+  }
+}
+
+/** Connects to a mux server: `const client = connect(url, { token })`. */
+export function connect(url: string, opts: ConnectOptions = {}): MuxClient {
+  return new MuxClient(url, opts);
+}

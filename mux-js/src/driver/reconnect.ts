@@ -1,0 +1,187 @@
+// Reconnection above the driver: backoff with full jitter, a connect timeout, sessions re-opened
+// on every new connection, a token refreshed before each attempt, and a bounded send queue.
+import { connect, MuxCloseError, MuxClient, type MuxSession, type ConnectOptions } from "./client.js";
+
+export interface ReconnectOptions extends ConnectOptions {
+  /** Backoff: attempt n waits random() × min(maxDelayMs, minDelayMs × 2^n) (full jitter). */
+  minDelayMs?: number;
+  maxDelayMs?: number;
+  /** An attempt that has not received the server's SETTINGS by then is dropped and retried. */
+  connectTimeoutMs?: number;
+  /** The attempt count resets only after a connection stayed up this long. */
+  minUptimeMs?: number;
+  random?: () => number;
+  /** Called before every attempt; its token replaces `token`. */
+  getToken?: (reason: "initial" | "reconnect") => string | Promise<string>;
+  /** Messages (and bytes) a session may queue while disconnected. */
+  maxQueuedMessages?: number;
+  maxQueuedBytes?: number;
+}
+
+export type ReconnectState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** The send queue of a disconnected session is full. */
+export class QueueOverflowError extends Error {
+  constructor(readonly queuedMessages: number, readonly queuedBytes: number) {
+    super("send queue full while disconnected");
+    this.name = "QueueOverflowError";
+  }
+}
+
+/** spec/close-codes.md: codes after which a retry may succeed (1006: the transport dropped). */
+export const isRetryable = (code: number): boolean =>
+  [1001, 1006, 1011, 1013, 4000, 4002, 4003, 4006, 4008, 4009].includes(code);
+
+export function backoffDelay(attempt: number, minMs: number, maxMs: number, random: () => number): number {
+  return random() * Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+}
+
+interface Queued { data: Uint8Array; resolve: () => void; reject: (e: unknown) => void }
+
+/** A session that is re-opened on each new connection while it is wanted. */
+export class DurableSession extends EventTarget {
+  current: MuxSession | null = null;
+  closed: MuxCloseError | null = null;
+  /** @internal */ queue: Queued[] = [];
+  /** @internal */ queuedBytes = 0;
+  constructor(private readonly owner: ReconnectingClient, readonly kind: string, readonly auth?: Uint8Array | string) { super(); }
+
+  /** Sends now if connected; otherwise queues, within the bounds, until the session is re-opened. */
+  send(data: Uint8Array): Promise<void> {
+    if (this.closed) return Promise.reject(this.closed);
+    if (this.current && this.current.state === "open" && !this.queue.length) return this.current.send(data);
+    const o = this.owner.limits;
+    if (this.queue.length >= o.messages || this.queuedBytes + data.length > o.bytes) {
+      return Promise.reject(new QueueOverflowError(this.queue.length, this.queuedBytes));
+    }
+    this.queuedBytes += data.length;
+    return new Promise((resolve, reject) => this.queue.push({ data, resolve, reject }));
+  }
+
+  /** @internal */ attach(s: MuxSession): void {
+    this.current = s;
+    // Reading through the iterator returns credit as each message is dispatched.
+    void (async () => {
+      try { for await (const m of s) this.dispatchEvent(new CustomEvent("message", { detail: m })); } catch { /* closed */ }
+    })();
+    for (const q of this.queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
+    this.queuedBytes = 0;
+    this.dispatchEvent(new CustomEvent("open"));
+  }
+
+  close(code = 1000, reason = ""): void {
+    this.closed = new MuxCloseError(code, reason);
+    this.current?.close(code, reason);
+    for (const q of this.queue.splice(0)) q.reject(this.closed);
+    this.owner.forget(this);
+  }
+}
+
+export class ReconnectingClient extends EventTarget {
+  state: ReconnectState = "connecting";
+  client: MuxClient | null = null;
+  attempt = 0;
+  readonly limits: { messages: number; bytes: number };
+  readonly #o: ReconnectOptions;
+  readonly #url: string;
+  readonly #sessions = new Set<DurableSession>();
+  #timer: unknown = null;
+  #upSince = 0;
+  #clock: () => number;
+
+  constructor(url: string, opts: ReconnectOptions = {}) {
+    super();
+    this.#url = url;
+    this.#o = opts;
+    this.#clock = opts.clock ?? (() => performance.now());
+    this.limits = { messages: opts.maxQueuedMessages ?? 64, bytes: opts.maxQueuedBytes ?? 1 << 20 };
+    void this.#connect("initial");
+  }
+
+  /** A session of `kind`, opened now if connected and re-opened after every reconnect. */
+  session(kind: string, opts: { auth?: Uint8Array | string } = {}): DurableSession {
+    const d = new DurableSession(this, kind, opts.auth);
+    this.#sessions.add(d);
+    if (this.state === "open") this.#reopen(d);
+    return d;
+  }
+
+  /** @internal */ forget(d: DurableSession): void { this.#sessions.delete(d); }
+
+  close(code = 1000, reason = ""): void {
+    this.#setState("closed");
+    if (this.#timer !== null) this.#timers().clear(this.#timer);
+    this.client?.close(code, reason);
+  }
+
+  #timers() {
+    return this.#o.timers ?? { set: (fn: () => void, ms: number) => setTimeout(fn, ms), clear: (h: unknown) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+  }
+
+  #setState(s: ReconnectState): void {
+    if (this.state === s) return;
+    this.state = s;
+    this.dispatchEvent(new CustomEvent("state", { detail: s }));
+  }
+
+  async #connect(reason: "initial" | "reconnect"): Promise<void> {
+    if (this.state === "closed") return;
+    let token = this.#o.token;
+    if (this.#o.getToken) {
+      try { token = await this.#o.getToken(reason); } catch { return this.#retry(); }
+    }
+    if ((this.state as ReconnectState) === "closed") return;
+    const client = connect(this.#url, { ...this.#o, ...(token !== undefined ? { token } : {}) });
+    this.client = client;
+    const timers = this.#timers();
+    const timeout = timers.set(() => client.abort(), this.#o.connectTimeoutMs ?? 5000);
+    client.addEventListener("close", (e) => {
+      timers.clear(timeout);
+      if (this.client !== client || this.state === "closed") return;
+      const err = (e as CustomEvent<MuxCloseError>).detail;
+      for (const d of this.#sessions) d.current = null;
+      if (!isRetryable(err.code)) {
+        this.#setState("closed");
+        this.dispatchEvent(new CustomEvent("close", { detail: err }));
+        return;
+      }
+      if (this.#clock() - this.#upSince >= (this.#o.minUptimeMs ?? 5000) && this.state === "open") this.attempt = 0;
+      this.#retry(err.retryAfterMs);
+    });
+    client.ready.then(() => {
+      timers.clear(timeout);
+      if (this.client !== client) return;
+      this.#upSince = this.#clock();
+      this.#setState("open");
+      for (const d of this.#sessions) this.#reopen(d);
+    }, () => undefined);
+  }
+
+  #retry(hintMs = 0): void {
+    if (this.state === "closed") return;
+    this.#setState("reconnecting");
+    const delay = Math.max(hintMs, backoffDelay(this.attempt++, this.#o.minDelayMs ?? 500, this.#o.maxDelayMs ?? 30_000, this.#o.random ?? Math.random));
+    this.#timer = this.#timers().set(() => { this.#timer = null; void this.#connect("reconnect"); }, delay);
+  }
+
+  #reopen(d: DurableSession): void {
+    const client = this.client;
+    if (!client) return;
+    client.open(d.kind, d.auth !== undefined ? { auth: d.auth } : {}).then((s) => {
+      if (d.closed || this.client !== client) { s.close(); return; }
+      d.attach(s);
+    }, (e: unknown) => {
+      // Re-open policy: a refusal that cannot succeed later ends the session for good.
+      if (e instanceof MuxCloseError && !isRetryable(e.code)) {
+        d.closed = e;
+        for (const q of d.queue.splice(0)) q.reject(e);
+        this.#sessions.delete(d);
+        d.dispatchEvent(new CustomEvent("close", { detail: e }));
+      }
+    });
+  }
+}
+
+export function connectReconnecting(url: string, opts: ReconnectOptions = {}): ReconnectingClient {
+  return new ReconnectingClient(url, opts);
+}
