@@ -112,6 +112,26 @@ fn a_fragmented_message_over_the_maximum_is_refused_at_the_frame_that_crosses_it
     assert_eq!(peer.conn.stats().recv_buffered, 0);
 }
 
+/// With the default limits the message maximum equals the byte window (64 KiB). A message
+/// one byte over it breaks both limits at once; the size is checked first, so the answer is
+/// the 1009 frames.md promises, not 4004 (issue 14; spec/sessions.md#data-checks D6, D7).
+#[test]
+fn a_message_one_byte_over_a_maximum_equal_to_the_window_is_1009_not_4004() {
+    let mut peer = RawPeer::server(config(|_| {}));
+    let id = peer.open_accepted(1, Grant::full());
+    let mut fragments: Vec<Frame> = (0..4)
+        .map(|_| frames::data(1, &[7u8; 16_384], false))
+        .collect();
+    fragments.push(frames::data(1, b"x", true));
+    peer.send(fragments);
+    assert_eq!(
+        peer.take_reset(id).map(|r| r.code),
+        Some(CloseCode::MESSAGE_TOO_BIG)
+    );
+    assert!(limit_hit(&mut peer, LimitKind::MessageSize));
+    assert_alive(&peer);
+}
+
 #[test]
 fn a_grant_overrides_the_message_maximum_for_its_session_only() {
     let server = config(|c| c.limits.max_message_size = 1000);
