@@ -202,6 +202,22 @@ fn max_sessions_refuses_the_next_open_with_4003_and_the_connection_lives() {
     assert_eq!(peer.conn.session_count(), 3);
 }
 
+/// A full pending-open cap is retryable, and says when: the earliest authorization
+/// deadline frees a place at the latest (issue 14, item 4).
+#[test]
+fn a_full_pending_cap_refuses_with_4003_and_the_time_to_the_first_deadline() {
+    let mut peer = RawPeer::server(config(|c| c.limits.max_pending_opens = 2));
+    peer.send([frames::open(1, "a")]);
+    peer.advance(ms(1000));
+    peer.send([frames::open(3, "a"), frames::open(5, "a")]);
+    let reset = peer
+        .take_reset(SessionId(5))
+        .expect("the third pending OPEN is refused");
+    assert_eq!(reset.code, CloseCode::TOO_MANY_SESSIONS);
+    // The authorization deadline is 5 s; session 1 has waited 1 s of it.
+    assert_eq!(reset.retry_after_ms, 4000);
+}
+
 #[test]
 fn the_opener_respects_the_peers_max_sessions() {
     let server = config(|c| c.limits.max_sessions = 2);

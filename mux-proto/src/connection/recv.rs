@@ -232,12 +232,25 @@ impl Connection {
         }
         let pending = u32::try_from(self.pending_open_count()).unwrap_or(u32::MAX);
         if self.peer_live >= limits.max_sessions || pending >= limits.max_pending_opens {
+            // spec/sessions.md#authorization, step 7: a full pending-open cap frees a place no
+            // later than the earliest authorization deadline, so that is the hint. A full
+            // MAX_SESSIONS has no such bound (sessions end when they end): no hint.
+            let retry = if self.peer_live < limits.max_sessions {
+                self.pending_open_deadlines()
+                    .map(|(_, deadline)| deadline)
+                    .min()
+                    .map_or(0, |d| {
+                        super::retry_ms(d.saturating_duration_since(now)).max(1)
+                    })
+            } else {
+                0
+            };
             self.limit_hit(Some(id), LimitKind::Sessions);
             self.refuse_open(
                 now,
                 id,
                 CloseCode::TOO_MANY_SESSIONS,
-                0,
+                retry,
                 "too many sessions",
             );
             return;
