@@ -218,6 +218,29 @@ fn a_full_pending_cap_refuses_with_4003_and_the_time_to_the_first_deadline() {
     assert_eq!(reset.retry_after_ms, 4000);
 }
 
+/// The acceptor's reply is bounded by the opener's own MAX_MESSAGE_SIZE: a larger one
+/// fails locally with a typed error and nothing is sent, instead of reaching the opener as
+/// a session error (issue 14, item 4).
+#[test]
+fn a_reply_over_the_openers_max_message_size_fails_locally() {
+    let settings = Settings::default()
+        .with(Setting::MaxMessageSize, 100)
+        .with(Setting::ControlBudget, u32::MAX);
+    let mut peer = RawPeer::with_settings(Side::Server, config(|_| {}), settings);
+    let id = peer.open_accepted(1, Grant::full());
+    assert_eq!(
+        peer.conn.send(peer.now, id, Bytes::from(vec![0u8; 101])),
+        Err(SendError::TooLarge { len: 101, max: 100 })
+    );
+    peer.collect();
+    assert!(peer.take_data(id).is_empty());
+    assert!(peer.take_reset(id).is_none());
+    assert!(peer
+        .conn
+        .send(peer.now, id, Bytes::from(vec![0u8; 100]))
+        .is_ok());
+}
+
 #[test]
 fn the_opener_respects_the_peers_max_sessions() {
     let server = config(|c| c.limits.max_sessions = 2);
