@@ -875,9 +875,10 @@ impl Harness {
                     "the pair did not go idle: livelock"
                 );
                 // A closed connection sends nothing more: what it had queued stays queued
-                // (after the transport closed under a pending CONN_CLOSE, say).
+                // (after the transport closed under a pending CONN_CLOSE, say). Frames
+                // waiting for the peer's control budget go out at the pace deadline.
                 for side in [CLIENT, SERVER] {
-                    if self.conn(side).is_closed() {
+                    if self.conn(side).is_closed() || self.conn(side).control_waits_for_budget() {
                         continue;
                     }
                     let queued = self.conn(side).queued_control_frames();

@@ -302,9 +302,13 @@ pub struct RawPeer {
 }
 
 impl RawPeer {
-    /// A connection on `side` facing a raw peer that has already exchanged SETTINGS.
+    /// A connection on `side` facing a raw peer that has already exchanged SETTINGS. The
+    /// raw peer meters nothing, so it advertises the largest CONTROL_BUDGET: the connection's
+    /// pacing of its own control frames stays out of the way (tests of pacing use
+    /// [`RawPeer::with_settings`]).
     pub fn new(side: Side, config: Config) -> RawPeer {
-        RawPeer::with_settings(side, config, Settings::default())
+        let settings = Settings::default().with(crate::frame::Setting::ControlBudget, u32::MAX);
+        RawPeer::with_settings(side, config, settings)
     }
 
     /// A connection on `side` facing a raw peer whose SETTINGS frame is `settings`.

@@ -112,6 +112,26 @@ fn a_fragmented_message_over_the_maximum_is_refused_at_the_frame_that_crosses_it
     assert_eq!(peer.conn.stats().recv_buffered, 0);
 }
 
+/// With the default limits the message maximum equals the byte window (64 KiB). A message
+/// one byte over it breaks both limits at once; the size is checked first, so the answer is
+/// the 1009 frames.md promises, not 4004 (issue 14; spec/sessions.md#data-checks D6, D7).
+#[test]
+fn a_message_one_byte_over_a_maximum_equal_to_the_window_is_1009_not_4004() {
+    let mut peer = RawPeer::server(config(|_| {}));
+    let id = peer.open_accepted(1, Grant::full());
+    let mut fragments: Vec<Frame> = (0..4)
+        .map(|_| frames::data(1, &[7u8; 16_384], false))
+        .collect();
+    fragments.push(frames::data(1, b"x", true));
+    peer.send(fragments);
+    assert_eq!(
+        peer.take_reset(id).map(|r| r.code),
+        Some(CloseCode::MESSAGE_TOO_BIG)
+    );
+    assert!(limit_hit(&mut peer, LimitKind::MessageSize));
+    assert_alive(&peer);
+}
+
 #[test]
 fn a_grant_overrides_the_message_maximum_for_its_session_only() {
     let server = config(|c| c.limits.max_message_size = 1000);
@@ -180,6 +200,45 @@ fn max_sessions_refuses_the_next_open_with_4003_and_the_connection_lives() {
     peer.send([frames::open(9, "x")]);
     assert!(resets(&peer).is_empty());
     assert_eq!(peer.conn.session_count(), 3);
+}
+
+/// A full pending-open cap is retryable, and says when: the earliest authorization
+/// deadline frees a place at the latest (issue 14, item 4).
+#[test]
+fn a_full_pending_cap_refuses_with_4003_and_the_time_to_the_first_deadline() {
+    let mut peer = RawPeer::server(config(|c| c.limits.max_pending_opens = 2));
+    peer.send([frames::open(1, "a")]);
+    peer.advance(ms(1000));
+    peer.send([frames::open(3, "a"), frames::open(5, "a")]);
+    let reset = peer
+        .take_reset(SessionId(5))
+        .expect("the third pending OPEN is refused");
+    assert_eq!(reset.code, CloseCode::TOO_MANY_SESSIONS);
+    // The authorization deadline is 5 s; session 1 has waited 1 s of it.
+    assert_eq!(reset.retry_after_ms, 4000);
+}
+
+/// The acceptor's reply is bounded by the opener's own MAX_MESSAGE_SIZE: a larger one
+/// fails locally with a typed error and nothing is sent, instead of reaching the opener as
+/// a session error (issue 14, item 4).
+#[test]
+fn a_reply_over_the_openers_max_message_size_fails_locally() {
+    let settings = Settings::default()
+        .with(Setting::MaxMessageSize, 100)
+        .with(Setting::ControlBudget, u32::MAX);
+    let mut peer = RawPeer::with_settings(Side::Server, config(|_| {}), settings);
+    let id = peer.open_accepted(1, Grant::full());
+    assert_eq!(
+        peer.conn.send(peer.now, id, Bytes::from(vec![0u8; 101])),
+        Err(SendError::TooLarge { len: 101, max: 100 })
+    );
+    peer.collect();
+    assert!(peer.take_data(id).is_empty());
+    assert!(peer.take_reset(id).is_none());
+    assert!(peer
+        .conn
+        .send(peer.now, id, Bytes::from(vec![0u8; 100]))
+        .is_ok());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A self-contained tour: a server and clients on loopback, default limits, four stories.
 //!
-//! Run with `cargo run --release -p mux-tokio --example demo`. It ends by itself.
+//! Run with `cargo run --release -p mux-tokio --example demo`. It ends by itself, or earlier on
+//! SIGTERM or Ctrl-C, with a graceful shutdown (GOAWAY, draining, close 1001) either way.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use mux_proto::{CloseCode, Grant, RateLimits, RatePolicy};
 use mux_tokio::topic::{decode, Hub, LocalHub, SubscribeOptions, TopicEvent, TopicOptions};
 use mux_tokio::{
     AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
-    Principal, Rejection, Server, ServerConfig, Session,
+    Principal, Rejection, Server, ServerConfig, ServerHandle, Session,
 };
 
 /// Tokens map to principals; a real server would verify a signed token here.
@@ -127,6 +128,20 @@ async fn run() {
     });
     println!("mux demo: server on {url}\n");
 
+    // The stories run until they end, or until the process is asked to stop (SIGTERM or
+    // Ctrl-C): either way the server shuts down gracefully.
+    tokio::select! {
+        () = stories(url, handle.clone(), hub) => {}
+        signal = mux_tokio::shutdown_signal() => {
+            println!("\n{}: shutting down", signal.expect("signal handlers"));
+        }
+    }
+    handle.shutdown(Duration::from_secs(2)).await;
+    println!("\nshutdown complete: GOAWAY, sessions drained, connections closed with 1001");
+}
+
+/// The four stories, over the server at `url`.
+async fn stories(url: String, handle: ServerHandle, hub: LocalHub) {
     // 1. Many sessions over one WebSocket per client.
     let mut alice = Client::connect(&url, ClientConfig::default().token("alice-token"))
         .await
@@ -276,6 +291,4 @@ async fn run() {
     }
     alice.close().await;
     bob.close().await;
-    handle.shutdown(Duration::from_secs(2)).await;
-    println!("\nshutdown complete: GOAWAY, sessions drained, connections closed with 1001");
 }

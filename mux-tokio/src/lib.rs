@@ -25,6 +25,7 @@ pub mod fuzzing;
 mod observe;
 mod server;
 mod session;
+mod signal;
 pub mod topic;
 mod transport;
 
@@ -40,6 +41,7 @@ pub use server::{
     ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
 };
 pub use session::{OpenInfo, Session, SessionSender};
+pub use signal::{shutdown_signal, ShutdownSignal};
 pub use transport::{Transport, TransportError, TungsteniteTransport, WsMessage};
 
 /// Runs the protocol over an already upgraded WebSocket (for example axum's, through an

@@ -815,7 +815,9 @@ async fn made_you_reset_loops_end_with_1008_but_honest_cancels_do_not() {
     let mut net = Net::echo(open_config().protocol(protocol)).await;
     let (loaded, _) = net
         .sustain(|addr| async move {
-            let mut h = Hostile::connect(addr, &[]).await;
+            // The attacker accepts control frames at any rate (CONTROL_BUDGET 0x6), so the
+            // server's ACCEPTs and RESETs are not paced and each round is answered at once.
+            let mut h = Hostile::connect(addr, &[(0x6, u32::MAX)]).await;
             let mut resets = 0;
             let mut sid = 1u32;
             let ending = loop {

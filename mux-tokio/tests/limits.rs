@@ -97,13 +97,18 @@ async fn per_ip_cap_trips_at_exactly_n() {
 #[tokio::test]
 async fn per_principal_cap_trips_at_exactly_n() {
     let config = open_config().connection_limits(100, 100, N);
-    let (_, handle, url) = server(config).await;
+    let (addr, handle, url) = server(config).await;
     let mut alice = Vec::new();
     for _ in 0..N {
         alice.push(connect(&url, "principal:alice").await.expect("within cap"));
     }
     refused_with(connect(&url, "principal:alice").await, "429");
-    assert_eq!(handle.stats().refused_429, 1);
+    // Retryable, so it says when (spec/http.md).
+    let raw = raw_upgrade(addr, &[MUX, ("Authorization", "Bearer principal:alice")]).await;
+    assert_eq!(raw.status, 429, "{}", raw.head);
+    assert_eq!(raw.header("retry-after"), Some("1"), "{}", raw.head);
+    drop(raw);
+    assert_eq!(handle.stats().refused_429, 2);
     // Another principal from the same IP is unaffected.
     let mut bob = connect(&url, "principal:bob")
         .await

@@ -288,6 +288,12 @@ impl Connection {
         self.control.len()
     }
 
+    /// Whether queued control frames wait for the peer's CONTROL_BUDGET to refill: they go
+    /// out after the pace deadline, which `poll_timeout` includes.
+    pub fn control_waits_for_budget(&self) -> bool {
+        self.timers.pace_armed()
+    }
+
     /// Bytes reserved for the receive windows of live sessions (overhead included).
     pub fn recv_reserved(&self) -> u64 {
         self.recv_reserved

@@ -232,12 +232,25 @@ impl Connection {
         }
         let pending = u32::try_from(self.pending_open_count()).unwrap_or(u32::MAX);
         if self.peer_live >= limits.max_sessions || pending >= limits.max_pending_opens {
+            // spec/sessions.md#authorization, step 7: a full pending-open cap frees a place no
+            // later than the earliest authorization deadline, so that is the hint. A full
+            // MAX_SESSIONS has no such bound (sessions end when they end): no hint.
+            let retry = if self.peer_live < limits.max_sessions {
+                self.pending_open_deadlines()
+                    .map(|(_, deadline)| deadline)
+                    .min()
+                    .map_or(0, |d| {
+                        super::retry_ms(d.saturating_duration_since(now)).max(1)
+                    })
+            } else {
+                0
+            };
             self.limit_hit(Some(id), LimitKind::Sessions);
             self.refuse_open(
                 now,
                 id,
                 CloseCode::TOO_MANY_SESSIONS,
-                0,
+                retry,
                 "too many sessions",
             );
             return;
@@ -482,18 +495,21 @@ impl Connection {
         let carries_message = end || header.len > 0;
         let starting = carries_message && session.recv.partial.is_none();
         let len = header.len;
-        // spec/sessions.md#credit: checked from the header, before any byte is buffered.
-        if (starting && session.recv.credit.messages == 0) || session.recv.credit.bytes < len {
-            self.limit_hit(Some(id), LimitKind::Credit);
-            self.session_error(now, id, CloseCode::FLOW_CONTROL, "DATA beyond credit");
-            return;
-        }
+        // spec/sessions.md#data-checks D6: the message size before credit, so a message one
+        // byte over a maximum equal to the window is 1009, not 4004. From the header, before
+        // any byte is buffered.
         let size = u64::try_from(session.recv.partial_len())
             .unwrap_or(u64::MAX)
             .saturating_add(u64::from(len));
         if size > u64::from(session.recv.max_message) {
             self.limit_hit(Some(id), LimitKind::MessageSize);
             self.session_error(now, id, CloseCode::MESSAGE_TOO_BIG, "message too big");
+            return;
+        }
+        // spec/sessions.md#data-checks D7: credit, from the header too.
+        if (starting && session.recv.credit.messages == 0) || session.recv.credit.bytes < len {
+            self.limit_hit(Some(id), LimitKind::Credit);
+            self.session_error(now, id, CloseCode::FLOW_CONTROL, "DATA beyond credit");
             return;
         }
         if carries_message && !self.admit_rate(now, id, starting, len) {

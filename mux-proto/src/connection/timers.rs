@@ -66,6 +66,10 @@ impl Timers {
     }
 
     /// CREDITs wait for the pacer until `at`.
+    pub(super) fn pace_armed(&self) -> bool {
+        self.pace != Timestamp::NEVER
+    }
+
     pub(super) fn arm_pace(&mut self, at: Timestamp) {
         self.pace = self.pace.min(at);
     }

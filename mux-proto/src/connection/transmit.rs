@@ -36,12 +36,22 @@ impl Connection {
             frames = frames.saturating_add(1);
         }
         if self.state == State::Closing {
-            // Only CONN_CLOSE is left in the control queue (begin_close cleared the rest).
-            while let Some(Control::Frame(frame)) = self.control.pop_front() {
+            // CONN_CLOSE is last in the control queue, after the frames a graceful shutdown
+            // keeps (maybe_finish_shutdown). They may not fit one message: each transmit stays
+            // within `L` (spec/sessions.md#transport-message-size), and the connection is
+            // closed once CONN_CLOSE is out.
+            while let Some(Control::Frame(frame)) = self.control.front() {
+                let used = buf.len().saturating_sub(start);
+                if used > 0 && used.saturating_add(frame.encoded_len()) > limit {
+                    break;
+                }
                 frame.encode(buf);
                 frames = frames.saturating_add(1);
+                self.control.pop_front();
             }
-            self.state = State::Closed;
+            if self.control.is_empty() {
+                self.state = State::Closed;
+            }
             self.count_transmit(now, frames);
             return buf.len() > start;
         }
@@ -79,17 +89,35 @@ impl Connection {
                 .saturating_add(frame.encoded_len())
                 <= limit
         };
-        if let Some(payload) = self.pending_pong.take() {
-            self.pace.force_take(now, 1);
-            Frame::Pong(payload).encode(buf);
-            frames = frames.saturating_add(1);
+        // spec/sessions.md#control-budget: every control frame this side sends takes a token
+        // of the peer's budget, and none goes out without one. A frame that finds the bucket
+        // empty waits (with everything queued behind it, so the order within a session holds)
+        // until the pace timer fires; only CREDIT steps aside, since it coalesces.
+        let mut starved = false;
+        if self.pending_pong.is_some() {
+            if self.pace.try_take(now, 1) {
+                if let Some(payload) = self.pending_pong.take() {
+                    Frame::Pong(payload).encode(buf);
+                    frames = frames.saturating_add(1);
+                }
+            } else {
+                starved = true;
+            }
         }
-        if let Some(payload) = self.ping_due.take() {
-            self.pace.force_take(now, 1);
-            Frame::Ping(payload).encode(buf);
-            frames = frames.saturating_add(1);
+        if !starved && self.ping_due.is_some() {
+            if self.pace.try_take(now, 1) {
+                if let Some(payload) = self.ping_due.take() {
+                    Frame::Ping(payload).encode(buf);
+                    frames = frames.saturating_add(1);
+                }
+            } else {
+                starved = true;
+            }
         }
         while let Some(control) = self.control.front() {
+            if starved {
+                break;
+            }
             let frame = match control {
                 Control::Frame(frame) => frame.clone(),
                 Control::Credit(id) => match self.credit_frame(*id) {
@@ -104,14 +132,17 @@ impl Connection {
                 break;
             }
             let is_credit = matches!(frame, Frame::Credit(_));
-            // spec/sessions.md#control-budget: stay within what the peer accepts. A CREDIT
-            // can wait (it coalesces); it waits aside, so it holds back neither the control
-            // frames behind it nor DATA. Frames that cannot wait take debt instead.
-            if is_credit && !self.pace.can_take(now, 1) {
-                if let Some(Control::Credit(id)) = self.control.pop_front() {
-                    self.paced_credits.push_back(id);
+            if !self.pace.can_take(now, 1) {
+                if is_credit {
+                    // A CREDIT waits aside, so it holds back neither the control frames
+                    // behind it nor DATA.
+                    if let Some(Control::Credit(id)) = self.control.pop_front() {
+                        self.paced_credits.push_back(id);
+                    }
+                    continue;
                 }
-                continue;
+                starved = true;
+                break;
             }
             self.control.pop_front();
             self.pace.force_take(now, 1);
@@ -121,7 +152,7 @@ impl Connection {
             frame.encode(buf);
             frames = frames.saturating_add(1);
         }
-        if !self.paced_credits.is_empty() {
+        if starved || !self.paced_credits.is_empty() {
             let wait = self
                 .pace
                 .time_until(now, 1)
@@ -134,6 +165,12 @@ impl Connection {
     /// The CREDIT a session owes now, built from what the application consumed.
     fn credit_frame(&self, id: SessionId) -> Option<Frame> {
         let s = self.sessions.get(id)?;
+        // spec/sessions.md#sending, rule 4: the peer sends no more DATA after its FIN or
+        // CLOSE, so credit for it SHOULD NOT be sent; one queued before they arrived is
+        // dropped here.
+        if s.recv.fin || s.peer_close.is_some() {
+            return None;
+        }
         let owed = s.recv.unannounced;
         (!owed.is_zero()).then_some(Frame::Credit(Credit {
             session_id: id,

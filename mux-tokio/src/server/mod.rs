@@ -376,6 +376,13 @@ async fn refuse(mut tcp: TcpStream, status: &'static str) {
 fn reject(status: StatusCode) -> ErrorResponse {
     let mut response = ErrorResponse::new(None);
     *response.status_mut() = status;
+    // spec/http.md: a retryable refusal says when to retry, as the accept loop's 429 and 503
+    // already do.
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+    }
     response
 }
 
