@@ -51,6 +51,10 @@ pub(crate) enum Command {
     Finish {
         id: SessionId,
     },
+    /// The application dropped its `Session` without closing it: see `Driver::dropped`.
+    Dropped {
+        id: SessionId,
+    },
     Close {
         id: SessionId,
         code: CloseCode,
@@ -196,6 +200,8 @@ struct Slot {
     /// Sends waiting for room, in order; one per sender awaiting its reply.
     parked: VecDeque<(Bytes, oneshot::Sender<Result<(), SendError>>)>,
     peer_finished: bool,
+    /// Whether this side may send DATA (and so FIN) on the session, per its grant.
+    may_send: bool,
 }
 
 type OpenReply = oneshot::Sender<Result<Session, OpenError>>;
@@ -419,6 +425,7 @@ impl Driver {
             Command::Finish { id } => {
                 let _ = self.conn.finish(now, id);
             }
+            Command::Dropped { id } => self.dropped(id),
             Command::Close {
                 id,
                 code,
@@ -538,6 +545,7 @@ impl Driver {
                 shared: shared.clone(),
                 parked: VecDeque::new(),
                 peer_finished: false,
+                may_send,
             },
         );
         Session {
@@ -584,6 +592,30 @@ impl Driver {
             // Everything the peer sent is in the inbox: end the stream after it.
             slot.inbox = None;
         }
+    }
+
+    /// Ends a session whose handle was dropped without `close` or `reset`, without losing
+    /// what the application already sent (spec/sessions.md#dropping-a-session): after the
+    /// peer's FIN it is an implicit finish, our FIN following the queued messages, and the
+    /// session ends normally (1000); before it, a graceful CLOSE 4010 CANCELLED after the
+    /// queued messages. Nobody reads any more, so what the peer sent and was not read is
+    /// discarded (its credit goes back).
+    fn dropped(&mut self, id: SessionId) {
+        let now = self.now();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.inbox = None;
+        if slot.peer_finished {
+            while self.conn.recv(now, id).is_some() {}
+            if slot.may_send && self.conn.finish(now, id).is_ok() {
+                return;
+            }
+            // This side may not send, so it has no FIN to send (spec/sessions.md#closing).
+            let _ = self.conn.close_session(now, id, CloseCode::NORMAL, "");
+            return;
+        }
+        let _ = self.conn.close_session(now, id, CloseCode::CANCELLED, "");
     }
 
     fn process_events(&mut self) {

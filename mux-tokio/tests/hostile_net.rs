@@ -869,7 +869,7 @@ async fn made_you_reset_loops_end_with_1008_but_honest_cancels_do_not() {
         let session = within("open", client.open("echo", Bytes::new()))
             .await
             .unwrap_or_else(|e| panic!("honest open {i} refused: {e}"));
-        drop(session); // RESET 4010
+        drop(session); // CLOSE 4010 (spec/sessions.md#dropping-a-session)
         tokio::time::sleep(Duration::from_millis(6)).await;
     }
     let mut session = within("open", client.open("echo", Bytes::new()))
