@@ -470,12 +470,19 @@ impl Driver {
         reply: oneshot::Sender<Result<(), SendError>>,
     ) {
         let now = self.now();
+        if reply.is_closed() {
+            // Its `send` future was dropped before this command was read: it did not take
+            // the message, so it must never be sent (cancel safety, see `Session::send`).
+            return;
+        }
         let Some(slot) = self.slots.get_mut(&id) else {
             let _ = reply.send(Err(closed_error(None)));
             return;
         };
         if !slot.parked.is_empty() {
-            // Keep order behind sends already waiting.
+            // Keep order behind sends already waiting. Sends whose futures were dropped
+            // leave, so the queue holds at most one entry per live `send` future.
+            slot.parked.retain(|(_, reply)| !reply.is_closed());
             slot.parked.push_back((message, reply));
             return;
         }
@@ -731,7 +738,12 @@ impl Driver {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        while let Some((message, _)) = slot.parked.front() {
+        while let Some((message, reply)) = slot.parked.front() {
+            if reply.is_closed() {
+                // Cancelled while waiting for room: never sent.
+                slot.parked.pop_front();
+                continue;
+            }
             match self.conn.send(now, id, message.clone()) {
                 Err(mux_proto::SendError::Blocked) => break,
                 result => {

@@ -117,6 +117,10 @@ impl SessionSender {
     }
 
     /// Sends one message, waiting for credit like [`Session::send`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Session::send`]: a dropped future never sends its message later.
     pub async fn send(&self, message: Bytes) -> Result<(), SendError> {
         send_on(&self.commands, &self.shared, self.id, message).await
     }
@@ -212,6 +216,13 @@ impl Session {
 
     /// Sends one message, waiting while the session's send queue is full (credit exhausted):
     /// this is where backpressure reaches the application.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that matters for `select!` and timeouts: once the future is
+    /// dropped, the message is never sent later. A future dropped while it still waits for
+    /// room has not sent its message; one dropped in the instant its send was taken (the
+    /// reply not yet seen) may have sent it. `Ok` means it was queued, in order.
     pub async fn send(&mut self, message: Bytes) -> Result<(), SendError> {
         send_on(&self.commands, &self.shared, self.id, message).await
     }
@@ -231,6 +242,10 @@ impl Session {
     }
 
     /// The next message, or `None` once the session has ended (see [`Session::close_reason`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a dropped `recv` future took no message.
     pub async fn recv(&mut self) -> Option<Bytes> {
         let message = self.inbox.recv().await;
         self.after_recv();
