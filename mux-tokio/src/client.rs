@@ -201,6 +201,9 @@ pub enum ConnectError {
 }
 
 /// A client connection that reconnects. Open sessions with [`Client::open`].
+///
+/// The connection lives as long as the `Client`: dropping it closes the connection with
+/// 1000 and stops reconnecting, and the sessions opened on it end.
 pub struct Client {
     current: watch::Receiver<Option<ConnectionHandle>>,
     events: mpsc::Receiver<ClientEvent>,
@@ -282,6 +285,17 @@ impl Client {
         let handle = self.current.borrow().clone();
         if let Some(h) = handle {
             h.close(CloseCode::NORMAL, "client closed").await;
+        }
+    }
+}
+
+impl Drop for Client {
+    /// Dropping the client stops reconnecting and closes its connection with 1000: nothing
+    /// keeps running for a client nobody holds. Its sessions end with the connection.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(handle) = self.current.borrow().as_ref() {
+            handle.close_soon(CloseCode::NORMAL, "client dropped");
         }
     }
 }

@@ -169,6 +169,23 @@ impl ConnectionHandle {
             .await;
     }
 
+    /// Asks the connection to close with `code` without waiting (for `Drop`). If its
+    /// command queue is full, the request is delivered from a task on the current runtime.
+    pub(crate) fn close_soon(&self, code: CloseCode, reason: &str) {
+        let command = Command::CloseConnection {
+            code,
+            reason: reason.to_owned(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let commands = self.commands.clone();
+                runtime.spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+        }
+    }
+
     /// True once the connection task has ended.
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()

@@ -192,6 +192,10 @@ struct Shared {
 }
 
 /// A running server. Take accepted sessions with [`Server::accept`].
+///
+/// Dropping it stops the server: the accept loop ends and releases the port, and every
+/// connection is closed with 1001 GOING_AWAY (without the grace of
+/// [`ServerHandle::shutdown`]). A [`ServerHandle`] does not keep the server running.
 pub struct Server {
     local_addr: SocketAddr,
     sessions: mpsc::Receiver<Session>,
@@ -265,6 +269,18 @@ impl Server {
         ServerHandle {
             shared: self.shared.clone(),
         }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Nobody can take sessions any more: stop accepting (the accept loop drops the
+        // listener, so the port is free again) and end every connection.
+        let _ = self.shared.shutdown.send(true);
+        for handle in lock(&self.shared.connections).values() {
+            handle.close_soon(CloseCode::GOING_AWAY, "server dropped");
+        }
+        lock(&self.shared.accepted).take();
     }
 }
 
