@@ -61,7 +61,10 @@ impl Backoff {
     /// The delay for retry `attempt`, given a uniformly random `random` in `0..=u64::MAX`.
     pub fn delay(&self, attempt: u32, random: u64) -> Duration {
         let ceiling = self.ceiling(attempt).as_nanos();
-        let scaled = ceiling.saturating_mul(u128::from(random)) / u128::from(u64::MAX);
+        let scaled = ceiling
+            .saturating_mul(u128::from(random))
+            .checked_div(u128::from(u64::MAX))
+            .unwrap_or(0);
         Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
     }
 }
@@ -494,6 +497,12 @@ impl Supervisor {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

@@ -280,8 +280,9 @@ impl Driver {
         Timestamp::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 
-    fn instant(&self, t: Timestamp) -> Instant {
-        self.epoch + Duration::from_micros(t.as_micros())
+    /// `t` on tokio's clock; `None` if it is too far ahead to represent (no deadline).
+    fn instant(&self, t: Timestamp) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_micros(t.as_micros()))
     }
 
     async fn run<T: Transport>(
@@ -348,7 +349,7 @@ impl Driver {
                 }
                 break;
             }
-            let deadline = self.conn.poll_timeout().map(|t| self.instant(t));
+            let deadline = self.conn.poll_timeout().and_then(|t| self.instant(t));
             tokio::select! {
                 biased;
                 ended = &mut writer => {

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Cancel safety of `send`: a `send` future dropped at any of its await points never
 //! delivers its message later. Each test polls the future once with a no-op waker, drops it,
 //! and checks that the peer receives the messages around it but never the dropped one.

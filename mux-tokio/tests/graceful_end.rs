@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Ending a session without losing data (spec/sessions.md#dropping-a-session): for each order
 //! in which the two sides finish, every message sent arrives and both sides see how the
 //! session ended.

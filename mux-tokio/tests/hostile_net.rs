@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Threat catalogue, NET layer, at the mux frames: the raw client of `common::hostile`
 //! attacks the real server on loopback while honest sessions on *other* connections measure
 //! their echo latency (B.c: p99 under attack within 2× the unloaded p99, both measured in the

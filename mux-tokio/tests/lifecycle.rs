@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Dropping a `Client` or a `Server` releases what it started: its connection, its tasks,
 //! its port. Each test waits on the state itself (the session ending, the port binding
 //! again, the runtime's task count), never on a sleep.

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! An attach racing the last detach of a topic: the new subscriber must end up on the topic
 //! the hub publishes to, never on one already removed from its map.
 

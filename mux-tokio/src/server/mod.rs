@@ -313,8 +313,11 @@ impl ServerHandle {
         for h in &handles {
             h.go_away().await;
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.shared.registry.total() > 0 && tokio::time::Instant::now() < deadline {
+        // A grace too large for the clock means no deadline: wait for the sessions.
+        let deadline = tokio::time::Instant::now().checked_add(grace);
+        while self.shared.registry.total() > 0
+            && deadline.is_none_or(|d| tokio::time::Instant::now() < d)
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         for h in self.connections() {
@@ -521,6 +524,12 @@ async fn serve_connection(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 
