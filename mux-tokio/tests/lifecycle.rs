@@ -84,3 +84,17 @@ async fn dropping_the_client_ends_its_connection_and_its_tasks() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_shutdown_grace_too_large_for_the_clock_is_no_deadline() {
+    let (server, _url) = server().await;
+    let handle = server.handle();
+    // `now + Duration::MAX` overflows tokio's Instant; with no connection the shutdown
+    // has nothing to wait for and returns.
+    within(
+        "shutdown",
+        handle.shutdown(std::time::Duration::from_secs(u64::MAX)),
+    )
+    .await;
+    drop(server);
+}
