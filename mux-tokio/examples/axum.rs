@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! The protocol behind an axum route: axum authenticates and checks the Origin with its own
 //! extractors before the upgrade, then `mux_tokio` runs the sessions.
 //!

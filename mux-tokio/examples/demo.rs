@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! A self-contained tour: a server and clients on loopback, default limits, four stories.
 //!
 //! Run with `cargo run --release -p mux-tokio --example demo`. It ends by itself, or earlier on

@@ -61,7 +61,10 @@ impl Backoff {
     /// The delay for retry `attempt`, given a uniformly random `random` in `0..=u64::MAX`.
     pub fn delay(&self, attempt: u32, random: u64) -> Duration {
         let ceiling = self.ceiling(attempt).as_nanos();
-        let scaled = ceiling.saturating_mul(u128::from(random)) / u128::from(u64::MAX);
+        let scaled = ceiling
+            .saturating_mul(u128::from(random))
+            .checked_div(u128::from(u64::MAX))
+            .unwrap_or(0);
         Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
     }
 }
@@ -201,6 +204,9 @@ pub enum ConnectError {
 }
 
 /// A client connection that reconnects. Open sessions with [`Client::open`].
+///
+/// The connection lives as long as the `Client`: dropping it closes the connection with
+/// 1000 and stops reconnecting, and the sessions opened on it end.
 pub struct Client {
     current: watch::Receiver<Option<ConnectionHandle>>,
     events: mpsc::Receiver<ClientEvent>,
@@ -282,6 +288,17 @@ impl Client {
         let handle = self.current.borrow().clone();
         if let Some(h) = handle {
             h.close(CloseCode::NORMAL, "client closed").await;
+        }
+    }
+}
+
+impl Drop for Client {
+    /// Dropping the client stops reconnecting and closes its connection with 1000: nothing
+    /// keeps running for a client nobody holds. Its sessions end with the connection.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(handle) = self.current.borrow().as_ref() {
+            handle.close_soon(CloseCode::NORMAL, "client dropped");
         }
     }
 }
@@ -480,6 +497,12 @@ impl Supervisor {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

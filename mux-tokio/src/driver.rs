@@ -51,6 +51,10 @@ pub(crate) enum Command {
     Finish {
         id: SessionId,
     },
+    /// The application dropped its `Session` without closing it: see `Driver::dropped`.
+    Dropped {
+        id: SessionId,
+    },
     Close {
         id: SessionId,
         code: CloseCode,
@@ -165,6 +169,23 @@ impl ConnectionHandle {
             .await;
     }
 
+    /// Asks the connection to close with `code` without waiting (for `Drop`). If its
+    /// command queue is full, the request is delivered from a task on the current runtime.
+    pub(crate) fn close_soon(&self, code: CloseCode, reason: &str) {
+        let command = Command::CloseConnection {
+            code,
+            reason: reason.to_owned(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let commands = self.commands.clone();
+                runtime.spawn(async move {
+                    let _ = commands.send(command).await;
+                });
+            }
+        }
+    }
+
     /// True once the connection task has ended.
     pub fn is_closed(&self) -> bool {
         self.commands.is_closed()
@@ -196,6 +217,8 @@ struct Slot {
     /// Sends waiting for room, in order; one per sender awaiting its reply.
     parked: VecDeque<(Bytes, oneshot::Sender<Result<(), SendError>>)>,
     peer_finished: bool,
+    /// Whether this side may send DATA (and so FIN) on the session, per its grant.
+    may_send: bool,
 }
 
 type OpenReply = oneshot::Sender<Result<Session, OpenError>>;
@@ -257,8 +280,9 @@ impl Driver {
         Timestamp::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
 
-    fn instant(&self, t: Timestamp) -> Instant {
-        self.epoch + Duration::from_micros(t.as_micros())
+    /// `t` on tokio's clock; `None` if it is too far ahead to represent (no deadline).
+    fn instant(&self, t: Timestamp) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_micros(t.as_micros()))
     }
 
     async fn run<T: Transport>(
@@ -325,7 +349,7 @@ impl Driver {
                 }
                 break;
             }
-            let deadline = self.conn.poll_timeout().map(|t| self.instant(t));
+            let deadline = self.conn.poll_timeout().and_then(|t| self.instant(t));
             tokio::select! {
                 biased;
                 ended = &mut writer => {
@@ -419,6 +443,7 @@ impl Driver {
             Command::Finish { id } => {
                 let _ = self.conn.finish(now, id);
             }
+            Command::Dropped { id } => self.dropped(id),
             Command::Close {
                 id,
                 code,
@@ -463,12 +488,19 @@ impl Driver {
         reply: oneshot::Sender<Result<(), SendError>>,
     ) {
         let now = self.now();
+        if reply.is_closed() {
+            // Its `send` future was dropped before this command was read: it did not take
+            // the message, so it must never be sent (cancel safety, see `Session::send`).
+            return;
+        }
         let Some(slot) = self.slots.get_mut(&id) else {
             let _ = reply.send(Err(closed_error(None)));
             return;
         };
         if !slot.parked.is_empty() {
-            // Keep order behind sends already waiting.
+            // Keep order behind sends already waiting. Sends whose futures were dropped
+            // leave, so the queue holds at most one entry per live `send` future.
+            slot.parked.retain(|(_, reply)| !reply.is_closed());
             slot.parked.push_back((message, reply));
             return;
         }
@@ -538,6 +570,7 @@ impl Driver {
                 shared: shared.clone(),
                 parked: VecDeque::new(),
                 peer_finished: false,
+                may_send,
             },
         );
         Session {
@@ -584,6 +617,30 @@ impl Driver {
             // Everything the peer sent is in the inbox: end the stream after it.
             slot.inbox = None;
         }
+    }
+
+    /// Ends a session whose handle was dropped without `close` or `reset`, without losing
+    /// what the application already sent (spec/sessions.md#dropping-a-session): after the
+    /// peer's FIN it is an implicit finish, our FIN following the queued messages, and the
+    /// session ends normally (1000); before it, a graceful CLOSE 4010 CANCELLED after the
+    /// queued messages. Nobody reads any more, so what the peer sent and was not read is
+    /// discarded (its credit goes back).
+    fn dropped(&mut self, id: SessionId) {
+        let now = self.now();
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        slot.inbox = None;
+        if slot.peer_finished {
+            while self.conn.recv(now, id).is_some() {}
+            if slot.may_send && self.conn.finish(now, id).is_ok() {
+                return;
+            }
+            // This side may not send, so it has no FIN to send (spec/sessions.md#closing).
+            let _ = self.conn.close_session(now, id, CloseCode::NORMAL, "");
+            return;
+        }
+        let _ = self.conn.close_session(now, id, CloseCode::CANCELLED, "");
     }
 
     fn process_events(&mut self) {
@@ -699,7 +756,12 @@ impl Driver {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        while let Some((message, _)) = slot.parked.front() {
+        while let Some((message, reply)) = slot.parked.front() {
+            if reply.is_closed() {
+                // Cancelled while waiting for room: never sent.
+                slot.parked.pop_front();
+                continue;
+            }
             match self.conn.send(now, id, message.clone()) {
                 Err(mux_proto::SendError::Blocked) => break,
                 result => {

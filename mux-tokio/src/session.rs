@@ -71,8 +71,23 @@ impl fmt::Debug for OpenInfo {
 /// One logical session over a shared WebSocket connection.
 ///
 /// `send` waits for credit (real backpressure); `recv` returns messages as the peer sends
-/// them and returns credit as they are read. Dropping the handle resets the session with
-/// 4010 CANCELLED.
+/// them and returns credit as they are read.
+///
+/// # Ending a session
+///
+/// Nothing this side already sent is lost unless it asks for that with
+/// [`reset`](Session::reset) (spec/sessions.md#dropping-a-session):
+///
+/// - [`finish`](Session::finish) half-closes: FIN follows the queued messages, `recv` goes on.
+/// - [`close`](Session::close) sends the queued messages, then CLOSE with its code.
+/// - [`reset`](Session::reset) ends the session at once with RESET: queued messages are
+///   discarded on both sides.
+/// - Dropping the handle after the peer's FIN (`recv` returned `None` with no close reason)
+///   is an implicit `finish`: FIN follows the queued messages and the session ends normally
+///   (1000) on both sides. So the echo loop `while let Some(m) = session.recv().await {
+///   session.send(m).await?; }` delivers its last echo.
+/// - Dropping it before the peer's FIN closes gracefully with 4010 CANCELLED: the queued
+///   messages go out first, messages the peer still sends are discarded.
 #[derive(Debug)]
 pub struct Session {
     pub(crate) id: SessionId,
@@ -102,6 +117,10 @@ impl SessionSender {
     }
 
     /// Sends one message, waiting for credit like [`Session::send`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Session::send`]: a dropped future never sends its message later.
     pub async fn send(&self, message: Bytes) -> Result<(), SendError> {
         send_on(&self.commands, &self.shared, self.id, message).await
     }
@@ -197,6 +216,13 @@ impl Session {
 
     /// Sends one message, waiting while the session's send queue is full (credit exhausted):
     /// this is where backpressure reaches the application.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that matters for `select!` and timeouts: once the future is
+    /// dropped, the message is never sent later. A future dropped while it still waits for
+    /// room has not sent its message; one dropped in the instant its send was taken (the
+    /// reply not yet seen) may have sent it. `Ok` means it was queued, in order.
     pub async fn send(&mut self, message: Bytes) -> Result<(), SendError> {
         send_on(&self.commands, &self.shared, self.id, message).await
     }
@@ -216,6 +242,10 @@ impl Session {
     }
 
     /// The next message, or `None` once the session has ended (see [`Session::close_reason`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a dropped `recv` future took no message.
     pub async fn recv(&mut self) -> Option<Bytes> {
         let message = self.inbox.recv().await;
         self.after_recv();
@@ -240,7 +270,8 @@ impl Session {
         close_on(&self.commands, self.id, code, reason, true).await;
     }
 
-    /// Aborts the session with RESET and `code`.
+    /// Aborts the session with RESET and `code`: messages still queued on either side are
+    /// discarded (spec/sessions.md#reset-abort).
     pub async fn reset(mut self, code: CloseCode, reason: &str) {
         self.done = true;
         close_on(&self.commands, self.id, code, reason, false).await;
@@ -277,15 +308,7 @@ impl Stream for Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if !self.done && self.shared.closed.get().is_none() {
-            notify(
-                &self.commands,
-                Command::Close {
-                    id: self.id,
-                    code: CloseCode::CANCELLED,
-                    reason: String::new(),
-                    graceful: false,
-                },
-            );
+            notify(&self.commands, Command::Dropped { id: self.id });
         }
     }
 }

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Per-session authorization end to end over loopback: full, receive-only, rate-limited and
 //! refused grants, enforcement against a peer that ignores its grant, a client that keeps
 //! to its granted rate by itself, and the authorization deadline.

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! The protocol over axum's WebSocket: the same client talks to an axum route.
 #![cfg(feature = "axum")]
 

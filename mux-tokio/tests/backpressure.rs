@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Backpressure over loopback: a session whose application never reads stops its peer's
 //! `send().await` after its credit plus small, configured allowances, while a neighbour
 //! session on the same connection keeps echoing quickly.

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Threat catalogue row 32 (configuration plumbing), server side: every knob of
 //! `ServerConfig`, set off its default, takes effect at exactly its value on the real server
 //! over loopback; and the protocol configuration it carries is what the server advertises

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! The checks before the 101, over real loopback sockets: every refusal answers with its
 //! exact HTTP status, counts it, and leaves no state behind.
 

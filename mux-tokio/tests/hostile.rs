@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Peers that break the wire rules, over loopback: the connection is closed with the
 //! spec's code, as CONN_CLOSE and as the WebSocket Close, and nothing is left behind.
 

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Threat catalogue, NET layer, at the mux frames: the raw client of `common::hostile`
 //! attacks the real server on loopback while honest sessions on *other* connections measure
 //! their echo latency (B.c: p99 under attack within 2× the unloaded p99, both measured in the
@@ -871,7 +878,7 @@ async fn made_you_reset_loops_end_with_1008_but_honest_cancels_do_not() {
         let session = within("open", client.open("echo", Bytes::new()))
             .await
             .unwrap_or_else(|e| panic!("honest open {i} refused: {e}"));
-        drop(session); // RESET 4010
+        drop(session); // CLOSE 4010 (spec/sessions.md#dropping-a-session)
         tokio::time::sleep(Duration::from_millis(6)).await;
     }
     let mut session = within("open", client.open("echo", Bytes::new()))

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Threat catalogue, NET layer, below the mux frames: the HTTP upgrade and RFC 6455 framing,
 //! attacked by the raw client of `common::hostile` against the real server on loopback.
 //!

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Isolation under concurrency over loopback: many clients, many sessions each, random-length
 //! payloads tagged with (client, session, seq); every message comes back on its own session,
 //! in order, exactly once, and the server sees each session's messages in order too.

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Connection caps over real loopback sockets: per IP (429), per principal (429) and global
 //! (503) trip at exactly their configured value, and a closed connection frees its place.
 

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Liveness over loopback: a silent peer is closed by keepalive, a peer that stops reading is
 //! dropped after the write deadline, and neither disturbs a healthy connection.
 

@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! The `metrics` feature: the driver's counters reach whatever recorder the application
 //! installed (here a recording one), with bounded labels and never a principal or token.
 #![cfg(feature = "metrics")]

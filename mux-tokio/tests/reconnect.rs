@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Reconnection over loopback: a dropped connection is reported, retried with jittered
 //! exponential backoff under its ceiling, re-established as a new generation, and given up
 //! after `max_attempts`.

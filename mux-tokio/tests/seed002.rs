@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Seed 002's eight vulnerability tests, rewritten for this design, over loopback.
 //!
 //! The seed's system had one global WebSocket manager for every user; its tests asked

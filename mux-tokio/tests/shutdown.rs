@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Graceful shutdown over loopback: GOAWAY stops new sessions, live ones finish (or are cut
 //! at the grace deadline), connections close with 1001, `shutdown` returns and
 //! `Server::accept` ends.

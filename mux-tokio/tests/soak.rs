@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! The soak (issue #6, item 5): honest and hostile clients mixed for about a minute against
 //! one server, reporting the server process's RSS, the honest sessions' p99 echo latency
 //! (unloaded, then under attack), and closes by code. Not part of the default test run:

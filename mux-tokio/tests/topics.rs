@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! Topics over real loopback sockets: scope, slow subscribers, gaps, presence, fan-out.
 
 use std::sync::Arc;

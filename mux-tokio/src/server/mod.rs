@@ -192,6 +192,10 @@ struct Shared {
 }
 
 /// A running server. Take accepted sessions with [`Server::accept`].
+///
+/// Dropping it stops the server: the accept loop ends and releases the port, and every
+/// connection is closed with 1001 GOING_AWAY (without the grace of
+/// [`ServerHandle::shutdown`]). A [`ServerHandle`] does not keep the server running.
 pub struct Server {
     local_addr: SocketAddr,
     sessions: mpsc::Receiver<Session>,
@@ -268,6 +272,18 @@ impl Server {
     }
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Nobody can take sessions any more: stop accepting (the accept loop drops the
+        // listener, so the port is free again) and end every connection.
+        let _ = self.shared.shutdown.send(true);
+        for handle in lock(&self.shared.connections).values() {
+            handle.close_soon(CloseCode::GOING_AWAY, "server dropped");
+        }
+        lock(&self.shared.accepted).take();
+    }
+}
+
 impl ServerHandle {
     /// Server-wide counters.
     pub fn stats(&self) -> ServerStats {
@@ -297,8 +313,11 @@ impl ServerHandle {
         for h in &handles {
             h.go_away().await;
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        while self.shared.registry.total() > 0 && tokio::time::Instant::now() < deadline {
+        // A grace too large for the clock means no deadline: wait for the sessions.
+        let deadline = tokio::time::Instant::now().checked_add(grace);
+        while self.shared.registry.total() > 0
+            && deadline.is_none_or(|d| tokio::time::Instant::now() < d)
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         for h in self.connections() {
@@ -512,6 +531,12 @@ async fn serve_connection(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

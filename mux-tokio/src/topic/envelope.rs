@@ -4,16 +4,16 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// A published message follows.
-pub const TAG_MESSAGE: u8 = 0x00;
+pub(crate) const TAG_MESSAGE: u8 = 0x00;
 /// `u64` BE: messages dropped for this subscriber just before the next one (drop-oldest).
-pub const TAG_GAP: u8 = 0x01;
+pub(crate) const TAG_GAP: u8 = 0x01;
 /// A member joined: its id (UTF-8) follows.
-pub const TAG_JOIN: u8 = 0x02;
+pub(crate) const TAG_JOIN: u8 = 0x02;
 /// A member left: its id (UTF-8) follows.
-pub const TAG_LEAVE: u8 = 0x03;
+pub(crate) const TAG_LEAVE: u8 = 0x03;
 /// Who is present: `u8` flags (bit 0: truncated), `u16` BE count, then per member `u8` length
 /// and the id.
-pub const TAG_SNAPSHOT: u8 = 0x04;
+pub(crate) const TAG_SNAPSHOT: u8 = 0x04;
 
 /// What a subscriber receives on a topic session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +112,12 @@ pub fn decode(message: &Bytes) -> Option<TopicEvent> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

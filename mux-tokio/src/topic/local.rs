@@ -152,9 +152,16 @@ impl LocalHub {
         lock(&self.inner.topics).len()
     }
 
-    fn topic(&self, name: &str) -> Arc<Topic> {
-        let mut topics = lock(&self.inner.topics);
-        topics
+    /// The topic `name`, created if missing, with the map's guard handed back.
+    fn topic_in<'a>(
+        &self,
+        mut topics: std::sync::MutexGuard<'a, HashMap<String, Arc<Topic>>>,
+        name: &str,
+    ) -> (
+        std::sync::MutexGuard<'a, HashMap<String, Arc<Topic>>>,
+        Arc<Topic>,
+    ) {
+        let topic = topics
             .entry(name.to_owned())
             .or_insert_with(|| {
                 let options = lock(&self.inner.options)
@@ -167,7 +174,8 @@ impl LocalHub {
                     members: Mutex::new(HashMap::new()),
                 })
             })
-            .clone()
+            .clone();
+        (topics, topic)
     }
 
     fn detach(&self, name: &str, topic: &Arc<Topic>, sub: &Arc<Subscriber>) {
@@ -239,7 +247,12 @@ impl Hub for LocalHub {
             || format!("session-{}", session.id().get()),
             |p| p.id.clone(),
         );
-        let topic = self.topic(&name);
+        // The topics map stays locked until the subscriber is on the topic: a detach of the
+        // last subscriber removes the topic under this lock once it is empty, so an attach
+        // in between must not add itself to a topic no longer in the map. (Lock order:
+        // topics map, then the topic's members and subscribers, as in `detach`.)
+        let topics = lock(&self.inner.topics);
+        let (topics, topic) = self.topic_in(topics, &name);
         let sub = Arc::new(Subscriber {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             member: member.clone(),
@@ -273,6 +286,7 @@ impl Hub for LocalHub {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(sub.clone());
+        drop(topics);
         let forwarder = tokio::spawn(forward(
             session.sender(),
             sub.clone(),

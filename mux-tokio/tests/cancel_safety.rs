@@ -1,0 +1,141 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+//! Cancel safety of `send`: a `send` future dropped at any of its await points never
+//! delivers its message later. Each test polls the future once with a no-op waker, drops it,
+//! and checks that the peer receives the messages around it but never the dropped one.
+//! (The tests run on tokio's current-thread runtime, so the connection task cannot run
+//! between that poll and the drop.)
+
+mod common;
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use common::{bind, open_config, within};
+use futures_util::task::noop_waker_ref;
+use mux_tokio::{AllowAll, Client, ClientConfig, Session};
+use tokio::sync::mpsc;
+
+const MARKER: &[u8] = b"marker";
+
+fn numbered(i: u32) -> Bytes {
+    Bytes::from(i.to_be_bytes().to_vec())
+}
+
+/// Polls `future` once without a real waker; true if it is still pending.
+fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> bool {
+    let mut cx = Context::from_waker(noop_waker_ref());
+    future.poll(&mut cx).is_pending()
+}
+
+/// A server that hands every session to the test unread.
+async fn sink_server(config: mux_tokio::ServerConfig) -> (String, mpsc::Receiver<Session>) {
+    let (mut server, url) = bind(config, AllowAll, AllowAll).await;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(session) = server.accept().await {
+            let _ = tx.send(session).await;
+        }
+    });
+    (url, rx)
+}
+
+/// Reads until the marker; returns everything before it.
+async fn read_to_marker(session: &mut Session) -> Vec<Bytes> {
+    let mut got = Vec::new();
+    loop {
+        let m = session.recv().await.expect("the session stays open");
+        if m.as_ref() == MARKER {
+            return got;
+        }
+        got.push(m);
+    }
+}
+
+#[tokio::test]
+async fn a_send_dropped_before_the_connection_takes_it_is_never_sent() {
+    let (url, mut sessions) = sink_server(open_config()).await;
+    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
+        .await
+        .unwrap();
+    let mut session = client.open("sink", Bytes::new()).await.unwrap();
+    let mut server_side = within("the server's session", sessions.recv())
+        .await
+        .unwrap();
+    session.send(numbered(0)).await.unwrap();
+    {
+        let send = pin!(session.send(numbered(1)));
+        assert!(poll_once(send), "the first poll cannot have its reply yet");
+    }
+    session.send(Bytes::from_static(MARKER)).await.unwrap();
+    let got = within("the marker", read_to_marker(&mut server_side)).await;
+    assert_eq!(got, vec![numbered(0)]);
+}
+
+#[tokio::test]
+async fn a_send_dropped_while_waiting_for_credit_is_never_sent() {
+    const QUEUED: u32 = 2;
+    let mut server_protocol = mux_proto::Config::default();
+    server_protocol.limits.initial_credit_messages = 2;
+    let mut config = open_config().protocol(server_protocol);
+    config.session_inbox = 1;
+    let (url, mut sessions) = sink_server(config).await;
+    let mut client_protocol = mux_proto::Config::default();
+    client_protocol.limits.max_queued_messages = QUEUED;
+    let client_config = ClientConfig::default()
+        .protocol(client_protocol)
+        .reconnect(false);
+    let mut client = Client::connect(&url, client_config).await.unwrap();
+    let session = client.open("sink", Bytes::new()).await.unwrap();
+    let sender = session.sender();
+    let mut server_side = within("the server's session", sessions.recv())
+        .await
+        .unwrap();
+
+    // Fill the peer's credit and our queue: sends complete until one waits for room.
+    let mut sent = Vec::new();
+    let mut dropped = None;
+    for i in 0..64 {
+        let mut send = pin!(sender.send(numbered(i)));
+        let blocked = within("credit runs out", async {
+            loop {
+                let polled = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+                if let Poll::Ready(result) = polled {
+                    result.unwrap();
+                    return false;
+                }
+                let stats = session.stats().await.unwrap();
+                if stats.send_credit.0 == 0 && stats.send_queued_messages >= QUEUED {
+                    // Polled once more after the check, then dropped with no task in
+                    // between: if this poll is pending, the message was not taken.
+                    return poll_once(send.as_mut());
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        if blocked {
+            dropped = Some(i);
+            break;
+        }
+        sent.push(numbered(i));
+    }
+    let dropped = dropped.expect("a send waited for credit");
+    assert!(!sent.is_empty());
+
+    // Now read everything: the dropped message must not follow the ones sent before it.
+    let marker = tokio::spawn(async move { sender.send(Bytes::from_static(MARKER)).await });
+    let got = within("the marker", read_to_marker(&mut server_side)).await;
+    within("the marker's send", marker).await.unwrap().unwrap();
+    assert_eq!(
+        got, sent,
+        "message {dropped} was dropped before it was sent"
+    );
+}
