@@ -1,3 +1,10 @@
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 //! A tiny server for the mux-js interop tests: prints its port on stdout, then serves.
 //!
 //! Session kinds: `echo` (full grant, echoes every message), `big` (echo with a 256 KiB
@@ -11,8 +18,7 @@ use std::time::Duration;
 
 use mux_proto::Grant;
 use mux_tokio::{
-    AuthError, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server,
-    ServerConfig,
+    AuthError, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server, ServerConfig,
 };
 
 const BIG: u32 = 256 * 1024;
@@ -37,8 +43,8 @@ async fn authorize(open: OpenInfo) -> Result<Grant, Rejection> {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let origin = std::env::args().nth(1);
-    let config = ServerConfig::default()
-        .origins(OriginPolicy::allow(origin.as_deref()).allow_missing(true));
+    let config =
+        ServerConfig::default().origins(OriginPolicy::allow(origin.as_deref()).allow_missing(true));
     let mut server = Server::bind(
         "127.0.0.1:0".parse().expect("loopback address"),
         config,
