@@ -69,6 +69,19 @@ fn code_of(sender: &SessionSender) -> Option<CloseCode> {
     sender.close_reason().map(|c| c.code)
 }
 
+/// Messages `0..count` of `session`, in order.
+fn messages(session: usize, count: usize) -> Vec<Bytes> {
+    (0..count).map(|i| message(session, i)).collect()
+}
+
+/// Waits for the next session the server reports ended, and checks it ended with 1000.
+async fn server_session_ends_normally(done: &mut mpsc::UnboundedReceiver<SessionSender>) {
+    let server_side = within("the server's session ends", done.recv())
+        .await
+        .unwrap();
+    assert_eq!(code_of(&server_side), Some(CloseCode::NORMAL));
+}
+
 #[tokio::test]
 async fn client_finishes_first_and_the_readme_loop_delivers_its_last_echo() {
     let (url, mut done) = server_with(readme_loop).await;
@@ -81,15 +94,12 @@ async fn client_finishes_first_and_the_readme_loop_delivers_its_last_echo() {
     }
     session.finish().await;
     let got = within("all echoes", read_all(&mut session)).await;
-    assert_eq!(got, (0..10).map(|i| message(0, i)).collect::<Vec<_>>());
+    assert_eq!(got, messages(0, 10));
     assert_eq!(
         session.close_reason().map(|c| c.code),
         Some(CloseCode::NORMAL)
     );
-    let server_side = within("the server's session ends", done.recv())
-        .await
-        .unwrap();
-    assert_eq!(code_of(&server_side), Some(CloseCode::NORMAL));
+    server_session_ends_normally(&mut done).await;
 }
 
 #[tokio::test]
@@ -118,11 +128,7 @@ async fn fifty_concurrent_readme_loops_deliver_every_echo_and_see_fin() {
     let mut finished = 0;
     while let Some(run) = within("the 50 sessions", runs.join_next()).await {
         let (n, got, code) = run.unwrap();
-        assert_eq!(
-            got,
-            (0..20).map(|i| message(n, i)).collect::<Vec<_>>(),
-            "session {n}"
-        );
+        assert_eq!(got, messages(n, 20), "session {n}");
         assert_eq!(code, Some(CloseCode::NORMAL), "session {n}");
         finished += 1;
     }
@@ -143,7 +149,7 @@ async fn server_finishes_first_and_the_client_loop_delivers_its_last_echo() {
         }
         session.finish().await;
         let got = read_all(&mut session).await;
-        assert_eq!(got, (0..10).map(|i| message(1, i)).collect::<Vec<_>>());
+        assert_eq!(got, messages(1, 10));
         session.sender()
     })
     .await;
@@ -152,10 +158,7 @@ async fn server_finishes_first_and_the_client_loop_delivers_its_last_echo() {
         .unwrap();
     let session = client.open("echo", Bytes::new()).await.unwrap();
     let client_side = within("the client's loop", readme_loop(session)).await;
-    let server_side = within("the server's session ends", done.recv())
-        .await
-        .unwrap();
-    assert_eq!(code_of(&server_side), Some(CloseCode::NORMAL));
+    server_session_ends_normally(&mut done).await;
     within("the client's session ends", client_side.closed()).await;
     assert_eq!(code_of(&client_side), Some(CloseCode::NORMAL));
 }
@@ -168,7 +171,7 @@ async fn both_finish_before_reading_and_everything_arrives() {
         }
         session.finish().await;
         let got = read_all(&mut session).await;
-        assert_eq!(got, (0..10).map(|i| message(3, i)).collect::<Vec<_>>());
+        assert_eq!(got, messages(3, 10));
         session.sender()
     })
     .await;
@@ -181,22 +184,19 @@ async fn both_finish_before_reading_and_everything_arrives() {
     }
     session.finish().await;
     let got = within("the server's messages", read_all(&mut session)).await;
-    assert_eq!(got, (0..10).map(|i| message(2, i)).collect::<Vec<_>>());
+    assert_eq!(got, messages(2, 10));
     assert_eq!(
         session.close_reason().map(|c| c.code),
         Some(CloseCode::NORMAL)
     );
-    let server_side = within("the server's session ends", done.recv())
-        .await
-        .unwrap();
-    assert_eq!(code_of(&server_side), Some(CloseCode::NORMAL));
+    server_session_ends_normally(&mut done).await;
 }
 
 #[tokio::test]
 async fn dropping_before_the_peer_finishes_still_delivers_what_was_sent() {
     let (url, mut done) = server_with(|mut session: Session| async move {
         let got = read_all(&mut session).await;
-        assert_eq!(got, (0..10).map(|i| message(4, i)).collect::<Vec<_>>());
+        assert_eq!(got, messages(4, 10));
         session.sender()
     })
     .await;
