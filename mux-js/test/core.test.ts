@@ -115,6 +115,15 @@ test("hostile: DATA beyond credit is RESET 4004", () => {
   assert.equal(s.client.closeCode, null, "the connection lives");
 });
 
+test("hostile: DATA over the session maximum and beyond credit is RESET 1009, not 4004", () => {
+  const s = Script.ready({}, { settings: { initial_credit_bytes: 4096, max_message_size: 4096 } });
+  const id = s.client.open("x");
+  s.accept(id);
+  s.send(data(id, 4097));
+  s.expectReset(id, 1009);
+  assert.equal(s.client.closeCode, null, "the connection lives");
+});
+
 test("hostile: an OPEN with the client's parity is conn 1002", () => {
   const s = Script.ready();
   s.send({ type: "OPEN", session_id: 3, kind: "x", auth: new Uint8Array(), request: { max_message_size: 0, messages_per_sec: 0, bytes_per_sec: 0 } });

@@ -475,8 +475,10 @@ export class Connection {
     const inMessage = s.partialLen > 0;
     if (!f.end && f.fin && inMessage) return this.#resetSession(s, 1002, "FIN inside a message"); // D5
     const starts = !inMessage && (f.end || len > 0);
-    if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#resetSession(s, 4004, "DATA beyond credit"); // D6
-    if (s.partialLen + len > s.recvMax) return this.#resetSession(s, 1009, "message over the session maximum"); // D7
+    // Size before credit (spec/CHANGES.md entry 3): a message over the maximum is 1009 even
+    // when it is also beyond credit.
+    if (s.partialLen + len > s.recvMax) return this.#resetSession(s, 1009, "message over the session maximum"); // D6
+    if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#resetSession(s, 4004, "DATA beyond credit"); // D7
     if (starts) s.peerMsgs--;
     s.peerBytes -= len;
     // Copied, so a held message never pins the whole transport message it came in.
