@@ -391,6 +391,21 @@ impl RawPeer {
         sid
     }
 
+    /// Accepts every session the peer has opened so far with `grant`, removing their
+    /// `Incoming` events, and collects what the connection sends (the ACCEPTs stay in
+    /// `received`, unlike [`RawPeer::open_accepted`]). Returns the accepted IDs in order.
+    pub fn accept_all_incoming(&mut self, grant: Grant) -> Vec<SessionId> {
+        let mut ids = Vec::new();
+        while let Some(Event::Incoming { id, .. }) =
+            self.take_event(|e| matches!(e, Event::Incoming { .. }))
+        {
+            self.conn.accept(self.now, id, grant).expect("accept");
+            ids.push(id);
+        }
+        self.collect();
+        ids
+    }
+
     /// Takes the first event matching `pred`, leaving the others in order. Events the
     /// connection produced since the last poll (e.g. from a `recv` call) are included.
     pub fn take_event(&mut self, pred: impl Fn(&Event) -> bool) -> Option<Event> {

@@ -82,19 +82,8 @@ fn paced_credits_do_not_hold_back_data() {
         mux_proto::testing::frames::open(3, "b"),
         mux_proto::testing::frames::open(5, "c"),
     ]);
-    let incoming: Vec<_> = peer
-        .events
-        .drain(..)
-        .filter_map(|e| match e {
-            Event::Incoming { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
+    let incoming = peer.accept_all_incoming(Grant::full());
     assert_eq!(incoming.len(), 3);
-    for id in &incoming {
-        peer.conn.accept(peer.now, *id, Grant::full()).unwrap();
-    }
-    peer.collect();
     // The ACCEPTs are paced too: one per half second at 2/s with a burst of one.
     let mut accepts = 0;
     for _ in 0..4 {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mux_proto::frame::{Frame, Setting, Settings};
 use mux_proto::testing::{frames, RawPeer};
-use mux_proto::{CloseCode, Config, Event, Grant, SessionId, Side};
+use mux_proto::{CloseCode, Config, Grant, SessionId, Side};
 
 fn roomy_config() -> Config {
     let mut config = Config::default();
@@ -85,19 +85,8 @@ fn every_control_frame_is_paced_to_the_peers_budget() {
     let mut peer = RawPeer::with_settings(Side::Server, roomy_config(), settings);
     let opens: Vec<Frame> = (0..30u32).map(|i| frames::open(2 * i + 1, "a")).collect();
     peer.send(opens);
-    let incoming: Vec<SessionId> = peer
-        .events
-        .drain(..)
-        .filter_map(|e| match e {
-            Event::Incoming { id, .. } => Some(id),
-            _ => None,
-        })
-        .collect();
+    let incoming = peer.accept_all_incoming(Grant::full());
     assert_eq!(incoming.len(), 30);
-    for id in &incoming {
-        peer.conn.accept(peer.now, *id, Grant::full()).unwrap();
-    }
-    peer.collect();
     let count = |frames: &[Frame]| {
         frames
             .iter()
