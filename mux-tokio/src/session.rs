@@ -1,48 +1,17 @@
 //! Session handles: what the application holds for one logical session.
 
 use std::fmt;
+use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use mux_proto::{CloseCode, SessionId, SessionStats};
-use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::driver::Command;
+use crate::driver::state::Inner;
 use crate::error::{SendError, SessionClosed};
-
-/// State shared between a session handle and its connection task.
-#[derive(Debug, Default)]
-pub(crate) struct Shared {
-    /// The connection task holds messages it could not hand over (the inbox was full).
-    pub(crate) starved: AtomicBool,
-    /// How the session ended, once it has.
-    pub(crate) closed: OnceLock<SessionClosed>,
-    /// Woken once `closed` is set (see [`Shared::end`]).
-    ended: Notify,
-}
-
-impl Shared {
-    /// Records how the session ended and wakes whoever waits for it.
-    pub(crate) fn end(&self, closed: SessionClosed) {
-        let _ = self.closed.set(closed);
-        self.ended.notify_waiters();
-    }
-
-    /// Waits until the session has ended.
-    async fn ended(&self) {
-        let notified = self.ended.notified();
-        tokio::pin!(notified);
-        // Registered before the check, so an `end` in between is not missed.
-        notified.as_mut().enable();
-        if self.closed.get().is_none() {
-            notified.await;
-        }
-    }
-}
 
 /// Facts about a session the peer opened, for the authorization hook.
 #[derive(Clone)]
@@ -88,26 +57,93 @@ impl fmt::Debug for OpenInfo {
 ///   session.send(m).await?; }` delivers its last echo.
 /// - Dropping it before the peer's FIN closes gracefully with 4010 CANCELLED: the queued
 ///   messages go out first, messages the peer still sends are discarded.
-#[derive(Debug)]
 pub struct Session {
-    pub(crate) id: SessionId,
-    pub(crate) kind: String,
-    pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) inbox: mpsc::Receiver<Bytes>,
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) principal: Option<crate::auth::Principal>,
+    inner: Arc<Inner>,
+    id: SessionId,
+    kind: String,
+    principal: Option<crate::auth::Principal>,
     /// Whether this side may send DATA on the session, per its grant.
-    pub(crate) may_send: bool,
-    pub(crate) done: bool,
+    may_send: bool,
+    /// `close` or `reset` already ended it: dropping is not an implicit end.
+    done: bool,
+    /// How it ended, kept once seen so `close_reason` can lend it.
+    closed: OnceLock<SessionClosed>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("may_send", &self.may_send)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A cloneable handle that sends on a session (for example from a fan-out task) while the
 /// [`Session`] itself keeps receiving. Sends from all handles keep their order per handle.
-#[derive(Debug, Clone)]
 pub struct SessionSender {
+    inner: Arc<Inner>,
     id: SessionId,
-    commands: mpsc::Sender<Command>,
-    shared: Arc<Shared>,
+    closed: OnceLock<SessionClosed>,
+}
+
+impl fmt::Debug for SessionSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSender")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for SessionSender {
+    fn clone(&self) -> Self {
+        self.inner.lock().add_handle(self.id);
+        SessionSender {
+            inner: self.inner.clone(),
+            id: self.id,
+            closed: OnceLock::new(),
+        }
+    }
+}
+
+impl Drop for SessionSender {
+    fn drop(&mut self) {
+        self.inner.lock().release_handle(self.id);
+    }
+}
+
+/// Queues `message` on session `id`, waiting for room: the one send path of every handle.
+async fn send_on(inner: &Inner, id: SessionId, message: Bytes) -> Result<(), SendError> {
+    let mut message = Some(message);
+    poll_fn(|cx| inner.with(|state, wakers| state.poll_send(cx, id, &mut message, wakers))).await
+}
+
+/// How the session ended, cached in `cell` once known so a reference can be handed out.
+fn close_reason<'a>(
+    inner: &Inner,
+    id: SessionId,
+    cell: &'a OnceLock<SessionClosed>,
+) -> Option<&'a SessionClosed> {
+    if cell.get().is_none() {
+        let closed = inner.lock().close_reason(id)?;
+        let _ = cell.set(closed);
+    }
+    cell.get()
+}
+
+/// Waits until the session has ended (by either side, or with its connection).
+async fn closed_on(inner: &Inner, id: SessionId) {
+    loop {
+        let notified = inner.ended.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so an end in between is not missed.
+        notified.as_mut().enable();
+        if inner.lock().close_reason(id).is_some() {
+            return;
+        }
+        notified.await;
+    }
 }
 
 impl SessionSender {
@@ -120,19 +156,26 @@ impl SessionSender {
     ///
     /// # Cancel safety
     ///
-    /// As [`Session::send`]: a dropped future never sends its message later.
+    /// As [`Session::send`]: the message is queued only if the future returns `Ok`; a
+    /// dropped future never sends it later.
     pub async fn send(&self, message: Bytes) -> Result<(), SendError> {
-        send_on(&self.commands, &self.shared, self.id, message).await
+        send_on(&self.inner, self.id, message).await
     }
 
     /// Closes the session with RESET and `code` (e.g. 4007 REVOKED, 4008 SLOW_CONSUMER).
+    ///
+    /// # Cancel safety
+    ///
+    /// Acts at its first poll and never waits.
     pub async fn reset(&self, code: CloseCode, reason: &str) {
-        close_on(&self.commands, self.id, code, reason, false).await;
+        let id = self.id;
+        self.inner
+            .with(|state, wakers| state.end_session(id, code, reason, false, wakers));
     }
 
     /// How the session ended, once it has.
     pub fn close_reason(&self) -> Option<&SessionClosed> {
-        self.shared.closed.get()
+        close_reason(&self.inner, self.id, &self.closed)
     }
 
     /// This handle as a [`Sink`](futures_util::Sink) of messages: each item waits for credit
@@ -146,59 +189,35 @@ impl SessionSender {
 
     /// Waits until the session has ended (by either side, or with its connection); then
     /// [`close_reason`](SessionSender::close_reason) says how.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only observes.
     pub async fn closed(&self) {
-        self.shared.ended().await;
+        closed_on(&self.inner, self.id).await;
     }
-}
-
-/// Asks the connection task to end session `id`: gracefully (CLOSE after queued messages) or
-/// at once (RESET).
-async fn close_on(
-    commands: &mpsc::Sender<Command>,
-    id: SessionId,
-    code: CloseCode,
-    reason: &str,
-    graceful: bool,
-) {
-    let command = Command::Close {
-        id,
-        code,
-        reason: reason.to_owned(),
-        graceful,
-    };
-    // A closed channel means the connection already ended, and the session with it.
-    let _ = commands.send(command).await;
-}
-
-async fn send_on(
-    commands: &mpsc::Sender<Command>,
-    shared: &Shared,
-    id: SessionId,
-    message: Bytes,
-) -> Result<(), SendError> {
-    let (reply, done) = oneshot::channel();
-    let closed = || closed_error(shared);
-    commands
-        .send(Command::Send { id, message, reply })
-        .await
-        .map_err(|_| closed())?;
-    match done.await {
-        // The connection task forgets a session once it ended; how it ended is recorded in
-        // `shared`, so report that rather than the task's generic "gone".
-        Ok(Err(SendError::Closed(_))) | Err(_) => Err(closed()),
-        Ok(result) => result,
-    }
-}
-
-fn closed_error(shared: &Shared) -> SendError {
-    SendError::Closed(shared.closed.get().cloned().unwrap_or(SessionClosed {
-        code: CloseCode::ABNORMAL,
-        reason: "connection ended".into(),
-        by_peer: false,
-    }))
 }
 
 impl Session {
+    /// A handle for a session whose slot the shared state already holds (one handle).
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        id: SessionId,
+        kind: String,
+        principal: Option<crate::auth::Principal>,
+        may_send: bool,
+    ) -> Session {
+        Session {
+            inner,
+            id,
+            kind,
+            principal,
+            may_send,
+            done: false,
+            closed: OnceLock::new(),
+        }
+    }
+
     /// The session's ID on its connection.
     pub fn id(&self) -> SessionId {
         self.id
@@ -214,25 +233,38 @@ impl Session {
         self.principal.as_ref()
     }
 
-    /// Sends one message, waiting while the session's send queue is full (credit exhausted):
-    /// this is where backpressure reaches the application.
+    /// Sends one message, waiting while the session cannot take it (credit exhausted, its
+    /// send queue or the connection's send buffer full): this is where backpressure reaches
+    /// the application.
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe in the sense that matters for `select!` and timeouts: once the future is
-    /// dropped, the message is never sent later. A future dropped while it still waits for
-    /// room has not sent its message; one dropped in the instant its send was taken (the
-    /// reply not yet seen) may have sent it. `Ok` means it was queued, in order.
+    /// Cancel-safe: the message is queued in the poll that returns `Ok`, and only then. A
+    /// future dropped before it resolved did not queue its message and never sends it
+    /// later, so `timeout(d, session.send(m))` in a loop neither duplicates nor buffers.
     pub async fn send(&mut self, message: Bytes) -> Result<(), SendError> {
-        send_on(&self.commands, &self.shared, self.id, message).await
+        send_on(&self.inner, self.id, message).await
+    }
+
+    /// Polls to queue `message`: `Ready(Ok)` once it is queued (and `message` is `None`),
+    /// `Pending` while the session has no room (the message stays in `message`).
+    pub fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        message: &mut Option<Bytes>,
+    ) -> Poll<Result<(), SendError>> {
+        let id = self.id;
+        self.inner
+            .with(|state, wakers| state.poll_send(cx, id, message, wakers))
     }
 
     /// A cloneable send handle for this session.
     pub fn sender(&self) -> SessionSender {
+        self.inner.lock().add_handle(self.id);
         SessionSender {
+            inner: self.inner.clone(),
             id: self.id,
-            commands: self.commands.clone(),
-            shared: self.shared.clone(),
+            closed: OnceLock::new(),
         }
     }
 
@@ -241,55 +273,77 @@ impl Session {
         self.may_send
     }
 
-    /// The next message, or `None` once the session has ended (see [`Session::close_reason`]).
+    /// The next message, or `None` once the session has ended (see [`Session::close_reason`])
+    /// or the peer finished and everything it sent was read. Taking a message is what
+    /// returns its credit to the peer.
     ///
     /// # Cancel safety
     ///
     /// Cancel-safe: a dropped `recv` future took no message.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        let message = self.inbox.recv().await;
-        self.after_recv();
-        message
+        poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn after_recv(&self) {
-        // Tell the connection task there is room again if it was holding messages back.
-        if self.shared.starved.swap(false, Ordering::AcqRel) {
-            notify(&self.commands, Command::Drained { id: self.id });
-        }
+    /// Polls for the next message (see [`recv`](Session::recv)).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let id = self.id;
+        self.inner
+            .with(|state, wakers| state.poll_recv(cx, id, wakers))
     }
 
-    /// Half-closes: this side sends nothing more; `recv` keeps working.
+    /// Half-closes: this side sends nothing more after what it queued; `recv` keeps working.
+    ///
+    /// # Cancel safety
+    ///
+    /// Acts at its first poll and never waits.
     pub async fn finish(&mut self) {
-        let _ = self.commands.send(Command::Finish { id: self.id }).await;
+        let id = self.id;
+        self.inner.with(|state, wakers| state.finish(id, wakers));
     }
 
     /// Closes the session gracefully: queued messages go out, then CLOSE with `code`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Acts at its first poll and never waits, so it cannot be cut short.
     pub async fn close(mut self, code: CloseCode, reason: &str) {
         self.done = true;
-        close_on(&self.commands, self.id, code, reason, true).await;
+        let id = self.id;
+        self.inner
+            .with(|state, wakers| state.end_session(id, code, reason, true, wakers));
     }
 
     /// Aborts the session with RESET and `code`: messages still queued on either side are
     /// discarded (spec/sessions.md#reset-abort).
+    ///
+    /// # Cancel safety
+    ///
+    /// Acts at its first poll and never waits.
     pub async fn reset(mut self, code: CloseCode, reason: &str) {
         self.done = true;
-        close_on(&self.commands, self.id, code, reason, false).await;
+        let id = self.id;
+        self.inner
+            .with(|state, wakers| state.end_session(id, code, reason, false, wakers));
     }
 
     /// How the session ended, once it has.
     pub fn close_reason(&self) -> Option<&SessionClosed> {
-        self.shared.closed.get()
+        close_reason(&self.inner, self.id, &self.closed)
     }
 
-    /// The session's counters, from its connection task.
+    /// Waits until the session has ended; then [`close_reason`](Session::close_reason)
+    /// says how.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only observes.
+    pub async fn closed(&self) {
+        closed_on(&self.inner, self.id).await;
+    }
+
+    /// The session's counters.
     pub async fn stats(&self) -> Option<SessionStats> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::SessionStats { id: self.id, reply })
-            .await
-            .ok()?;
-        rx.await.ok().flatten()
+        self.inner.lock().conn.session_stats(self.id)
     }
 }
 
@@ -297,34 +351,18 @@ impl Stream for Session {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let polled = self.inbox.poll_recv(cx);
-        if polled.is_ready() {
-            self.after_recv();
-        }
-        polled
+        self.poll_recv(cx)
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if !self.done && self.shared.closed.get().is_none() {
-            notify(&self.commands, Command::Dropped { id: self.id });
-        }
-    }
-}
-
-/// Queues `command` for the connection task without waiting. These notifications must not
-/// be lost (a lost `Drained` leaves the session's messages held forever; a lost cancel leaks
-/// the session), so when the queue is full the command is delivered from a spawned task.
-/// Each session has at most one of each in flight (the starved flag, drop), so this is
-/// bounded.
-fn notify(commands: &mpsc::Sender<Command>, command: Command) {
-    if let Err(mpsc::error::TrySendError::Full(command)) = commands.try_send(command) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let commands = commands.clone();
-            runtime.spawn(async move {
-                let _ = commands.send(command).await;
-            });
-        }
+        let (id, done) = (self.id, self.done);
+        self.inner.with(|state, wakers| {
+            if !done {
+                state.dropped(id, wakers);
+            }
+            state.release_handle(id);
+        });
     }
 }

@@ -274,12 +274,11 @@ async fn accept_queue() {
     drop(server);
 }
 
-/// `session_inbox`: a session the application does not read has exactly 3 messages handed
-/// to its handle; the rest stay in the protocol, holding their credit.
+/// A session the application does not read keeps every message in the protocol, holding
+/// its credit; each read takes exactly one (spec/sessions.md#credit).
 #[tokio::test]
-async fn session_inbox() {
-    let mut config = open();
-    config.session_inbox = 3;
+async fn unread_messages_stay_in_the_protocol_until_read() {
+    let config = open();
     let (held_tx, mut held) = tokio::sync::mpsc::channel(1);
     let hold = move |session: Session| {
         let held_tx = held_tx.clone();
@@ -303,6 +302,12 @@ async fn session_inbox() {
         }
     })
     .await;
+    assert_eq!(stats.recv_queued_messages, 10);
+    let mut session = session;
+    for i in 0..3u8 {
+        assert_eq!(session.recv().await.as_deref(), Some(&[i][..]));
+    }
+    let stats = session.stats().await.expect("stats");
     assert_eq!(stats.recv_queued_messages, 10 - 3);
     drop((session, h));
     wait_idle(&handle).await;

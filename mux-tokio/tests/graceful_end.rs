@@ -185,6 +185,8 @@ async fn both_finish_before_reading_and_everything_arrives() {
     session.finish().await;
     let got = within("the server's messages", read_all(&mut session)).await;
     assert_eq!(got, messages(2, 10));
+    // The peer's FIN ends `recv`; the session ends once our own FIN is out too.
+    within("the client's session ends", session.closed()).await;
     assert_eq!(
         session.close_reason().map(|c| c.code),
         Some(CloseCode::NORMAL)

@@ -219,12 +219,7 @@ impl Connection {
     /// session blocked by the connection's send buffer is woken once the message it was
     /// refused fits; a message that could not fit even in an empty buffer is
     /// [`SendError::TooLarge`].
-    pub fn send(
-        &mut self,
-        _now: Timestamp,
-        id: SessionId,
-        message: Bytes,
-    ) -> Result<(), SendError> {
+    pub fn send(&mut self, now: Timestamp, id: SessionId, message: Bytes) -> Result<(), SendError> {
         let overhead = u64::from(self.config.limits.per_message_overhead);
         let max_queued = self.config.limits.max_queued_messages;
         let max_buffer = self.config.limits.max_send_buffer;
@@ -277,6 +272,9 @@ impl Connection {
         session.send.queue.push_back(message);
         self.send_buffered = self.send_buffered.saturating_add(cost);
         self.schedule(id);
+        // A message queued behind exhausted credit starts a stall as surely as credit
+        // running out behind queued messages.
+        self.note_stall(now, id);
         Ok(())
     }
 

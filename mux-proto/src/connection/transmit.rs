@@ -336,7 +336,7 @@ impl Connection {
     }
 
     /// Records the start of a credit stall.
-    fn note_stall(&mut self, now: Timestamp, id: SessionId) {
+    pub(super) fn note_stall(&mut self, now: Timestamp, id: SessionId) {
         let max_frame = self.now_peer().max_frame_size;
         if let Some(s) = self.sessions.get_mut(id) {
             if s.send.stalled_since.is_none() && s.send.is_stalled(max_frame) {

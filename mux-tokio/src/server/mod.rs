@@ -54,8 +54,6 @@ pub struct ServerConfig {
     /// Accepted sessions waiting for [`Server::accept`]; when full, opens wait and then are
     /// refused with 4003. Default 1,024.
     pub accept_queue: usize,
-    /// Messages handed to a session handle ahead of the application. Default 4.
-    pub session_inbox: usize,
     /// tungstenite's read buffer per connection. Default 8 KiB.
     pub read_buffer_size: usize,
 }
@@ -72,7 +70,6 @@ impl Default for ServerConfig {
             authorize_timeout: Duration::from_secs(4),
             write_timeout: Duration::from_secs(10),
             accept_queue: 1024,
-            session_inbox: 4,
             read_buffer_size: 8 * 1024,
         }
     }
@@ -136,9 +133,7 @@ impl ServerConfig {
     fn driver_options(&self) -> DriverOptions {
         DriverOptions {
             write_timeout: self.write_timeout,
-            inbox_capacity: self.session_inbox,
             authorize_timeout: self.authorize_timeout,
-            ..DriverOptions::default()
         }
     }
 }

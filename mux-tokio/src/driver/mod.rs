@@ -1,0 +1,175 @@
+//! One connection: the state its handles share ([`state`]), the future that does its I/O
+//! ([`io`]), and the handle to it ([`ConnectionHandle`]).
+//!
+//! Every queue is bounded: the protocol caps each session's queues and the connection's
+//! buffers; the handles keep only wakers of tasks that are waiting; authorization tasks are
+//! bounded by the protocol's pending-open cap.
+
+mod io;
+pub(crate) mod state;
+mod wake;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mux_proto::{CloseCode, Config, ConnectionStats, SessionId, Side};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::auth::{Authorizer, Principal};
+use crate::error::OpenError;
+use crate::session::Session;
+use crate::transport::Transport;
+pub(crate) use state::random_seed;
+use state::Inner;
+
+/// Knobs of the connection driver.
+#[derive(Debug, Clone)]
+pub(crate) struct DriverOptions {
+    /// A write that does not complete in this long means the peer stopped reading.
+    pub(crate) write_timeout: Duration,
+    /// Deadline for the authorization hook.
+    pub(crate) authorize_timeout: Duration,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            write_timeout: Duration::from_secs(10),
+            authorize_timeout: Duration::from_secs(4),
+        }
+    }
+}
+
+/// Where sessions the peer opens go: the authorizer decides, accepted ones are queued here.
+#[derive(Clone)]
+pub(crate) struct Acceptor {
+    pub(crate) principal: Option<Principal>,
+    pub(crate) authorizer: Arc<dyn Authorizer>,
+    pub(crate) accepted: mpsc::Sender<Session>,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone)]
+pub struct ConnectionOutcome {
+    /// The close code, if the connection closed with one.
+    pub code: Option<CloseCode>,
+    /// The final counters.
+    pub stats: ConnectionStats,
+}
+
+/// A cheap handle to a running connection.
+///
+/// Its methods act on the connection's shared state directly; none of them waits for the
+/// driver, so none of them has a cancellation hazard beyond what each documents.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl ConnectionHandle {
+    /// Opens a session and waits for the peer's decision.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves cancels the session: an OPEN still
+    /// unanswered is reset with 4010 CANCELLED, one the peer already accepted is closed
+    /// with 4010. No session is left behind.
+    pub async fn open(&self, kind: &str, auth: Bytes) -> Result<Session, OpenError> {
+        let mut open = PendingOpen {
+            inner: &self.inner,
+            id: None,
+        };
+        let (id, may_send) = poll_fn(|cx| {
+            self.inner
+                .with(|state, wakers| state.poll_open(cx, kind, &auth, &mut open.id, wakers))
+        })
+        .await?;
+        Ok(Session::new(
+            self.inner.clone(),
+            id,
+            kind.to_owned(),
+            None,
+            may_send,
+        ))
+    }
+
+    /// The connection's counters; `None` once it has ended.
+    pub async fn stats(&self) -> Option<ConnectionStats> {
+        let state = self.inner.lock();
+        (!state.ended).then(|| state.conn.stats())
+    }
+
+    /// Starts a graceful shutdown (GOAWAY, then close 1001 when sessions finish).
+    pub async fn go_away(&self) {
+        self.inner.with(|state, wakers| {
+            let now = state.now();
+            state
+                .conn
+                .go_away(now, CloseCode::GOING_AWAY, "shutting down");
+            state.after_command(wakers);
+        });
+    }
+
+    /// Closes the connection now.
+    pub async fn close(&self, code: CloseCode, reason: &str) {
+        self.close_soon(code, reason);
+    }
+
+    /// Closes the connection with `code` without waiting (for `Drop`).
+    pub(crate) fn close_soon(&self, code: CloseCode, reason: &str) {
+        self.inner.with(|state, wakers| {
+            let now = state.now();
+            state.conn.close(now, code, reason);
+            state.after_command(wakers);
+        });
+    }
+
+    /// True once the connection's driver has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().ended
+    }
+}
+
+/// The part of an `open` that must be undone if its future is dropped.
+struct PendingOpen<'a> {
+    inner: &'a Arc<Inner>,
+    id: Option<SessionId>,
+}
+
+impl Drop for PendingOpen<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.inner
+                .with(|state, wakers| state.abandon_open(id, wakers));
+        }
+    }
+}
+
+/// Starts the connection's driver on `transport` as its own task.
+pub(crate) fn spawn_connection<T: Transport>(
+    transport: T,
+    side: Side,
+    config: Config,
+    options: DriverOptions,
+    acceptor: Acceptor,
+    span: tracing::Span,
+) -> (ConnectionHandle, tokio::task::JoinHandle<ConnectionOutcome>) {
+    let inner = Arc::new(Inner::new(side, config));
+    let handle = ConnectionHandle {
+        inner: inner.clone(),
+    };
+    let driver = io::Driver::new(inner, transport, options, acceptor);
+    let join = tokio::spawn(driver.run().instrument(span));
+    (handle, join)
+}

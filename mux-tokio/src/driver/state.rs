@@ -1,0 +1,624 @@
+//! The state one connection shares between its driver future and its handles: the
+//! `mux_proto::Connection` and the wakers of the tasks waiting on it, behind one lock
+//! (quinn's and h2's shape). Handles call into the protocol directly; only I/O goes
+//! through the driver.
+//!
+//! Nothing here blocks, awaits or runs application code, so the lock is held for
+//! O(batch) work. Wakers are collected in a [`WakeList`] and woken after the lock is
+//! released. No value whose `Drop` takes the lock (a `Session`) is ever dropped under it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use mux_proto::{
+    CloseCode, Config, Connection, Event, Initiator, OpenRequest, SessionId, Side, Timestamp,
+};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::wake::{register, register_in, WakeList};
+use crate::error::{OpenError, SendError, SessionClosed};
+
+/// What a connection's driver and handles share.
+pub(crate) struct Inner {
+    state: Mutex<State>,
+    /// Woken whenever a session or the connection ends, for `closed()` waiters. One per
+    /// connection rather than one per session: waiting for an end is rare, sessions are not.
+    pub(crate) ended: Notify,
+}
+
+impl Inner {
+    pub(crate) fn new(side: Side, mut config: Config) -> Inner {
+        if config.hash_seed == 0 {
+            config.hash_seed = random_seed();
+        }
+        Inner {
+            state: Mutex::new(State {
+                conn: Connection::new(side, config, Timestamp::ZERO),
+                epoch: Instant::now(),
+                driver: None,
+                sessions: HashMap::new(),
+                opening: HashMap::new(),
+                settings_waiters: Vec::new(),
+                incoming: VecDeque::new(),
+                deciding: HashMap::new(),
+                ended: false,
+            }),
+            ended: Notify::new(),
+        }
+    }
+
+    /// Runs `f` under the lock, then wakes whom it collected, after the lock is released.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State, &mut WakeList) -> R) -> R {
+        let mut wakers = WakeList::default();
+        let result = f(&mut self.lock(), &mut wakers);
+        wakers.wake_all();
+        if wakers.ended {
+            self.ended.notify_waiters();
+        }
+        result
+    }
+
+    /// Takes the lock. A panic while it was held cannot leave the protocol half-updated
+    /// in a way later calls would trust less than a fresh error, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A session this side opened, until the peer answers and the `open` future takes it.
+pub(crate) struct Opening {
+    waker: Option<Waker>,
+    /// The peer's answer: `Ok(may_send)` once accepted.
+    outcome: Option<Result<bool, OpenError>>,
+}
+
+/// The handles' record of one session. The protocol keeps its queues and credit.
+#[derive(Default)]
+pub(crate) struct Slot {
+    /// The `Session` waiting in `recv`.
+    reader: Option<Waker>,
+    /// Tasks waiting in `send` for room (the `Session` and its `SessionSender`s).
+    writers: Vec<Waker>,
+    /// How the session ended, once it has.
+    closed: Option<SessionClosed>,
+    /// The peer half-closed: once the queue is empty, `recv` returns `None`.
+    peer_finished: bool,
+    /// Whether this side may send DATA (and so FIN), per its grant.
+    may_send: bool,
+    /// Live handles (`Session` and `SessionSender`s). The slot goes once the session has
+    /// ended and no handle is left to ask how.
+    handles: u32,
+}
+
+/// A peer-opened session for the driver to run through the authorizer.
+pub(crate) struct IncomingOpen {
+    pub(crate) id: SessionId,
+    pub(crate) kind: String,
+    pub(crate) auth: Bytes,
+}
+
+/// Everything behind the connection's lock.
+pub(crate) struct State {
+    pub(crate) conn: Connection,
+    epoch: Instant,
+    /// The driver's waker, set when it has nothing to write; taken by whoever gives it work.
+    driver: Option<Waker>,
+    sessions: HashMap<SessionId, Slot>,
+    opening: HashMap<SessionId, Opening>,
+    /// `open` calls made before the peer's SETTINGS arrived (the protocol refuses opens
+    /// until then). One waker per waiting task.
+    settings_waiters: Vec<Waker>,
+    /// Peer opens waiting for the driver to start their authorization.
+    pub(crate) incoming: VecDeque<IncomingOpen>,
+    /// The authorization task of each pending peer open, aborted when the session ends
+    /// before a decision (a reset OPEN must not keep the application's hook running:
+    /// rapid reset). At most the protocol's pending-open cap.
+    pub(crate) deciding: HashMap<SessionId, AbortHandle>,
+    /// The driver has finished: every handle operation fails from now on.
+    pub(crate) ended: bool,
+}
+
+impl State {
+    pub(crate) fn now(&self) -> Timestamp {
+        Timestamp::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// `t` on tokio's clock; `None` if it is too far ahead to represent (no deadline).
+    pub(crate) fn instant(&self, t: Timestamp) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_micros(t.as_micros()))
+    }
+
+    /// Hands the driver new work: it runs again even if it was idle.
+    pub(crate) fn wake_driver(&mut self, wakers: &mut WakeList) {
+        if let Some(waker) = self.driver.take() {
+            wakers.push(waker);
+        }
+    }
+
+    /// Called by the driver, under the same lock that saw nothing left to write, so work
+    /// queued right after finds the waker (h2's `poll_complete`).
+    pub(crate) fn park_driver(&mut self, waker: &Waker) {
+        register(&mut self.driver, waker);
+    }
+
+    // ---- sessions -------------------------------------------------------------------
+
+    fn insert_slot(&mut self, id: SessionId, may_send: bool) {
+        self.sessions.insert(
+            id,
+            Slot {
+                may_send,
+                handles: 1,
+                ..Slot::default()
+            },
+        );
+    }
+
+    /// Registers the handle of a session the authorizer accepted.
+    pub(crate) fn accepted(&mut self, id: SessionId, may_send: bool) {
+        self.insert_slot(id, may_send);
+    }
+
+    pub(crate) fn add_handle(&mut self, id: SessionId) {
+        if let Some(slot) = self.sessions.get_mut(&id) {
+            slot.handles = slot.handles.saturating_add(1);
+        }
+    }
+
+    /// A handle went away: forget the slot once nothing can ask about it.
+    pub(crate) fn release_handle(&mut self, id: SessionId) {
+        if let Some(slot) = self.sessions.get_mut(&id) {
+            slot.handles = slot.handles.saturating_sub(1);
+            if slot.handles == 0 && slot.closed.is_some() {
+                self.sessions.remove(&id);
+            }
+        }
+    }
+
+    pub(crate) fn close_reason(&self, id: SessionId) -> Option<SessionClosed> {
+        match self.sessions.get(&id) {
+            Some(slot) => slot.closed.clone(),
+            None if self.ended => Some(connection_ended()),
+            None => None,
+        }
+    }
+
+    fn closed_error(&self, id: SessionId) -> SendError {
+        SendError::Closed(
+            self.sessions
+                .get(&id)
+                .and_then(|s| s.closed.clone())
+                .unwrap_or_else(connection_ended),
+        )
+    }
+
+    /// One attempt to queue `message`; on backpressure the caller's waker waits for
+    /// `Writable`. Cancel-safe: the message is either queued now or handed back.
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: SessionId,
+        message: &mut Option<Bytes>,
+        wakers: &mut WakeList,
+    ) -> Poll<Result<(), SendError>> {
+        let now = self.now();
+        let Some(bytes) = message.as_ref() else {
+            return Poll::Ready(Ok(()));
+        };
+        if self.ended || self.sessions.get(&id).is_none_or(|s| s.closed.is_some()) {
+            return Poll::Ready(Err(self.closed_error(id)));
+        }
+        match self.conn.send(now, id, bytes.clone()) {
+            Ok(()) => {
+                *message = None;
+                self.wake_driver(wakers);
+                Poll::Ready(Ok(()))
+            }
+            Err(mux_proto::SendError::Blocked) => {
+                if let Some(slot) = self.sessions.get_mut(&id) {
+                    register_in(&mut slot.writers, cx.waker());
+                }
+                // Blocking can change the timers (a paced session); let the driver see it.
+                self.wake_driver(wakers);
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(self.map_send_error(id, e))),
+        }
+    }
+
+    fn map_send_error(&self, id: SessionId, e: mux_proto::SendError) -> SendError {
+        match e {
+            mux_proto::SendError::TooLarge { len, max } => SendError::TooLarge { len, max },
+            mux_proto::SendError::NotPermitted => SendError::NotPermitted,
+            mux_proto::SendError::Finished => SendError::Finished,
+            _ => self.closed_error(id),
+        }
+    }
+
+    /// The next message, taken from the protocol's own queue: this is what returns credit
+    /// to the peer (spec/sessions.md#credit), at the pace the application reads.
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: SessionId,
+        wakers: &mut WakeList,
+    ) -> Poll<Option<Bytes>> {
+        let now = self.now();
+        if let Some(message) = self.conn.recv(now, id) {
+            // Reading may queue a CREDIT, complete the session, or let a stopped read resume.
+            self.process_events(wakers);
+            self.wake_driver(wakers);
+            return Poll::Ready(Some(message));
+        }
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return Poll::Ready(None);
+        };
+        if self.ended || slot.closed.is_some() || slot.peer_finished {
+            return Poll::Ready(None);
+        }
+        register(&mut slot.reader, cx.waker());
+        Poll::Pending
+    }
+
+    /// Half-closes this side of a session.
+    pub(crate) fn finish(&mut self, id: SessionId, wakers: &mut WakeList) {
+        let now = self.now();
+        let _ = self.conn.finish(now, id);
+        self.after_command(wakers);
+    }
+
+    /// Ends a session gracefully (CLOSE after queued messages) or at once (RESET).
+    pub(crate) fn end_session(
+        &mut self,
+        id: SessionId,
+        code: CloseCode,
+        reason: &str,
+        graceful: bool,
+        wakers: &mut WakeList,
+    ) {
+        let now = self.now();
+        let _ = if graceful {
+            self.conn.close_session(now, id, code, reason)
+        } else {
+            self.conn.reset(now, id, code, reason)
+        };
+        self.after_command(wakers);
+    }
+
+    /// Ends a session whose `Session` was dropped without `close` or `reset`, without
+    /// losing what the application already sent (spec/sessions.md#dropping-a-session):
+    /// after the peer's FIN it is an implicit finish, our FIN following the queued
+    /// messages, and the session ends normally (1000); before it, a graceful CLOSE 4010
+    /// CANCELLED after the queued messages. Nobody reads any more, so what the peer sent
+    /// and was not read is discarded (its credit goes back).
+    pub(crate) fn dropped(&mut self, id: SessionId, wakers: &mut WakeList) {
+        let now = self.now();
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        slot.reader = None;
+        if slot.closed.is_some() {
+            return;
+        }
+        if slot.peer_finished {
+            let may_send = slot.may_send;
+            while self.conn.recv(now, id).is_some() {}
+            if !(may_send && self.conn.finish(now, id).is_ok()) {
+                // This side may not send, so it has no FIN (spec/sessions.md#closing).
+                let _ = self.conn.close_session(now, id, CloseCode::NORMAL, "");
+            }
+        } else {
+            let _ = self.conn.close_session(now, id, CloseCode::CANCELLED, "");
+        }
+        self.after_command(wakers);
+    }
+
+    /// After any command from a handle: apply its events and let the driver write.
+    pub(crate) fn after_command(&mut self, wakers: &mut WakeList) {
+        self.process_events(wakers);
+        self.wake_driver(wakers);
+    }
+
+    // ---- opening --------------------------------------------------------------------
+
+    /// One step of `open`: wait for the peer's SETTINGS, send OPEN, wait for the answer.
+    /// `id` is where the future keeps its session once OPEN is queued.
+    pub(crate) fn poll_open(
+        &mut self,
+        cx: &mut Context<'_>,
+        kind: &str,
+        auth: &Bytes,
+        id: &mut Option<SessionId>,
+        wakers: &mut WakeList,
+    ) -> Poll<Result<(SessionId, bool), OpenError>> {
+        let Some(open_id) = *id else {
+            if self.ended || self.conn.is_closed() {
+                return Poll::Ready(Err(OpenError::ConnectionClosed));
+            }
+            if self.conn.peer_settings().is_none() && self.conn.close_code().is_none() {
+                register_in(&mut self.settings_waiters, cx.waker());
+                return Poll::Pending;
+            }
+            let now = self.now();
+            match self
+                .conn
+                .open(now, kind, auth.clone(), OpenRequest::default())
+            {
+                Ok(new) => {
+                    *id = Some(new);
+                    self.opening.insert(
+                        new,
+                        Opening {
+                            waker: Some(cx.waker().clone()),
+                            outcome: None,
+                        },
+                    );
+                    self.after_command(wakers);
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(Err(OpenError::Local(e))),
+            }
+        };
+        let Some(opening) = self.opening.get_mut(&open_id) else {
+            return Poll::Ready(Err(OpenError::ConnectionClosed));
+        };
+        match opening.outcome.take() {
+            Some(outcome) => {
+                self.opening.remove(&open_id);
+                *id = None;
+                Poll::Ready(outcome.map(|may_send| (open_id, may_send)))
+            }
+            None => {
+                register(&mut opening.waker, cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The `open` future was dropped while its session was in flight: nobody will take
+    /// the session, so it is cancelled (RESET 4010 if still unanswered, a graceful
+    /// CLOSE 4010 if the peer had already accepted it).
+    pub(crate) fn abandon_open(&mut self, id: SessionId, wakers: &mut WakeList) {
+        let now = self.now();
+        match self.opening.remove(&id).and_then(|o| o.outcome) {
+            Some(Ok(_)) => {
+                self.dropped(id, wakers);
+                self.release_handle(id);
+            }
+            Some(Err(_)) => {}
+            None => {
+                let _ = self.conn.reset(now, id, CloseCode::CANCELLED, "");
+                self.after_command(wakers);
+            }
+        }
+    }
+
+    // ---- events ---------------------------------------------------------------------
+
+    /// Applies the protocol's events to the handles' records and collects whom to wake.
+    pub(crate) fn process_events(&mut self, wakers: &mut WakeList) {
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::Connected { settings } => {
+                    debug!(?settings, "peer settings received");
+                    for waker in self.settings_waiters.drain(..) {
+                        wakers.push(waker);
+                    }
+                }
+                Event::Incoming { id, kind, auth, .. } => {
+                    self.incoming.push_back(IncomingOpen {
+                        id,
+                        kind: kind.as_str().to_owned(),
+                        auth,
+                    });
+                    self.wake_driver(wakers);
+                }
+                Event::Opened { id, grant } => {
+                    crate::observe::session_opened();
+                    match self.opening.get_mut(&id) {
+                        Some(opening) => {
+                            let may_send = grant.permissions.opener_may_send();
+                            opening.outcome = Some(Ok(may_send));
+                            if let Some(waker) = opening.waker.take() {
+                                wakers.push(waker);
+                            }
+                            self.insert_slot(id, may_send);
+                        }
+                        None => {
+                            let now = self.now();
+                            let _ = self.conn.close_session(now, id, CloseCode::CANCELLED, "");
+                        }
+                    }
+                }
+                Event::Readable { id } => {
+                    if let Some(waker) = self.sessions.get_mut(&id).and_then(|s| s.reader.take()) {
+                        wakers.push(waker);
+                    }
+                }
+                Event::Writable { id } => {
+                    if let Some(slot) = self.sessions.get_mut(&id) {
+                        for waker in slot.writers.drain(..) {
+                            wakers.push(waker);
+                        }
+                    }
+                }
+                Event::Finished { id } => {
+                    if let Some(slot) = self.sessions.get_mut(&id) {
+                        slot.peer_finished = true;
+                        if let Some(waker) = slot.reader.take() {
+                            wakers.push(waker);
+                        }
+                    }
+                }
+                Event::SessionClosed {
+                    id,
+                    code,
+                    initiator,
+                    reason,
+                    retry_after_ms,
+                } => self.session_closed(
+                    id,
+                    code,
+                    initiator,
+                    reason.as_str(),
+                    retry_after_ms,
+                    wakers,
+                ),
+                Event::GoAway {
+                    last_session_id,
+                    code,
+                } => {
+                    debug!(
+                        last_session_id = last_session_id.get(),
+                        code = code.get(),
+                        "peer is going away"
+                    );
+                }
+                Event::LimitHit { id, limit } => {
+                    crate::observe::limit_hit(limit);
+                    warn!(session_id = id.map(SessionId::get), ?limit, "limit hit");
+                }
+                Event::ConnectionClosed {
+                    code,
+                    initiator,
+                    reason,
+                } => {
+                    if initiator == Initiator::Local
+                        && code != CloseCode::NORMAL
+                        && code != CloseCode::GOING_AWAY
+                    {
+                        warn!(
+                            code = code.get(),
+                            reason = reason.as_str(),
+                            "closing connection"
+                        );
+                    } else {
+                        debug!(code = code.get(), ?initiator, "connection closed");
+                    }
+                    // Opens waiting for SETTINGS will never get them.
+                    for waker in self.settings_waiters.drain(..) {
+                        wakers.push(waker);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn session_closed(
+        &mut self,
+        id: SessionId,
+        code: CloseCode,
+        initiator: Initiator,
+        reason: &str,
+        retry_after_ms: u32,
+        wakers: &mut WakeList,
+    ) {
+        crate::observe::session_closed(code);
+        if let Some(task) = self.deciding.remove(&id) {
+            // Ended while its authorization was still running (reset by the peer, or past
+            // the protocol's deadline): drop the hook's work now.
+            task.abort();
+        }
+        let by_peer = initiator == Initiator::Peer;
+        if let Some(opening) = self.opening.get_mut(&id) {
+            if opening.outcome.is_none() {
+                opening.outcome = Some(Err(OpenError::Refused {
+                    code,
+                    reason: reason.to_owned(),
+                    retry_after_ms,
+                }));
+                if let Some(waker) = opening.waker.take() {
+                    wakers.push(waker);
+                }
+                return;
+            }
+        }
+        let Some(slot) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        slot.closed = Some(SessionClosed {
+            code,
+            reason: reason.to_owned(),
+            by_peer,
+        });
+        wake_slot(slot, wakers);
+        if slot.handles == 0 {
+            self.sessions.remove(&id);
+        }
+        wakers.push_notify_later();
+        if code != CloseCode::NORMAL && code != CloseCode::CANCELLED {
+            debug!(
+                session_id = id.get(),
+                code = code.get(),
+                by_peer,
+                "session closed"
+            );
+        }
+    }
+
+    /// The driver ended: every waiting handle learns it.
+    pub(crate) fn fail_all(&mut self, wakers: &mut WakeList) {
+        self.ended = true;
+        let code = self.conn.close_code().unwrap_or(CloseCode::ABNORMAL);
+        for slot in self.sessions.values_mut() {
+            if slot.closed.is_none() {
+                slot.closed = Some(SessionClosed {
+                    code,
+                    reason: "connection closed".into(),
+                    by_peer: false,
+                });
+            }
+            wake_slot(slot, wakers);
+        }
+        self.sessions.retain(|_, slot| slot.handles > 0);
+        for opening in self.opening.values_mut() {
+            if opening.outcome.is_none() {
+                opening.outcome = Some(Err(OpenError::ConnectionClosed));
+            }
+            if let Some(waker) = opening.waker.take() {
+                wakers.push(waker);
+            }
+        }
+        for waker in self.settings_waiters.drain(..) {
+            wakers.push(waker);
+        }
+        for (_, task) in self.deciding.drain() {
+            task.abort();
+        }
+        self.incoming.clear();
+        self.driver = None;
+        wakers.push_notify_later();
+    }
+}
+
+fn wake_slot(slot: &mut Slot, wakers: &mut WakeList) {
+    if let Some(waker) = slot.reader.take() {
+        wakers.push(waker);
+    }
+    for waker in slot.writers.drain(..) {
+        wakers.push(waker);
+    }
+}
+
+fn connection_ended() -> SessionClosed {
+    SessionClosed {
+        code: CloseCode::ABNORMAL,
+        reason: "connection ended".into(),
+        by_peer: false,
+    }
+}
+
+/// A per-process random value for the session table's hasher (std's SipHash keys are random).
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x6d75_782e_7631);
+    h.finish()
+}
