@@ -26,8 +26,10 @@ pub enum RatePolicy {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Limits {
-    /// Largest DATA payload per frame (advertised). Default 16 KiB: small frames keep
-    /// sessions interleaved, so one large message cannot block the others for long.
+    /// Largest DATA payload per frame (advertised). Default 64 KiB: a default-size message
+    /// travels in one frame, with no reassembly copy and a quarter of the per-frame work of
+    /// 16 KiB (BENCHMARKS.md, bulk), while the scheduler still interleaves sessions frame by
+    /// frame, so a competing session waits behind at most one 64 KiB frame.
     pub max_frame_size: u32,
     /// Largest message on a session unless its grant says less (advertised). Default 64 KiB.
     /// A session's effective maximum is never above its byte window.
@@ -72,12 +74,18 @@ pub struct Limits {
     pub per_message_overhead: u32,
     /// Closed sessions remembered so their late frames are absorbed for free. Default 256.
     pub max_tombstones: u32,
+    /// How many times its initial size a session's receive window may grow to, in both units,
+    /// while the application reads everything as fast as the peer sends (window autotuning,
+    /// spec/sessions.md#window-growth). A window that stalls a sender whose reader is idle is
+    /// doubled, within [`Limits::max_recv_buffer`]; a reader that falls behind never grows it.
+    /// Default 16 (64 KiB grows to at most 1 MiB); 1 turns growth off.
+    pub max_window_growth: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame_size: 16 * 1024,
+            max_frame_size: 64 * 1024,
             max_message_size: 64 * 1024,
             max_sessions: 100,
             initial_credit_messages: 64,
@@ -95,6 +103,7 @@ impl Default for Limits {
             max_queued_messages: 64,
             per_message_overhead: 64,
             max_tombstones: 256,
+            max_window_growth: 16,
         }
     }
 }

@@ -290,10 +290,110 @@ fn reading_many_messages_is_announced_in_few_credits() {
     // One CREDIT per quarter window at most: 64 messages read cost at most 4 frames.
     let credits = pair.server.conn.stats().frames_sent - before;
     assert!((1..=4).contains(&credits), "{credits} CREDIT frames");
+    // The reader emptied a window that had stalled the sender, so the window doubled, and
+    // the sender was told all of it.
+    let window = pair.server.conn.session_stats(id).unwrap().recv_window;
+    assert_eq!(window, (128, 128 * 1024));
     assert_eq!(
-        pair.client.conn.session_stats(id).unwrap().send_credit.0,
-        64
+        pair.client.conn.session_stats(id).unwrap().send_credit,
+        window
     );
+}
+
+/// Sends what the client's credit allows in `size`-byte messages, delivers it, and lets the
+/// server read `read` of what it holds (all when `None`). Returns the server's window.
+fn credit_round(pair: &mut Pair, id: SessionId, size: usize, read: Option<usize>) -> (u32, u32) {
+    let now = pair.now;
+    let (messages, bytes) = pair.client.conn.session_stats(id).unwrap().send_credit;
+    let n = (messages as usize).min(bytes as usize / size).min(64);
+    for _ in 0..n {
+        pair.client.conn.send(now, id, msg(size, 7)).unwrap();
+    }
+    pair.drive();
+    match read {
+        None => drop(pair.server.recv_all(now, id)),
+        Some(k) => {
+            for _ in 0..k {
+                pair.server.conn.recv(now, id);
+            }
+        }
+    }
+    pair.drive();
+    pair.server.conn.session_stats(id).unwrap().recv_window
+}
+
+#[test]
+fn a_window_grows_while_the_reader_keeps_up_and_stops_at_sixteen_times() {
+    let mut pair = Pair::connected();
+    let id = pair.open_accepted("bulk", Grant::full());
+    let mut windows = vec![pair.server.conn.session_stats(id).unwrap().recv_window];
+    for _ in 0..40 {
+        windows.push(credit_round(&mut pair, id, 16 * 1024, None));
+    }
+    assert!(windows.windows(2).all(|w| w[0] <= w[1]), "{windows:?}");
+    assert_eq!(windows[0], (64, 64 * 1024));
+    assert_eq!(*windows.last().unwrap(), (1024, 1024 * 1024), "{windows:?}");
+    let reserved = pair.server.conn.recv_reserved();
+    assert_eq!(
+        reserved,
+        1024 * 1024 + 1024 * 64,
+        "window plus per-message overhead"
+    );
+}
+
+#[test]
+fn a_reader_that_falls_behind_never_grows_its_window() {
+    let mut pair = Pair::connected();
+    let id = pair.open_accepted("slow", Grant::full());
+    for _ in 0..40 {
+        // Reads half of a full window each round: messages stay queued.
+        let window = credit_round(&mut pair, id, 1024, Some(32));
+        assert_eq!(window, (64, 64 * 1024));
+    }
+    assert!(
+        pair.server
+            .conn
+            .session_stats(id)
+            .unwrap()
+            .recv_held_messages
+            > 0
+    );
+}
+
+#[test]
+fn a_window_grows_only_within_the_receive_buffer() {
+    // Room for two default windows with their per-message overhead, and no more.
+    let cap = 2 * (64 * 1024 + 64 * 64);
+    let server = config(|c| c.limits.max_recv_buffer = cap);
+    let mut pair = Pair::connected_with(mux_proto::Config::default(), server);
+    let id = pair.open_accepted("bulk", Grant::full());
+    for _ in 0..20 {
+        credit_round(&mut pair, id, 16 * 1024, None);
+    }
+    assert_eq!(
+        pair.server.conn.session_stats(id).unwrap().recv_window,
+        (128, 128 * 1024)
+    );
+    assert!(pair.server.conn.recv_reserved() <= cap);
+    // The grown window still leaves the peer nothing over its credit: no 4004, no 1008.
+    assert_alive_pair(&pair);
+}
+
+#[test]
+fn growth_off_keeps_the_initial_window() {
+    let no_growth = config(|c| c.limits.max_window_growth = 1);
+    let mut pair = Pair::connected_with(mux_proto::Config::default(), no_growth);
+    let id = pair.open_accepted("bulk", Grant::full());
+    for _ in 0..20 {
+        assert_eq!(
+            credit_round(&mut pair, id, 16 * 1024, None),
+            (64, 64 * 1024)
+        );
+    }
+}
+
+fn assert_alive_pair(pair: &Pair) {
+    assert!(pair.client.conn.is_open() && pair.server.conn.is_open());
 }
 
 #[test]

@@ -25,6 +25,8 @@ fn credits_are_paced_to_the_peers_budget_and_nobody_trips_1008() {
     let mut config = Config::default();
     config.limits.control_budget = 200;
     config.limits.initial_credit_messages = 4;
+    // A fixed 4-message window: each read returns credit, so CREDITs are many.
+    config.limits.max_window_growth = 1;
     config.limits.opens_per_sec = 1000;
     config.limits.opens_burst = 1000;
     config.limits.max_pending_opens = 200;

@@ -28,8 +28,12 @@ use common::{bind, echo_server, open_config, wait_idle, wait_until, within};
 use mux_tokio::{AllowAll, AuthError, HandshakeRequest, OriginPolicy, Principal, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// L for the default MAX_FRAME_SIZE: the largest WebSocket message the server accepts.
-const L: usize = 65_536;
+/// L for the default MAX_FRAME_SIZE (64 KiB): max(65,536, 65,536 + 10), the largest
+/// WebSocket message the server accepts.
+const L: usize = 65_546;
+
+/// The most of an unfinished handshake head the server reads before refusing it.
+const HEAD_LIMIT: usize = 64 * 1024;
 
 // ---- row 29: RFC 6455 violations (in place of Autobahn sections 1-7) --------------------
 
@@ -189,8 +193,9 @@ async fn oversized_websocket_messages_are_refused_from_the_header() {
     let mut h = Hostile::connect(addr, &[]).await;
     h.send(&[wire::open(1, b"echo", b"")]).await;
     let payload = common::filler(14, L - 40);
+    let chunk = (L - 40).div_ceil(4);
     let frames: Vec<Vec<u8>> = payload
-        .chunks(16_374)
+        .chunks(chunk)
         .enumerate()
         .map(|(i, c)| wire::data(1, if i == 3 { wire::END } else { 0 }, c))
         .collect();
@@ -207,7 +212,7 @@ async fn oversized_websocket_messages_are_refused_from_the_header() {
     // L + 1: one byte more in the same shape, split across two WebSocket fragments so
     // that the server has read every byte when it refuses the message.
     let mut frames = frames;
-    frames[0] = wire::data(1, 0, &payload[..16_375]);
+    frames[0] = wire::data(1, 0, &payload[..=chunk]);
     let message = frames.concat();
     assert_eq!(message.len(), L + 1);
     let (a, b) = message.split_at(L / 2);
@@ -264,7 +269,7 @@ async fn handshake_parse_attacks_are_refused_within_64_kib() {
 
     // 64 KiB of unfinished head is still waited for (the deadline would end it)...
     let mut under = head.as_bytes().to_vec();
-    under.resize(L, b'a');
+    under.resize(HEAD_LIMIT, b'a');
     let mut tcp = hostile::tcp(addr, &Options::default())
         .await
         .expect("connect");

@@ -298,9 +298,59 @@ impl Connection {
         self.recv_buffered = self
             .recv_buffered
             .saturating_sub(u64::from(len).saturating_add(u64::from(overhead)));
+        self.maybe_grow_window(id);
         self.maybe_announce(now, id);
         self.maybe_complete(now, id);
         Some(message)
+    }
+
+    /// Doubles a session's receive window when the window, not the reader, is what limits the
+    /// peer (spec/sessions.md#window-growth): the application has just read everything queued
+    /// while the peer's credit is under a quarter window, so the sender is waiting for credit
+    /// and the reader for data. A reader that falls behind leaves messages queued and never
+    /// grows its window, so memory follows only what the application keeps up with.
+    fn maybe_grow_window(&mut self, id: SessionId) {
+        let limits = &self.config.limits;
+        let growth = limits.max_window_growth.max(1);
+        let most = Window::new(
+            limits.initial_credit_messages.saturating_mul(growth),
+            limits.initial_credit_bytes.saturating_mul(growth),
+        );
+        let Some(session) = self.sessions.get(id) else {
+            return;
+        };
+        let recv = &session.recv;
+        let starved = recv.queue.is_empty()
+            && recv.partial.is_none()
+            && (recv.credit.messages < recv.window.messages / 4
+                || recv.credit.bytes < recv.window.bytes / 4);
+        if !starved || recv.fin || !recv.permitted || session.peer_close.is_some() {
+            return;
+        }
+        let extra = Window::new(
+            recv.window
+                .messages
+                .min(most.messages.saturating_sub(recv.window.messages)),
+            recv.window
+                .bytes
+                .min(most.bytes.saturating_sub(recv.window.bytes)),
+        );
+        if extra.is_zero() {
+            return;
+        }
+        let (Some(window), Some(unannounced)) = (
+            recv.window.checked_add(extra),
+            recv.unannounced.checked_add(extra),
+        ) else {
+            return;
+        };
+        if !self.reserve_window(extra) {
+            return;
+        }
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.recv.window = window;
+            session.recv.unannounced = unannounced;
+        }
     }
 
     /// Adds `messages` and `bytes` to a session's receive window and announces them at once

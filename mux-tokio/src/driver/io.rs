@@ -346,12 +346,16 @@ impl<T: Transport> Driver<T> {
         let mut progress = false;
         for _ in 0..WRITE_BATCH {
             if self.stash.is_none() {
+                let buf = &mut self.buf;
                 let next = self.inner.with(|state, wakers| {
                     let now = state.now();
-                    if state.conn.poll_transmit(now, &mut self.buf) {
+                    // One allocation of a whole transmit, reused once the transport has
+                    // dropped the last one, rather than growing by doubling and copying.
+                    buf.reserve(state.conn.max_transmit_size());
+                    if state.conn.poll_transmit(now, buf) {
                         // Writing can make sessions writable or complete them.
                         state.process_events(wakers);
-                        Some(WsMessage::Binary(self.buf.split().freeze()))
+                        Some(WsMessage::Binary(buf.split().freeze()))
                     } else {
                         // Under the lock that saw nothing to write, so a handle queuing
                         // right after finds the waker.
@@ -359,6 +363,10 @@ impl<T: Transport> Driver<T> {
                         None
                     }
                 });
+                if next.is_none() {
+                    // Idle: an idle connection holds no transmit buffer (memory at rest).
+                    self.buf = BytesMut::new();
+                }
                 match next {
                     Some(message) => self.stash = Some(message),
                     None => break,

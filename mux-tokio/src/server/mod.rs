@@ -553,7 +553,7 @@ mod tests {
         assert_eq!(ws.max_frame_size, Some(100_010));
         assert_eq!(ws.max_write_buffer_size, 200_020);
         let small = ServerConfig::default().websocket_config();
-        assert_eq!(small.max_message_size, Some(65_536));
+        assert_eq!(small.max_message_size, Some(65_546));
         assert_eq!(small.read_buffer_size, 8 * 1024);
     }
 }
