@@ -571,6 +571,10 @@ pub fn main(args: CompareArgs) -> Result<(), String> {
                 order.reverse();
             }
             for i in order {
+                let name = sides.get(i).copied().unwrap_or("?");
+                if args.side.as_deref().is_some_and(|only| only != name) {
+                    continue;
+                }
                 let sample = rt.block_on(case.run(&servers, i, timing))?;
                 println!(
                     "  round {round} {:<11} {:<9} {:>12.0} {:<10} {:>8.2} µs CPU per {}",
@@ -587,6 +591,9 @@ pub fn main(args: CompareArgs) -> Result<(), String> {
             }
         }
         summary.push((case, samples));
+    }
+    if args.side.is_some() {
+        return Ok(());
     }
     println!();
     println!("== median of the rounds; ratios are mux / side, the median of per-round ratios ==");

@@ -226,6 +226,9 @@ pub struct CompareArgs {
     /// Run only the cases whose name contains this (`echo`, `echo-64B`, `bulk`, `churn`).
     #[arg(long)]
     only: Option<String>,
+    /// Run only this side (`mux`, `yamux-ws`, ...), for profiling one of them; no ratios.
+    #[arg(long)]
+    side: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

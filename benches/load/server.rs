@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
-use mux_tokio::topic::{Hub, LocalHub, SubscribeOptions};
+use mux_tokio::topic::{LocalHub, SubscribeOptions};
 use mux_tokio::{AllowAll, OriginPolicy, Server, ServerConfig, ServerHandle, Session};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 

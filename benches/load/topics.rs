@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use mux_tokio::topic::{decode, Hub, LocalHub, TopicEvent};
+use mux_tokio::topic::{decode, LocalHub, TopicEvent};
 use mux_tokio::Session;
 
 use crate::echo::connect_all;

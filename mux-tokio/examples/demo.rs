@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mux_proto::{CloseCode, Grant, RateLimits, RatePolicy};
-use mux_tokio::topic::{decode, Hub, LocalHub, SubscribeOptions, TopicEvent, TopicOptions};
+use mux_tokio::topic::{decode, LocalHub, SubscribeOptions, TopicEvent, TopicOptions};
 use mux_tokio::{
     AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
     Principal, Rejection, Server, ServerConfig, ServerHandle, Session,

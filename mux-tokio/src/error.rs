@@ -38,6 +38,19 @@ pub enum SendError {
     Finished,
 }
 
+/// Why [`SessionSender::try_send`](crate::SessionSender::try_send) did not queue a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// The session has no room now (credit and its send queue are used up); the message is
+    /// handed back.
+    #[error("the session has no room for the message now")]
+    Full(bytes::Bytes),
+    /// The message can never be sent, as with [`SendError`].
+    #[error(transparent)]
+    Failed(SendError),
+}
+
 /// Why opening a session failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

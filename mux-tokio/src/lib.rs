@@ -35,7 +35,7 @@ pub use auth::{
 };
 pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError};
 pub use driver::{ConnectionHandle, ConnectionOutcome};
-pub use error::{OpenError, SendError, SessionClosed};
+pub use error::{OpenError, SendError, SessionClosed, TrySendError};
 pub use server::{
     bearer_token, parse_protocols, Origin, OriginPolicy, Protocols, Server, ServerConfig,
     ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,

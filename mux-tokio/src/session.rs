@@ -4,14 +4,14 @@ use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::Stream;
 use mux_proto::{CloseCode, SessionId, SessionStats};
 
 use crate::driver::state::Inner;
-use crate::error::{SendError, SessionClosed};
+use crate::error::{SendError, SessionClosed, TrySendError};
 
 /// Facts about a session the peer opened, for the authorization hook.
 #[derive(Clone)]
@@ -160,6 +160,44 @@ impl SessionSender {
     /// dropped future never sends it later.
     pub async fn send(&self, message: Bytes) -> Result<(), SendError> {
         send_on(&self.inner, self.id, message).await
+    }
+
+    /// Polls to queue `message`, like [`Session::poll_send`]: on `Ready(Ok)` the option has
+    /// been emptied; on `Pending` the message stays with the caller and `cx` is woken when
+    /// the session may have room.
+    pub fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        message: &mut Option<Bytes>,
+    ) -> Poll<Result<(), SendError>> {
+        let id = self.id;
+        self.inner
+            .with(|state, wakers| state.poll_send(cx, id, message, wakers))
+    }
+
+    /// Queues `message` if the session has room now, never waiting: for fan-out that must
+    /// not be held up by one slow receiver.
+    pub fn try_send(&self, message: Bytes) -> Result<(), TrySendError> {
+        let mut message = Some(message);
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_send(&mut cx, &mut message) {
+            Poll::Ready(Ok(())) => Ok(()),
+            Poll::Ready(Err(e)) => Err(TrySendError::Failed(e)),
+            Poll::Pending => Err(TrySendError::Full(message.unwrap_or_default())),
+        }
+    }
+
+    /// Registers `waker` to be woken once when the session ends; false if it already has.
+    pub(crate) fn watch_close(&self, waker: &Waker) -> bool {
+        let id = self.id;
+        self.inner.lock().watch_close(id, waker)
+    }
+
+    /// [`reset`](SessionSender::reset) without a future, for code that cannot wait.
+    pub(crate) fn reset_now(&self, code: CloseCode, reason: &str) {
+        let id = self.id;
+        self.inner
+            .with(|state, wakers| state.end_session(id, code, reason, false, wakers));
     }
 
     /// Closes the session with RESET and `code` (e.g. 4007 REVOKED, 4008 SLOW_CONSUMER).

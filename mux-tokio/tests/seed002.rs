@@ -27,7 +27,7 @@ use bytes::Bytes;
 use common::hostile::{self, wire, Hostile, Options};
 use common::{wait_until, within};
 use mux_proto::Grant;
-use mux_tokio::topic::{decode, Hub, LocalHub, SubscribeOptions, TopicEvent};
+use mux_tokio::topic::{decode, LocalHub, SubscribeOptions, TopicEvent};
 use mux_tokio::{
     AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
     Principal, Rejection, Server, ServerConfig, ServerHandle, Session,

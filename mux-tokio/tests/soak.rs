@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::hostile::{self, wire, ws, Honest, Hostile, Options};
 use mux_proto::Grant;
-use mux_tokio::topic::{Hub, LocalHub, SubscribeOptions};
+use mux_tokio::topic::{LocalHub, SubscribeOptions};
 use mux_tokio::{AllowAll, AuthorizeFuture, Authorizer, OpenInfo, Principal, Server, Session};
 
 // ---- closes by code, from the server's logs ---------------------------------------------

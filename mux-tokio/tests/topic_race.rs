@@ -14,7 +14,7 @@ use std::sync::Barrier;
 
 use bytes::Bytes;
 use common::{bind, open_config, within};
-use mux_tokio::topic::{Hub, LocalHub, SubscribeOptions};
+use mux_tokio::topic::{LocalHub, SubscribeOptions};
 use mux_tokio::{AllowAll, Client, ClientConfig};
 
 const ROUNDS: usize = 2000;

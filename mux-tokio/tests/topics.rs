@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mux_proto::{CloseCode, Grant};
 use mux_tokio::topic::{
-    decode, Hub, LocalHub, SlowConsumerPolicy, SubscribeOptions, TopicEvent, TopicOptions,
+    decode, LocalHub, SlowConsumerPolicy, SubscribeOptions, TopicEvent, TopicOptions,
 };
 use mux_tokio::{
     AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
@@ -407,4 +407,101 @@ async fn a_thousand_subscribers_each_receive_every_message_in_order() {
     })
     .await
     .unwrap();
+}
+
+/// Subscribing spawns nothing: a publish hands the message to each subscriber's session
+/// directly, so 50 subscribers cost no task each (tokio's own count of live tasks).
+#[tokio::test]
+async fn subscribers_cost_no_task_and_a_publish_reaches_every_one() {
+    tokio::time::timeout(LIMIT, async {
+        let mut s = setup(SubscribeOptions::default()).await;
+        let mut client = client(&s.url, "ann").await;
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let (mut first, _server_first, _sub_first) = subscribe(&mut s, &mut client, "fan").await;
+        let before = metrics.num_alive_tasks();
+        let mut held = Vec::new();
+        for _ in 0..49 {
+            held.push(subscribe(&mut s, &mut client, "fan").await);
+        }
+        assert_eq!(metrics.num_alive_tasks(), before, "a task per subscriber");
+        assert_eq!(s.hub.subscriber_count("fan"), 50);
+        let report = s.hub.publish("fan", Bytes::from_static(b"to all"));
+        assert_eq!(report.queued, 50);
+        assert_eq!(&next_message(&mut first).await[..], b"to all");
+        for (session, _, _) in &mut held {
+            assert_eq!(&next_message(session).await[..], b"to all");
+        }
+    })
+    .await
+    .expect("within the limit");
+}
+
+/// A hub written outside this crate, through the public trait only: it wraps a `LocalHub`
+/// for its node's subscribers and records what it would forward to a broker.
+mod outside {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use mux_tokio::topic::{
+        AttachError, Hub, HubError, LocalHub, PublishReport, SubscribeOptions, Subscription,
+    };
+    use mux_tokio::Session;
+
+    #[derive(Default)]
+    pub struct RecordingHub {
+        pub local: LocalHub,
+        pub forwarded: Mutex<Vec<(String, Bytes)>>,
+    }
+
+    impl Hub for RecordingHub {
+        async fn publish(&self, topic: &str, message: Bytes) -> Result<PublishReport, HubError> {
+            self.forwarded
+                .lock()
+                .unwrap()
+                .push((topic.to_owned(), message.clone()));
+            // Stands in for a broker round trip before the local fan-out.
+            tokio::task::yield_now().await;
+            Ok(self.local.publish(topic, message))
+        }
+
+        async fn attach(
+            &self,
+            session: &Session,
+            options: SubscribeOptions,
+        ) -> Result<Subscription, AttachError> {
+            self.local.attach(session, options)
+        }
+    }
+}
+
+/// Application code written against `impl Hub` works with either hub.
+async fn publish_through(hub: &impl mux_tokio::topic::Hub, topic: &str, message: &'static [u8]) {
+    hub.publish(topic, Bytes::from_static(message))
+        .await
+        .expect("publish");
+}
+
+#[tokio::test]
+async fn a_hub_implemented_outside_the_crate_serves_subscribers() {
+    use mux_tokio::topic::Hub as _;
+    tokio::time::timeout(LIMIT, async {
+        let mut s = setup(SubscribeOptions::default()).await;
+        let mut client = client(&s.url, "ann").await;
+        let session = client.open("news", Bytes::new()).await.unwrap();
+        let (server_side, sub) = s.attached.recv().await.unwrap();
+        drop(sub);
+        let hub = outside::RecordingHub::default();
+        let _sub = hub
+            .attach(&server_side, SubscribeOptions::default())
+            .await
+            .expect("attach through the trait");
+        let mut session = session;
+        publish_through(&hub, "news", b"through the trait").await;
+        assert_eq!(&next_message(&mut session).await[..], b"through the trait");
+        assert_eq!(hub.forwarded.lock().unwrap().len(), 1);
+        publish_through(&s.hub, "news", b"not attached there").await;
+        assert_eq!(hub.local.subscriber_count("news"), 1);
+    })
+    .await
+    .expect("within the limit");
 }

@@ -85,6 +85,8 @@ pub(crate) struct Slot {
     reader: Option<Waker>,
     /// Tasks waiting in `send` for room (the `Session` and its `SessionSender`s).
     writers: Vec<Waker>,
+    /// Woken once when the session ends (a topic subscriber leaving its topic).
+    watchers: Vec<Waker>,
     /// How the session ended, once it has.
     closed: Option<SessionClosed>,
     /// The peer half-closed: once the queue is empty, `recv` returns `None`.
@@ -264,6 +266,17 @@ impl State {
         }
         register(&mut slot.reader, cx.waker());
         Poll::Pending
+    }
+
+    /// Registers `waker` to be woken when the session ends; false if it already has.
+    pub(crate) fn watch_close(&mut self, id: SessionId, waker: &Waker) -> bool {
+        match self.sessions.get_mut(&id) {
+            Some(slot) if slot.closed.is_none() && !self.ended => {
+                register_in(&mut slot.watchers, waker);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Half-closes this side of a session.
@@ -604,6 +617,11 @@ fn wake_slot(slot: &mut Slot, wakers: &mut WakeList) {
     }
     for waker in slot.writers.drain(..) {
         wakers.push(waker);
+    }
+    if slot.closed.is_some() {
+        for waker in slot.watchers.drain(..) {
+            wakers.push(waker);
+        }
     }
 }
 

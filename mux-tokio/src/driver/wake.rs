@@ -4,15 +4,18 @@
 
 use std::task::Waker;
 
-/// How many wakers fit without allocating; past that they are woken at once, still under
-/// the lock, which is correct and only slower.
+/// How many wakers fit without allocating; past that they spill into a `Vec`.
 const INLINE: usize = 16;
 
-/// A bounded list of wakers to wake once the lock is dropped.
+/// The wakers to wake once the lock is dropped. Every one of them is woken after the
+/// unlock, never under it: a waker may act at once (a topic subscriber queues its next
+/// message from its `wake`), and it would take this same lock.
 #[derive(Default)]
 pub(crate) struct WakeList {
     wakers: [Option<Waker>; INLINE],
     len: usize,
+    /// Wakers past `INLINE` (an end of many sessions at once): rare, so allocated on use.
+    spill: Vec<Waker>,
     /// A session or the connection ended: `closed()` waiters must look.
     pub(crate) ended: bool,
 }
@@ -24,7 +27,7 @@ impl WakeList {
                 *slot = Some(waker);
                 self.len = self.len.saturating_add(1);
             }
-            None => waker.wake(),
+            None => self.spill.push(waker),
         }
     }
 
@@ -41,6 +44,9 @@ impl WakeList {
             }
         }
         self.len = 0;
+        for waker in std::mem::take(&mut self.spill) {
+            waker.wake();
+        }
     }
 }
 

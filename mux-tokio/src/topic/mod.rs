@@ -2,9 +2,10 @@
 //!
 //! A session becomes a subscriber only by being *attached* after the application's
 //! authorizer accepted it, and only to the topic it was authorized for: its kind. A client's
-//! claim alone never subscribes anything. Publishing never waits for any subscriber: each
-//! subscriber has a bounded queue and its own forwarding task that sends under the session's
-//! credit, so a slow subscriber only ever delays itself.
+//! claim alone never subscribes anything. Publishing never waits for any subscriber: the
+//! message goes straight into each subscriber's session while it has credit, and into the
+//! subscriber's own bounded queue when it has not, so a slow subscriber only ever delays
+//! itself. No task runs per subscriber.
 
 mod envelope;
 mod local;
@@ -105,12 +106,28 @@ pub enum AttachError {
     Closed,
 }
 
+/// Why a hub could not publish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The hub's broker (for a multi-node hub) failed or is unreachable.
+    #[error("hub backend: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// A publish/subscribe hub. [`LocalHub`] is the in-process one; a multi-node broker (for
-/// example over Redis) implements the same trait, so application code does not change.
+/// example over Redis) implements the same trait, usually around a `LocalHub` for the
+/// subscribers on its own node, so application code does not change.
+///
+/// The methods are `async` so a hub can talk to its broker; [`LocalHub`]'s never wait.
 pub trait Hub: Send + Sync + 'static {
     /// Queues `message` for every current subscriber of `topic`, encoded once and shared.
-    /// Never waits for a subscriber.
-    fn publish(&self, topic: &str, message: Bytes) -> PublishReport;
+    /// Never waits for a subscriber; a networked hub may wait for its broker.
+    fn publish(
+        &self,
+        topic: &str,
+        message: Bytes,
+    ) -> impl std::future::Future<Output = Result<PublishReport, HubError>> + Send;
 
     /// Subscribes an accepted `session` to the topic it was authorized for (its kind), until
     /// the returned [`Subscription`] is dropped or the session ends.
@@ -118,5 +135,5 @@ pub trait Hub: Send + Sync + 'static {
         &self,
         session: &Session,
         options: SubscribeOptions,
-    ) -> Result<Subscription, AttachError>;
+    ) -> impl std::future::Future<Output = Result<Subscription, AttachError>> + Send;
 }
