@@ -7,7 +7,7 @@
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
 import {
-  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeInto, encodedLen, isFrameError, parseHeader,
+  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeMessage, encodedLen, isFrameError, isValidWireCode, parseHeader,
   settingsWithDefaults, type Frame, type Settings,
 } from "../codec/index.js";
 import { Bucket, Pacer } from "./bucket.js";
@@ -148,12 +148,7 @@ export class Connection {
     const id = this.#lastLocalId === 0 ? 1 : this.#lastLocalId + 2;
     if (id > U32_MAX) throw new MuxError("ids_exhausted");
     this.#lastLocalId = id;
-    const s = new Session(
-      id, kind,
-      { msgs: peer.initial_credit_messages, bytes: peer.initial_credit_bytes, maxMessage: peer.max_message_size },
-      { msgs: this.own.initial_credit_messages, bytes: this.own.initial_credit_bytes, maxMessage: this.own.max_message_size },
-      now, this.config.openDeadlineMs,
-    );
+    const s = new Session(id, kind, peer, this.own, now + this.config.openDeadlineMs);
     this.#sessions.set(id, s);
     this.#control.push({
       type: "OPEN", session_id: id, kind, auth,
@@ -304,10 +299,7 @@ export class Connection {
 
   #encode(fs: Frame[]): Uint8Array {
     this.#lastSent = this.#now;
-    const buf = new Uint8Array(fs.reduce((n, f) => n + encodedLen(f), 0));
-    let off = 0;
-    for (const f of fs) off = encodeInto(f, buf, off);
-    return buf;
+    return encodeMessage(fs);
   }
 
   #nextPingAt(): number {
@@ -632,8 +624,7 @@ export class Connection {
 }
 
 function checkCode(code: number, reason: string): void {
-  const valid = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) || code === 1013 || (code >= 3000 && code <= 4999);
-  if (!valid || utf8.encode(reason).length > 123) throw new MuxError("invalid_code");
+  if (!isValidWireCode(code) || utf8.encode(reason).length > 123) throw new MuxError("invalid_code");
 }
 
 function concat(parts: Uint8Array[], len: number): Uint8Array {
