@@ -55,6 +55,11 @@ interface Pending { data: Uint8Array; resolve: () => void; reject: (e: unknown) 
 const utf8 = new TextEncoder();
 const utf8d = new TextDecoder();
 
+/** @internal Dispatches a CustomEvent. */
+export const emit = (t: EventTarget, type: string, detail?: unknown): void => { t.dispatchEvent(new CustomEvent(type, { detail })); };
+/** @internal setTimeout and clearTimeout. */
+export const defaultTimers: Timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+
 export class MuxSession extends EventTarget {
   grant: Grant | null = null;
   state: "opening" | "open" | "closed" = "opening";
@@ -78,8 +83,8 @@ export class MuxSession extends EventTarget {
       this.client.pump();
     });
   }
-  sendText(text: string): Promise<void> { return this.send(utf8.encode(text)); }
-  sendJson(value: unknown): Promise<void> { return this.send(utf8.encode(JSON.stringify(value))); }
+  sendText(text: string): Promise<void> { return this.send(text); }
+  sendJson(value: unknown): Promise<void> { return this.send(JSON.stringify(value)); }
 
   /** The next message, or null at the end. Reading returns its credit to the server. */
   next(): Promise<Uint8Array | null> {
@@ -146,7 +151,7 @@ export class MuxClient extends EventTarget {
     super();
     const WS = opts.WebSocket ?? (globalThis as unknown as { WebSocket: WebSocketConstructor }).WebSocket;
     this.#clock = opts.clock ?? (() => performance.now());
-    this.#timers = opts.timers ?? { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+    this.#timers = opts.timers ?? defaultTimers;
     this.#high = opts.highWater ?? 1 << 20;
     this.#low = opts.lowWater ?? this.#high / 4;
     this.#maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
@@ -272,7 +277,7 @@ export class MuxClient extends EventTarget {
       case "ready":
         this.state = "open";
         for (const w of this.#readyWaiters.splice(0)) w.resolve();
-        this.dispatchEvent(new CustomEvent("open"));
+        emit(this, "open");
         return;
       case "opened":
         if (!s) return;
@@ -281,12 +286,12 @@ export class MuxClient extends EventTarget {
         this.#opening.get(e.id)?.resolve(s);
         this.#opening.delete(e.id);
         this.#openSlotFreed();
-        s.dispatchEvent(new CustomEvent("open", { detail: e.grant }));
+        emit(s, "open", e.grant);
         return;
       case "message":
         if (!s) return;
         { const w = s.waiters.shift(); if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data); }
-        s.dispatchEvent(new CustomEvent("message", { detail: e.data }));
+        emit(s, "message", e.data);
         return;
       case "sent": s?.inCore.shift()?.resolve(); return;
       case "fin":
@@ -305,18 +310,18 @@ export class MuxClient extends EventTarget {
         if (o) { this.#opening.delete(e.id); o.reject(err); this.#openSlotFreed(); }
         for (const p of [...s.inCore.splice(0), ...s.toHand.splice(0)]) p.reject(err);
         for (const w of s.waiters.splice(0)) w(null);
-        s.dispatchEvent(new CustomEvent("close", { detail: err }));
+        emit(s, "close", err);
         return;
       }
       case "goaway":
-        this.dispatchEvent(new CustomEvent("goaway", { detail: e }));
+        emit(this, "goaway", e);
         return;
       case "connection_closed": {
         this.state = "closed";
         const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
         for (const w of this.#readyWaiters.splice(0)) w.reject(err);
         for (const r of this.#openQueue.splice(0)) r();
-        this.dispatchEvent(new CustomEvent("close", { detail: err }));
+        emit(this, "close", err);
       }
     }
   }
