@@ -259,7 +259,6 @@ export class Connection {
     if (this.isClosed || !this.#peer) return out.length ? this.#encode(out) : null;
     const limit = transportLimit(this.#peer.max_frame_size);
     const budget = this.#sendBudget as Bucket;
-    const fits = (f: Frame) => size + encodedLen(f) <= limit;
     if (this.#pendingPong !== null && budget.take(1, now)) {
       out.push({ type: "PONG", session_id: 0, payload: this.#pendingPong });
       size += 18;
@@ -274,19 +273,15 @@ export class Connection {
     }
     while (this.#control.length) {
       const q = this.#control[0] as Queued;
-      let f: Frame | null;
-      if (q.type === "CREDIT_FOR") {
-        f = this.#takeCredit(q.session_id);
-        if (!f) { this.#control.shift(); continue; }
-      } else f = q;
-      if (!fits(f) || budget.available(now) < 1) {
-        if (q.type === "CREDIT_FOR") this.#restoreCredit(f as Extract<Frame, { type: "CREDIT" }>);
-        break;
-      }
-      budget.take(1, now);
+      // A CREDIT (18 bytes) takes the session's unannounced credit only once it can go.
+      const len = q.type === "CREDIT_FOR" ? 18 : encodedLen(q);
+      if (size + len > limit || budget.available(now) < 1) break;
       this.#control.shift();
+      const f = q.type === "CREDIT_FOR" ? this.#takeCredit(q.session_id) : q;
+      if (!f) continue;
+      budget.take(1, now);
       out.push(f);
-      size += encodedLen(f);
+      size += len;
     }
     // spec/sessions.md#scheduling: DATA only once no control frame is left waiting.
     if (!this.#control.length) size = this.#writeData(out, size, limit, now);
@@ -506,16 +501,6 @@ export class Connection {
     s.peerBytes += f.bytes;
     s.unannouncedMsgs = s.unannouncedBytes = 0;
     return f;
-  }
-
-  #restoreCredit(f: Extract<Frame, { type: "CREDIT" }>): void {
-    const s = this.#sessions.get(f.session_id);
-    if (!s) return;
-    s.creditQueued = true;
-    s.peerMsgs -= f.messages;
-    s.peerBytes -= f.bytes;
-    s.unannouncedMsgs += f.messages;
-    s.unannouncedBytes += f.bytes;
   }
 
   /** A session error (or local abort): RESET with `code`; errors we detect are charged. */
