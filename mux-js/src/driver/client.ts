@@ -1,7 +1,7 @@
 // The WebSocket driver: owns the socket and the timers, feeds the sans-IO core, and turns its
 // events into promises, async iterators and WHATWG streams.
 import { Connection } from "../core/connection.js";
-import { MuxError, type CoreConfig, type CoreEvent, type Grant } from "../core/types.js";
+import type { CoreConfig, CoreEvent, Grant } from "../core/types.js";
 
 /** The part of the WebSocket API the driver uses; the constructor is injectable. */
 export interface WebSocketLike {
@@ -50,7 +50,7 @@ export class MuxCloseError extends Error {
   }
 }
 
-interface Pending { data: Uint8Array; resolve: () => void; reject: (e: unknown) => void }
+interface Pending { resolve: () => void; reject: (e: unknown) => void }
 
 const utf8 = new TextEncoder();
 const utf8d = new TextDecoder();
@@ -67,8 +67,7 @@ export class MuxSession extends EventTarget {
   closeInfo: MuxCloseError | null = null;
   /** @internal */ inbox: Uint8Array[] = [];
   /** @internal */ waiters: ((m: Uint8Array | null) => void)[] = [];
-  /** @internal */ toHand: Pending[] = [];
-  /** @internal */ inCore: Pending[] = [];
+  /** @internal Sends queued in the core, resolved in order as each is written. */ inCore: Pending[] = [];
   /** @internal */ ended = false;
   #stream: ReadableStream<Uint8Array> | null = null;
 
@@ -78,10 +77,7 @@ export class MuxSession extends EventTarget {
   send(data: Uint8Array | string): Promise<void> {
     const bytes = typeof data === "string" ? utf8.encode(data) : data;
     if (this.closeInfo) return Promise.reject(this.closeInfo);
-    return new Promise((resolve, reject) => {
-      this.toHand.push({ data: bytes, resolve, reject });
-      this.client.pump();
-    });
+    return new Promise((resolve, reject) => this.client.write(this, bytes, { resolve, reject }));
   }
   sendText(text: string): Promise<void> { return this.send(text); }
   sendJson(value: unknown): Promise<void> { return this.send(JSON.stringify(value)); }
@@ -155,7 +151,9 @@ export class MuxClient extends EventTarget {
     this.#high = opts.highWater ?? 1 << 20;
     this.#low = opts.lowWater ?? this.#high / 4;
     this.#maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
-    this.#core = new Connection(this.#clock(), opts.core);
+    // The core's queue holds every send until credit lets it go; each send() is a pending
+    // promise, so the caller's awaiting is the backpressure and the core needs no bound.
+    this.#core = new Connection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
     this.ready = new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
     this.ready.catch(() => undefined);
     const protocols = ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])];
@@ -201,6 +199,12 @@ export class MuxClient extends EventTarget {
     this.pump();
   }
 
+  /** @internal The core queues the message until credit lets it go. */
+  write(s: MuxSession, data: Uint8Array, p: Pending): void {
+    try { this.#core.send(s.id, data); } catch (e) { p.reject(e); return; }
+    s.inCore.push(p);
+    this.pump();
+  }
   /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.pump(); }
   /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
   /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
@@ -211,27 +215,10 @@ export class MuxClient extends EventTarget {
 
   /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
   pump(): void {
-    for (const s of this.#sessions.values()) this.#handOver(s);
     for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
     this.#flush();
     for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
     this.#arm();
-  }
-
-  #handOver(s: MuxSession): void {
-    while (s.toHand.length && !s.closeInfo) {
-      const p = s.toHand[0] as Pending;
-      try {
-        this.#core.send(s.id, p.data);
-      } catch (e) {
-        if (e instanceof MuxError && e.kind === "blocked") return;
-        s.toHand.shift();
-        p.reject(e);
-        continue;
-      }
-      s.toHand.shift();
-      s.inCore.push(p);
-    }
   }
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
@@ -308,7 +295,7 @@ export class MuxClient extends EventTarget {
         this.#sessions.delete(e.id);
         const o = this.#opening.get(e.id);
         if (o) { this.#opening.delete(e.id); o.reject(err); this.#openSlotFreed(); }
-        for (const p of [...s.inCore.splice(0), ...s.toHand.splice(0)]) p.reject(err);
+        for (const p of s.inCore.splice(0)) p.reject(err);
         for (const w of s.waiters.splice(0)) w(null);
         emit(s, "close", err);
         return;
