@@ -128,7 +128,9 @@ async function slowReader(): Promise<void> {
 }
 setInterval(async () => {
   if (!feed) return;
-  const status = (await (await fetch("/status")).json()) as { feeds: Record<string, FeedSnapshot & { open: boolean }> };
+  // While the server restarts the status is unreachable, like the mux server.
+  const status = (await fetch("/status").then((r) => r.json()).catch(() => null)) as { feeds: Record<string, FeedSnapshot & { open: boolean }> } | null;
+  if (!status) return;
   const f = status.feeds[user];
   if (!f?.open || !feed) return;
   // Read after the status: the reader may only have read more since.
