@@ -139,6 +139,7 @@ export class MuxClient extends EventTarget {
   readonly #high: number;
   readonly #low: number;
   #blockedOnBuffer = false;
+  #pumpQueued = false;
   #wsClosed = false;
   readonly #maxPending: number;
   readonly #openQueue: (() => void)[] = [];
@@ -203,9 +204,19 @@ export class MuxClient extends EventTarget {
   write(s: MuxSession, data: Uint8Array, p: Pending): void {
     try { this.#core.send(s.id, data); } catch (e) { p.reject(e); return; }
     s.inCore.push(p);
-    this.pump();
+    this.#soon();
   }
-  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.pump(); }
+  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.#soon(); }
+
+  /**
+   * A pump at the end of the current task's microtasks: sends and reads made together (one
+   * per session, say, as one message's replies) leave in one WebSocket message.
+   */
+  #soon(): void {
+    if (this.#pumpQueued) return;
+    this.#pumpQueued = true;
+    queueMicrotask(() => { this.#pumpQueued = false; this.pump(); });
+  }
   /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
   /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
     if (s.closeInfo) return;
@@ -243,7 +254,9 @@ export class MuxClient extends EventTarget {
   #arm(): void {
     let at = this.#core.pollTimeout() ?? Infinity;
     if (this.#blockedOnBuffer) at = Math.min(at, this.#clock() + 10); // bufferedAmount has no drain event
-    if (at === this.#timerAt) return;
+    // A later deadline (the keepalive moves with every message) keeps the armed timer: it
+    // fires early, the core finds nothing due, and the timer is armed again then.
+    if (at === this.#timerAt || (at > this.#timerAt && at < Infinity)) return;
     if (this.#timer !== null) this.#timers.clear(this.#timer);
     this.#timer = null;
     this.#timerAt = at;
