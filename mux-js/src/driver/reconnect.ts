@@ -81,6 +81,8 @@ export class ReconnectingClient extends EventTarget {
   state: ReconnectState = "connecting";
   client: MuxClient | null = null;
   attempt = 0;
+  /** While reconnecting: when, on the client's clock, the next attempt starts. */
+  retryAt = 0;
   readonly limits: { messages: number; bytes: number };
   readonly #o: ReconnectOptions;
   readonly #url: string;
@@ -157,8 +159,11 @@ export class ReconnectingClient extends EventTarget {
 
   #retry(hintMs = 0): void {
     if (this.state === "closed") return;
-    this.#setState("reconnecting");
     const delay = Math.max(hintMs, backoffDelay(this.attempt++, this.#o.minDelayMs ?? 500, this.#o.maxDelayMs ?? 30_000, this.#o.random ?? Math.random));
+    this.retryAt = this.#clock() + delay;
+    this.#setState("reconnecting");
+    // Every wait, the first and the later ones: "reconnecting in N s" for a UI.
+    emit(this, "retry", delay);
     this.#timer = this.#timers().set(() => { this.#timer = null; void this.#connect("reconnect"); }, delay);
   }
 
