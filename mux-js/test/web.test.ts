@@ -189,6 +189,7 @@ test("the server restarts on the same port: the page reconnects and recovers", a
   await new Promise((r) => server.once("exit", r));
   await alice.page.waitForFunction(() => (globalThis as unknown as { demo: Demo }).demo.state === "reconnecting");
   await bob.page.waitForFunction(() => (globalThis as unknown as { demo: Demo }).demo.state === "reconnecting");
+  await alice.page.waitForFunction(() => /^reconnecting in \d+\.\d s$/.test(document.querySelector("#state")?.textContent ?? ""));
   ({ proc: server } = await startServer(ports));
   await alice.page.waitForFunction(() => { const d = (globalThis as unknown as { demo: Demo }).demo; return d.state === "open" && d.connections === 2; });
   await bob.page.waitForFunction(() => (globalThis as unknown as { demo: Demo }).demo.connections === 2);
@@ -207,6 +208,7 @@ test("the server restarts on the same port: the page reconnects and recovers", a
   await alice.page.waitForFunction(() => (globalThis as unknown as { demo: Demo }).demo.rooms["chat/help"]!
     .some((m) => m.from === "bob" && m.text === "back after the restart"));
   await pageReady(alice.page);
+  assert.equal(await alice.page.textContent("#state"), "open");
   await alice.page.screenshot({ path: join(artifacts, "web-page-after-restart.png"), fullPage: true });
 });
 

@@ -28,9 +28,21 @@ const demo = {
 $("user").textContent = user;
 
 const rc = connectReconnecting(config.mux, { token: user, minDelayMs: 200, maxDelayMs: 2000 });
+let countdown: ReturnType<typeof setInterval> | undefined;
+rc.addEventListener("retry", () => {
+  clearInterval(countdown);
+  const show = () => { $("state").textContent = `reconnecting in ${Math.max(0, (rc.retryAt - performance.now()) / 1000).toFixed(1)} s`; };
+  show();
+  countdown = setInterval(show, 100);
+});
+rc.addEventListener("close", (e) => {
+  const err = (e as CustomEvent<{ code: number; reason: string }>).detail;
+  $("state").textContent = `closed with ${err.code} ${err.reason}`;
+});
 rc.addEventListener("state", (e) => {
   demo.state = (e as CustomEvent<ReconnectState>).detail;
-  $("state").textContent = demo.state;
+  clearInterval(countdown);
+  if (demo.state !== "reconnecting") $("state").textContent = demo.state;
   if (demo.state === "open") {
     $("connections").textContent = String(++demo.connections);
     void slowReader();
