@@ -14,6 +14,8 @@ export const isValidWireCode = (c: number): boolean =>
 
 /** Decodes the payload of a frame whose header was already checked. Throws a FrameError. */
 export function decodeBody(h: Header, payload: Uint8Array): Frame {
+  // DATA, the hot path: its header said everything there is to check.
+  if (h.type === FrameType.DATA) return { type: "DATA", session_id: h.session_id, end: (h.flags & FLAG_END) !== 0, fin: (h.flags & FLAG_FIN) !== 0, payload };
   const t = FRAME_TYPE_NAMES[h.type] as FrameTypeName;
   const dv = new DataView(payload.buffer, payload.byteOffset, payload.length);
   let pos = 0;
@@ -50,7 +52,6 @@ export function decodeBody(h: Header, payload: Uint8Array): Frame {
     }
     f.settings = settings;
   }
-  if (h.type === FrameType.DATA) { f.end = (h.flags & FLAG_END) !== 0; f.fin = (h.flags & FLAG_FIN) !== 0; }
   for (const [group, name, form] of LAYOUT[h.type]!) {
     let v: unknown;
     if (form === "t" || form === "b") { const rest = payload.subarray(pos); pos = payload.length; v = form === "t" ? text(rest, name) : rest; }
