@@ -73,4 +73,8 @@ async function run(rounds: number, ms: number): Promise<{ mux: number[]; plain: 
 }
 
 (globalThis as unknown as { bench: { run: typeof run } }).bench = { run };
-if (new URLSearchParams(location.search).has("auto")) void run(5, 2000);
+// `?auto&rounds=6&ms=3000`: runs at load and logs the result as one console line.
+const q = new URLSearchParams(location.search);
+if (q.has("auto")) {
+  void run(Number(q.get("rounds") ?? 6), Number(q.get("ms") ?? 3000)).then((r) => console.log("bench-result " + JSON.stringify(r)));
+}
