@@ -79,3 +79,28 @@ test("keepalive PING on the injected timers; no answer closes with 4006", async 
   assert.equal((await closed).detail.code, 4006);
   assert.equal(ws.closedWith, 4006);
 });
+
+test("sends made in one task leave in one WebSocket message, one DATA frame per session", async () => {
+  const { ws, client } = setup();
+  const opening = [client.open("a"), client.open("b"), client.open("c")];
+  await flush();
+  ws.deliver(accept(1), accept(3), accept(5));
+  const sessions = await Promise.all(opening);
+  ws.sent.splice(0);
+  const sent = Promise.all(sessions.map((s, i) => s.send(new Uint8Array([i]))));
+  await sent;
+  assert.equal(ws.sent.length, 1, "one transmit for the three sends");
+  assert.deepEqual(ws.frames().map((f) => f.type === "DATA" && [f.session_id, f.payload[0]]), [[1, 0], [3, 1], [5, 2]]);
+});
+
+test("a keepalive deadline that moves later keeps the armed timer, and the PING still goes at the right time", async () => {
+  const { ws, client, clock } = setup();
+  await client.ready;
+  ws.frames();
+  // Messages from the server push the keepalive deadline (15 s after the last one) later.
+  for (const t of [1000, 2000, 3000]) { clock.advance(t); ws.deliver({ type: "PONG", session_id: 0, payload: 0n }); }
+  clock.advance(17_999);
+  assert.deepEqual(ws.frames().filter((f) => f.type === "PING"), [], "not before 15 s of silence");
+  clock.advance(18_000);
+  assert.equal(ws.frames().filter((f) => f.type === "PING").length, 1);
+});

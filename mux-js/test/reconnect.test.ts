@@ -26,7 +26,9 @@ function setup(extra: Record<string, unknown> = {}) {
     maxQueuedMessages: 2, ...extra,
   });
   rc.addEventListener("state", (e) => states.push((e as CustomEvent<ReconnectState>).detail));
-  return { clock, rc, tokens, states };
+  const retries: number[] = [];
+  rc.addEventListener("retry", (e) => retries.push((e as CustomEvent<number>).detail));
+  return { clock, rc, tokens, states, retries };
 }
 
 test("a dropped connection is retried after the backoff with a refreshed token; sessions re-open", async () => {
@@ -108,4 +110,22 @@ test("a refused re-open with a final code ends the durable session", async () =>
   await flush();
   FakeSocket.all[0]!.deliver({ type: "RESET", session_id: 1, code: 4001, retry_after_ms: 0, reason: "" });
   assert.equal((await closed).detail.code, 4001);
+});
+
+test("every wait before an attempt is announced with its delay, for a \"reconnecting in N s\" display", async () => {
+  const { clock, rc, states, retries } = setup();
+  await flush();
+  serve(FakeSocket.all[0]!);
+  await flush();
+  FakeSocket.all[0]!.drop(1006);
+  await flush();
+  assert.deepEqual(retries, [500]);
+  assert.equal(rc.retryAt, clock.now + 500);
+  clock.advance(500);
+  await flush();
+  FakeSocket.all[1]!.drop(1006); // the attempt fails before SETTINGS
+  await flush();
+  assert.deepEqual(retries, [500, 1000], "the second wait doubles; the state stays reconnecting");
+  assert.equal(rc.retryAt, 1500);
+  assert.deepEqual(states, ["open", "reconnecting"]);
 });

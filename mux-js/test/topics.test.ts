@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeTopicEvent, Presence, TopicEventError } from "../src/index.js";
+import { decodeTopicEvent, Presence, TopicEventError, topicEvents } from "../src/topics.js";
+import { connectReconnecting } from "../src/index.js";
 
 const u = (...b: number[]) => new Uint8Array(b);
 const snapshot = (truncated: boolean, ...members: string[]) => {
@@ -39,7 +40,6 @@ test("presence: a snapshot per subscription replaces the set; joins and leaves a
   assert.equal(p.apply({ type: "join", member: "c" }), false, "a repeated join changes nothing");
 });
 
-import { connectReconnecting, topicEvents } from "../src/index.js";
 import { Clock, FakeSocket } from "./fakes.js";
 
 test("presence across a reconnect: the new subscription's snapshot replaces the set", async () => {

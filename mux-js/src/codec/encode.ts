@@ -1,59 +1,50 @@
-// Encoding frames; settings in id order, which is the canonical form.
+// Encoding frames from the layouts of types.ts; settings in id order, which is the canonical form.
 import { writeHeader } from "./header.js";
-import {
-  FLAG_END, FLAG_FIN, FrameType, HEADER_LEN, SETTINGS, type Frame,
-} from "./types.js";
+import { FLAG_END, FLAG_FIN, FrameType, HEADER_LEN, LAYOUT, SETTINGS, type Frame } from "./types.js";
 
 const utf8 = new TextEncoder();
 
-/** Payload length of a frame once encoded (header excluded). */
-export function payloadLen(f: Frame): number {
-  switch (f.type) {
-    case "DATA": return f.payload.length;
-    case "OPEN": return 15 + utf8.encode(f.kind).length + f.auth.length;
-    case "ACCEPT": return 21;
-    case "CREDIT": return 8;
-    case "SETTINGS": return 6 * SETTINGS.filter((s) => f.settings[s.name] !== undefined).length;
-    case "PING": case "PONG": return 8;
-    case "GOAWAY": return 6 + utf8.encode(f.reason).length;
-    default: return 6 + utf8.encode(f.reason).length;
+/** Each field's value as bytes or [width, number | bigint], in wire order. */
+function parts(f: Frame): (Uint8Array | [number, number | bigint])[] {
+  const out: (Uint8Array | [number, number | bigint])[] = [];
+  if (f.type === "SETTINGS") {
+    for (const s of SETTINGS) {
+      const v = f.settings[s.name];
+      if (v !== undefined) out.push([2, s.id], [4, v]);
+    }
   }
+  const r = f as unknown as Record<string, Record<string, unknown>>;
+  for (const [group, name, form] of LAYOUT[FrameType[f.type]]!) {
+    const v = group ? r[group]![name] : r[name];
+    const b = typeof v === "string" ? utf8.encode(v) : v;
+    if (form === "k") out.push([1, (b as Uint8Array).length]);
+    if (form === "a") out.push([2, (b as Uint8Array).length]);
+    out.push(b instanceof Uint8Array ? b : [Number(form), v as number | bigint]);
+  }
+  return out;
 }
+
+const size = (ps: ReturnType<typeof parts>): number => ps.reduce((n, p) => n + (p instanceof Uint8Array ? p.length : p[0]), 0);
+
+/** Payload length of a frame once encoded (header excluded). */
+export const payloadLen = (f: Frame): number => size(parts(f));
 export const encodedLen = (f: Frame): number => HEADER_LEN + payloadLen(f);
 
 /** Writes `f` at `off` in `out` (which must have room); returns the offset after it. */
 export function encodeInto(f: Frame, out: Uint8Array, off: number): number {
-  const len = payloadLen(f);
+  const ps = parts(f);
   const flags = f.type === "DATA" ? (f.end ? FLAG_END : 0) | (f.fin ? FLAG_FIN : 0) : 0;
-  writeHeader(out, off, { type: FrameType[f.type], flags, session_id: f.session_id, len });
+  writeHeader(out, off, { type: FrameType[f.type], flags, session_id: f.session_id, len: size(ps) });
   let p = off + HEADER_LEN;
   const dv = new DataView(out.buffer, out.byteOffset, out.length);
-  const u8 = (v: number) => { dv.setUint8(p, v); p += 1; };
-  const u16 = (v: number) => { dv.setUint16(p, v); p += 2; };
-  const u32 = (v: number) => { dv.setUint32(p, v); p += 4; };
-  const raw = (b: Uint8Array) => { out.set(b, p); p += b.length; };
-  switch (f.type) {
-    case "DATA": raw(f.payload); break;
-    case "OPEN": {
-      u32(f.request.max_message_size); u32(f.request.messages_per_sec); u32(f.request.bytes_per_sec);
-      const kind = utf8.encode(f.kind);
-      u8(kind.length); raw(kind); u16(f.auth.length); raw(f.auth);
-      break;
-    }
-    case "ACCEPT":
-      u8(f.permissions); u32(f.max_message_size);
-      u32(f.rate.messages_per_sec); u32(f.rate.bytes_per_sec); u32(f.rate.burst_messages); u32(f.rate.burst_bytes);
-      break;
-    case "CREDIT": u32(f.messages); u32(f.bytes); break;
-    case "SETTINGS":
-      for (const s of SETTINGS) {
-        const v = f.settings[s.name];
-        if (v !== undefined) { u16(s.id); u32(v); }
-      }
-      break;
-    case "PING": case "PONG": dv.setBigUint64(p, f.payload); p += 8; break;
-    case "GOAWAY": u32(f.last_session_id); u16(f.code); raw(utf8.encode(f.reason)); break;
-    default: u16(f.code); u32(f.retry_after_ms); raw(utf8.encode(f.reason));
+  for (const x of ps) {
+    if (x instanceof Uint8Array) { out.set(x, p); p += x.length; continue; }
+    const [n, v] = x;
+    if (n === 8) dv.setBigUint64(p, v as bigint);
+    else if (n === 4) dv.setUint32(p, v as number);
+    else if (n === 2) dv.setUint16(p, v as number);
+    else dv.setUint8(p, v as number);
+    p += n;
   }
   return p;
 }

@@ -1,14 +1,12 @@
 // The frames of spec/frames.md as plain typed objects.
 
-export const FrameType = {
-  DATA: 0x0, OPEN: 0x1, ACCEPT: 0x2, CREDIT: 0x3, CLOSE: 0x4, RESET: 0x5,
-  SETTINGS: 0x6, PING: 0x7, PONG: 0x8, GOAWAY: 0x9, CONN_CLOSE: 0xa,
-} as const;
-export type FrameTypeName = keyof typeof FrameType;
-export const FRAME_TYPE_NAMES: readonly FrameTypeName[] = [
+export const FRAME_TYPE_NAMES = [
   "DATA", "OPEN", "ACCEPT", "CREDIT", "CLOSE", "RESET",
   "SETTINGS", "PING", "PONG", "GOAWAY", "CONN_CLOSE",
-];
+] as const;
+export type FrameTypeName = (typeof FRAME_TYPE_NAMES)[number];
+/** Type name to its nibble: `FrameType.DATA === 0`. */
+export const FrameType = Object.fromEntries(FRAME_TYPE_NAMES.map((n, i) => [n, i])) as { readonly [K in FrameTypeName]: number };
 
 export const HEADER_LEN = 10;
 export const VERSION = 1;
@@ -18,6 +16,7 @@ export const FLAG_FIN = 0x02;
 export const MIN_FRAGMENT = 1024;
 export const MAX_REASON_LEN = 123;
 export const OPEN_FIXED_LEN = 15;
+export const U32 = 0xffffffff;
 
 export interface DataFrame { type: "DATA"; session_id: number; end: boolean; fin: boolean; payload: Uint8Array }
 export interface OpenRequest { max_message_size: number; messages_per_sec: number; bytes_per_sec: number }
@@ -39,17 +38,19 @@ export type Frame =
   | DataFrame | OpenFrame | AcceptFrame | CreditFrame | CloseFrame
   | SettingsFrame | PingFrame | GoAwayFrame;
 
-/** spec/frames.md#settings: id, name, valid range and default. */
-export const SETTINGS: readonly { id: number; name: SettingName; min: number; max: number; def: number }[] = [
-  { id: 0x1, name: "max_frame_size", min: 1024, max: 16 * 1024 * 1024, def: 16384 },
-  { id: 0x2, name: "max_sessions", min: 0, max: 0xffffffff, def: 100 },
-  { id: 0x3, name: "initial_credit_messages", min: 1, max: 0xffffffff, def: 64 },
-  { id: 0x4, name: "initial_credit_bytes", min: MIN_FRAGMENT, max: 0xffffffff, def: 65536 },
-  { id: 0x5, name: "max_message_size", min: 1, max: 0xffffffff, def: 65536 },
-  { id: 0x6, name: "control_budget", min: 1, max: 0xffffffff, def: 200 },
-  { id: 0x7, name: "max_open_metadata", min: 0, max: 0xffffffff, def: 4096 },
-  { id: 0x8, name: "idle_timeout_ms", min: 0, max: 0xffffffff, def: 0 },
-];
+/** spec/frames.md#settings: id (index + 1), name, valid range and default. */
+export const SETTINGS: readonly { id: number; name: SettingName; min: number; max: number; def: number }[] = (
+  [
+    ["max_frame_size", 1024, 16 * 1024 * 1024, 16384],
+    ["max_sessions", 0, U32, 100],
+    ["initial_credit_messages", 1, U32, 64],
+    ["initial_credit_bytes", MIN_FRAGMENT, U32, 65536],
+    ["max_message_size", 1, U32, 65536],
+    ["control_budget", 1, U32, 200],
+    ["max_open_metadata", 0, U32, 4096],
+    ["idle_timeout_ms", 0, U32, 0],
+  ] as const
+).map(([name, min, max, def], i) => ({ id: i + 1, name, min, max, def }));
 
 export type Settings = Record<SettingName, number>;
 /** The values in force for a SETTINGS frame: absent ids take their default. */
@@ -60,16 +61,29 @@ export function settingsWithDefaults(map: SettingsMap): Settings {
 }
 
 /** spec/frames.md#frame-types: payload length bounds per type (DATA: receiver's MAX_FRAME_SIZE). */
-export function lenBounds(t: number): [number, number] {
-  switch (t) {
-    case FrameType.DATA: return [0, 0xffffffff];
-    case FrameType.OPEN: return [OPEN_FIXED_LEN, OPEN_FIXED_LEN + 255 + 65535];
-    case FrameType.ACCEPT: return [21, 21];
-    case FrameType.CREDIT: return [8, 8];
-    case FrameType.SETTINGS: return [0, 96];
-    case FrameType.PING: case FrameType.PONG: return [8, 8];
-    default: return [6, 6 + MAX_REASON_LEN]; // CLOSE, RESET, GOAWAY, CONN_CLOSE
-  }
-}
-export const isConnectionFrame = (t: number): boolean => t >= FrameType.SETTINGS;
-export const definedFlags = (t: number): number => (t === FrameType.DATA ? FLAG_END | FLAG_FIN : 0);
+const CLOSE_LEN: [number, number] = [6, 6 + MAX_REASON_LEN];
+const LEN_BOUNDS: readonly [number, number][] = [
+  [0, U32], [OPEN_FIXED_LEN, OPEN_FIXED_LEN + 255 + 65535], [21, 21], [8, 8], CLOSE_LEN, CLOSE_LEN,
+  [0, 96], [8, 8], [8, 8], CLOSE_LEN, CLOSE_LEN,
+];
+export const lenBounds = (t: number): [number, number] => LEN_BOUNDS[t] as [number, number];
+export const isConnectionFrame = (t: number): boolean => t >= 6;
+export const definedFlags = (t: number): number => (t ? 0 : FLAG_END | FLAG_FIN);
+
+/**
+ * The payload layout of each type but SETTINGS, in wire order: `[group.]name:form`, the form
+ * 1/2/4 a big-endian unsigned integer, 8 a u64 (bigint), t UTF-8 and b bytes to the end,
+ * k UTF-8 after a u8 length (`<name>_len`), a bytes after a u16 length.
+ */
+const CLOSE_FIELDS = "code:2 retry_after_ms:4 reason:t";
+export const LAYOUT: readonly (readonly [group: string | undefined, name: string, form: string])[][] = [
+  "payload:b",
+  "request.max_message_size:4 request.messages_per_sec:4 request.bytes_per_sec:4 kind:k auth:a",
+  "permissions:1 max_message_size:4 rate.messages_per_sec:4 rate.bytes_per_sec:4 rate.burst_messages:4 rate.burst_bytes:4",
+  "messages:4 bytes:4", CLOSE_FIELDS, CLOSE_FIELDS, "", "payload:8", "payload:8",
+  "last_session_id:4 code:2 reason:t", CLOSE_FIELDS,
+].map((l) => l ? l.split(" ").map((f) => {
+  const [path, form] = f.split(":") as [string, string];
+  const [a, b] = path.split(".");
+  return b ? [a, b, form] as const : [undefined, a as string, form] as const;
+}) : []);

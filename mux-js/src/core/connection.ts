@@ -7,7 +7,7 @@
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
 import {
-  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeInto, encodedLen, isFrameError, parseHeader,
+  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeMessage, encodedLen, isFrameError, isValidWireCode, parseHeader,
   settingsWithDefaults, type Frame, type Settings,
 } from "../codec/index.js";
 import { Bucket, Pacer } from "./bucket.js";
@@ -148,12 +148,7 @@ export class Connection {
     const id = this.#lastLocalId === 0 ? 1 : this.#lastLocalId + 2;
     if (id > U32_MAX) throw new MuxError("ids_exhausted");
     this.#lastLocalId = id;
-    const s = new Session(
-      id, kind,
-      { msgs: peer.initial_credit_messages, bytes: peer.initial_credit_bytes, maxMessage: peer.max_message_size },
-      { msgs: this.own.initial_credit_messages, bytes: this.own.initial_credit_bytes, maxMessage: this.own.max_message_size },
-      now, this.config.openDeadlineMs,
-    );
+    const s = new Session(id, kind, peer, this.own, now + this.config.openDeadlineMs);
     this.#sessions.set(id, s);
     this.#control.push({
       type: "OPEN", session_id: id, kind, auth,
@@ -264,7 +259,6 @@ export class Connection {
     if (this.isClosed || !this.#peer) return out.length ? this.#encode(out) : null;
     const limit = transportLimit(this.#peer.max_frame_size);
     const budget = this.#sendBudget as Bucket;
-    const fits = (f: Frame) => size + encodedLen(f) <= limit;
     if (this.#pendingPong !== null && budget.take(1, now)) {
       out.push({ type: "PONG", session_id: 0, payload: this.#pendingPong });
       size += 18;
@@ -279,19 +273,15 @@ export class Connection {
     }
     while (this.#control.length) {
       const q = this.#control[0] as Queued;
-      let f: Frame | null;
-      if (q.type === "CREDIT_FOR") {
-        f = this.#takeCredit(q.session_id);
-        if (!f) { this.#control.shift(); continue; }
-      } else f = q;
-      if (!fits(f) || budget.available(now) < 1) {
-        if (q.type === "CREDIT_FOR") this.#restoreCredit(f as Extract<Frame, { type: "CREDIT" }>);
-        break;
-      }
-      budget.take(1, now);
+      // A CREDIT (18 bytes) takes the session's unannounced credit only once it can go.
+      const len = q.type === "CREDIT_FOR" ? 18 : encodedLen(q);
+      if (size + len > limit || budget.available(now) < 1) break;
       this.#control.shift();
+      const f = q.type === "CREDIT_FOR" ? this.#takeCredit(q.session_id) : q;
+      if (!f) continue;
+      budget.take(1, now);
       out.push(f);
-      size += encodedLen(f);
+      size += len;
     }
     // spec/sessions.md#scheduling: DATA only once no control frame is left waiting.
     if (!this.#control.length) size = this.#writeData(out, size, limit, now);
@@ -304,10 +294,7 @@ export class Connection {
 
   #encode(fs: Frame[]): Uint8Array {
     this.#lastSent = this.#now;
-    const buf = new Uint8Array(fs.reduce((n, f) => n + encodedLen(f), 0));
-    let off = 0;
-    for (const f of fs) off = encodeInto(f, buf, off);
-    return buf;
+    return encodeMessage(fs);
   }
 
   #nextPingAt(): number {
@@ -516,16 +503,6 @@ export class Connection {
     return f;
   }
 
-  #restoreCredit(f: Extract<Frame, { type: "CREDIT" }>): void {
-    const s = this.#sessions.get(f.session_id);
-    if (!s) return;
-    s.creditQueued = true;
-    s.peerMsgs -= f.messages;
-    s.peerBytes -= f.bytes;
-    s.unannouncedMsgs += f.messages;
-    s.unannouncedBytes += f.bytes;
-  }
-
   /** A session error (or local abort): RESET with `code`; errors we detect are charged. */
   #resetSession(s: Session, code: number, reason: string, source: CloseSource = "local", charged = true): void {
     this.#control.push({ type: "RESET", session_id: s.id, code, retry_after_ms: 0, reason });
@@ -632,8 +609,7 @@ export class Connection {
 }
 
 function checkCode(code: number, reason: string): void {
-  const valid = (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) || code === 1013 || (code >= 3000 && code <= 4999);
-  if (!valid || utf8.encode(reason).length > 123) throw new MuxError("invalid_code");
+  if (!isValidWireCode(code) || utf8.encode(reason).length > 123) throw new MuxError("invalid_code");
 }
 
 function concat(parts: Uint8Array[], len: number): Uint8Array {

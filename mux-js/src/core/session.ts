@@ -1,5 +1,6 @@
 // One client-opened session: its state, both credit windows, its send queue and its pacer.
 import type { Pacer } from "./bucket.js";
+import type { Settings } from "../codec/index.js";
 import type { Grant } from "./types.js";
 
 export type SessionState = "opening" | "open" | "closing" | "draining";
@@ -41,23 +42,15 @@ export class Session {
   inRing = false;
   midTurn = false;
 
-  constructor(
-    readonly id: number,
-    readonly kind: string,
-    peer: { msgs: number; bytes: number; maxMessage: number },
-    own: { msgs: number; bytes: number; maxMessage: number },
-    now: number,
-    openDeadlineMs: number,
-  ) {
-    this.sendMsgs = peer.msgs;
-    this.sendBytes = peer.bytes;
-    this.sendMax = Math.min(peer.maxMessage, peer.bytes);
-    this.recvWinMsgs = own.msgs;
-    this.recvWinBytes = own.bytes;
-    this.peerMsgs = own.msgs;
-    this.peerBytes = own.bytes;
-    this.recvMax = Math.min(own.maxMessage, own.bytes);
-    this.openDeadline = now + openDeadlineMs;
+  /** Windows from each side's SETTINGS: `peer`'s for sending, `own` for receiving. */
+  constructor(readonly id: number, readonly kind: string, peer: Settings, own: Settings, openDeadline: number) {
+    this.sendMsgs = peer.initial_credit_messages;
+    this.sendBytes = peer.initial_credit_bytes;
+    this.sendMax = Math.min(peer.max_message_size, this.sendBytes);
+    this.peerMsgs = this.recvWinMsgs = own.initial_credit_messages;
+    this.peerBytes = this.recvWinBytes = own.initial_credit_bytes;
+    this.recvMax = Math.min(own.max_message_size, this.recvWinBytes);
+    this.openDeadline = openDeadline;
   }
 
   get canSendData(): boolean {

@@ -1,7 +1,7 @@
 // The WebSocket driver: owns the socket and the timers, feeds the sans-IO core, and turns its
 // events into promises, async iterators and WHATWG streams.
 import { Connection } from "../core/connection.js";
-import { MuxError, type CoreConfig, type CoreEvent, type Grant } from "../core/types.js";
+import type { CoreConfig, CoreEvent, Grant } from "../core/types.js";
 
 /** The part of the WebSocket API the driver uses; the constructor is injectable. */
 export interface WebSocketLike {
@@ -50,10 +50,15 @@ export class MuxCloseError extends Error {
   }
 }
 
-interface Pending { data: Uint8Array; resolve: () => void; reject: (e: unknown) => void }
+interface Pending { resolve: () => void; reject: (e: unknown) => void }
 
 const utf8 = new TextEncoder();
 const utf8d = new TextDecoder();
+
+/** @internal Dispatches a CustomEvent. */
+export const emit = (t: EventTarget, type: string, detail?: unknown): void => { t.dispatchEvent(new CustomEvent(type, { detail })); };
+/** @internal setTimeout and clearTimeout. */
+export const defaultTimers: Timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
 
 export class MuxSession extends EventTarget {
   grant: Grant | null = null;
@@ -62,8 +67,7 @@ export class MuxSession extends EventTarget {
   closeInfo: MuxCloseError | null = null;
   /** @internal */ inbox: Uint8Array[] = [];
   /** @internal */ waiters: ((m: Uint8Array | null) => void)[] = [];
-  /** @internal */ toHand: Pending[] = [];
-  /** @internal */ inCore: Pending[] = [];
+  /** @internal Sends queued in the core, resolved in order as each is written. */ inCore: Pending[] = [];
   /** @internal */ ended = false;
   #stream: ReadableStream<Uint8Array> | null = null;
 
@@ -73,13 +77,10 @@ export class MuxSession extends EventTarget {
   send(data: Uint8Array | string): Promise<void> {
     const bytes = typeof data === "string" ? utf8.encode(data) : data;
     if (this.closeInfo) return Promise.reject(this.closeInfo);
-    return new Promise((resolve, reject) => {
-      this.toHand.push({ data: bytes, resolve, reject });
-      this.client.pump();
-    });
+    return new Promise((resolve, reject) => this.client.write(this, bytes, { resolve, reject }));
   }
-  sendText(text: string): Promise<void> { return this.send(utf8.encode(text)); }
-  sendJson(value: unknown): Promise<void> { return this.send(utf8.encode(JSON.stringify(value))); }
+  sendText(text: string): Promise<void> { return this.send(text); }
+  sendJson(value: unknown): Promise<void> { return this.send(JSON.stringify(value)); }
 
   /** The next message, or null at the end. Reading returns its credit to the server. */
   next(): Promise<Uint8Array | null> {
@@ -138,6 +139,7 @@ export class MuxClient extends EventTarget {
   readonly #high: number;
   readonly #low: number;
   #blockedOnBuffer = false;
+  #pumpQueued = false;
   #wsClosed = false;
   readonly #maxPending: number;
   readonly #openQueue: (() => void)[] = [];
@@ -146,11 +148,13 @@ export class MuxClient extends EventTarget {
     super();
     const WS = opts.WebSocket ?? (globalThis as unknown as { WebSocket: WebSocketConstructor }).WebSocket;
     this.#clock = opts.clock ?? (() => performance.now());
-    this.#timers = opts.timers ?? { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+    this.#timers = opts.timers ?? defaultTimers;
     this.#high = opts.highWater ?? 1 << 20;
     this.#low = opts.lowWater ?? this.#high / 4;
     this.#maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
-    this.#core = new Connection(this.#clock(), opts.core);
+    // The core's queue holds every send until credit lets it go; each send() is a pending
+    // promise, so the caller's awaiting is the backpressure and the core needs no bound.
+    this.#core = new Connection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
     this.ready = new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
     this.ready.catch(() => undefined);
     const protocols = ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])];
@@ -196,7 +200,23 @@ export class MuxClient extends EventTarget {
     this.pump();
   }
 
-  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.pump(); }
+  /** @internal The core queues the message until credit lets it go. */
+  write(s: MuxSession, data: Uint8Array, p: Pending): void {
+    try { this.#core.send(s.id, data); } catch (e) { p.reject(e); return; }
+    s.inCore.push(p);
+    this.#soon();
+  }
+  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.#soon(); }
+
+  /**
+   * A pump at the end of the current task's microtasks: sends and reads made together (one
+   * per session, say, as one message's replies) leave in one WebSocket message.
+   */
+  #soon(): void {
+    if (this.#pumpQueued) return;
+    this.#pumpQueued = true;
+    queueMicrotask(() => { this.#pumpQueued = false; this.pump(); });
+  }
   /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
   /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
     if (s.closeInfo) return;
@@ -206,27 +226,10 @@ export class MuxClient extends EventTarget {
 
   /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
   pump(): void {
-    for (const s of this.#sessions.values()) this.#handOver(s);
     for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
     this.#flush();
     for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
     this.#arm();
-  }
-
-  #handOver(s: MuxSession): void {
-    while (s.toHand.length && !s.closeInfo) {
-      const p = s.toHand[0] as Pending;
-      try {
-        this.#core.send(s.id, p.data);
-      } catch (e) {
-        if (e instanceof MuxError && e.kind === "blocked") return;
-        s.toHand.shift();
-        p.reject(e);
-        continue;
-      }
-      s.toHand.shift();
-      s.inCore.push(p);
-    }
   }
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
@@ -251,7 +254,9 @@ export class MuxClient extends EventTarget {
   #arm(): void {
     let at = this.#core.pollTimeout() ?? Infinity;
     if (this.#blockedOnBuffer) at = Math.min(at, this.#clock() + 10); // bufferedAmount has no drain event
-    if (at === this.#timerAt) return;
+    // A later deadline (the keepalive moves with every message) keeps the armed timer: it
+    // fires early, the core finds nothing due, and the timer is armed again then.
+    if (at === this.#timerAt || (at > this.#timerAt && at < Infinity)) return;
     if (this.#timer !== null) this.#timers.clear(this.#timer);
     this.#timer = null;
     this.#timerAt = at;
@@ -272,7 +277,7 @@ export class MuxClient extends EventTarget {
       case "ready":
         this.state = "open";
         for (const w of this.#readyWaiters.splice(0)) w.resolve();
-        this.dispatchEvent(new CustomEvent("open"));
+        emit(this, "open");
         return;
       case "opened":
         if (!s) return;
@@ -281,12 +286,12 @@ export class MuxClient extends EventTarget {
         this.#opening.get(e.id)?.resolve(s);
         this.#opening.delete(e.id);
         this.#openSlotFreed();
-        s.dispatchEvent(new CustomEvent("open", { detail: e.grant }));
+        emit(s, "open", e.grant);
         return;
       case "message":
         if (!s) return;
         { const w = s.waiters.shift(); if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data); }
-        s.dispatchEvent(new CustomEvent("message", { detail: e.data }));
+        emit(s, "message", e.data);
         return;
       case "sent": s?.inCore.shift()?.resolve(); return;
       case "fin":
@@ -303,20 +308,20 @@ export class MuxClient extends EventTarget {
         this.#sessions.delete(e.id);
         const o = this.#opening.get(e.id);
         if (o) { this.#opening.delete(e.id); o.reject(err); this.#openSlotFreed(); }
-        for (const p of [...s.inCore.splice(0), ...s.toHand.splice(0)]) p.reject(err);
+        for (const p of s.inCore.splice(0)) p.reject(err);
         for (const w of s.waiters.splice(0)) w(null);
-        s.dispatchEvent(new CustomEvent("close", { detail: err }));
+        emit(s, "close", err);
         return;
       }
       case "goaway":
-        this.dispatchEvent(new CustomEvent("goaway", { detail: e }));
+        emit(this, "goaway", e);
         return;
       case "connection_closed": {
         this.state = "closed";
         const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
         for (const w of this.#readyWaiters.splice(0)) w.reject(err);
         for (const r of this.#openQueue.splice(0)) r();
-        this.dispatchEvent(new CustomEvent("close", { detail: err }));
+        emit(this, "close", err);
       }
     }
   }

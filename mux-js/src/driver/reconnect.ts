@@ -1,6 +1,6 @@
 // Reconnection above the driver: backoff with full jitter, a connect timeout, sessions re-opened
 // on every new connection, a token refreshed before each attempt, and a bounded send queue.
-import { connect, MuxCloseError, MuxClient, type MuxSession, type ConnectOptions } from "./client.js";
+import { connect, defaultTimers, emit, MuxCloseError, MuxClient, type MuxSession, type ConnectOptions } from "./client.js";
 
 export interface ReconnectOptions extends ConnectOptions {
   /** Backoff: attempt n waits random() × min(maxDelayMs, minDelayMs × 2^n) (full jitter). */
@@ -62,11 +62,11 @@ export class DurableSession extends EventTarget {
     this.current = s;
     // Reading through the iterator returns credit as each message is dispatched.
     void (async () => {
-      try { for await (const m of s) this.dispatchEvent(new CustomEvent("message", { detail: m })); } catch { /* closed */ }
+      try { for await (const m of s) emit(this, "message", m); } catch { /* closed */ }
     })();
     for (const q of this.queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
     this.queuedBytes = 0;
-    this.dispatchEvent(new CustomEvent("open"));
+    emit(this, "open");
   }
 
   close(code = 1000, reason = ""): void {
@@ -81,6 +81,8 @@ export class ReconnectingClient extends EventTarget {
   state: ReconnectState = "connecting";
   client: MuxClient | null = null;
   attempt = 0;
+  /** While reconnecting: when, on the client's clock, the next attempt starts. */
+  retryAt = 0;
   readonly limits: { messages: number; bytes: number };
   readonly #o: ReconnectOptions;
   readonly #url: string;
@@ -114,14 +116,12 @@ export class ReconnectingClient extends EventTarget {
     this.client?.close(code, reason);
   }
 
-  #timers() {
-    return this.#o.timers ?? { set: (fn: () => void, ms: number) => setTimeout(fn, ms), clear: (h: unknown) => clearTimeout(h as ReturnType<typeof setTimeout>) };
-  }
+  #timers() { return this.#o.timers ?? defaultTimers; }
 
   #setState(s: ReconnectState): void {
     if (this.state === s) return;
     this.state = s;
-    this.dispatchEvent(new CustomEvent("state", { detail: s }));
+    emit(this, "state", s);
   }
 
   async #connect(reason: "initial" | "reconnect"): Promise<void> {
@@ -142,7 +142,7 @@ export class ReconnectingClient extends EventTarget {
       for (const d of this.#sessions) d.current = null;
       if (!isRetryable(err.code)) {
         this.#setState("closed");
-        this.dispatchEvent(new CustomEvent("close", { detail: err }));
+        emit(this, "close", err);
         return;
       }
       if (this.#clock() - this.#upSince >= (this.#o.minUptimeMs ?? 5000) && this.state === "open") this.attempt = 0;
@@ -159,8 +159,11 @@ export class ReconnectingClient extends EventTarget {
 
   #retry(hintMs = 0): void {
     if (this.state === "closed") return;
-    this.#setState("reconnecting");
     const delay = Math.max(hintMs, backoffDelay(this.attempt++, this.#o.minDelayMs ?? 500, this.#o.maxDelayMs ?? 30_000, this.#o.random ?? Math.random));
+    this.retryAt = this.#clock() + delay;
+    this.#setState("reconnecting");
+    // Every wait, the first and the later ones: "reconnecting in N s" for a UI.
+    emit(this, "retry", delay);
     this.#timer = this.#timers().set(() => { this.#timer = null; void this.#connect("reconnect"); }, delay);
   }
 
@@ -176,7 +179,7 @@ export class ReconnectingClient extends EventTarget {
         d.closed = e;
         for (const q of d.queue.splice(0)) q.reject(e);
         this.#sessions.delete(d);
-        d.dispatchEvent(new CustomEvent("close", { detail: e }));
+        emit(d, "close", e);
       }
     });
   }
