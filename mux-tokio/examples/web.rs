@@ -35,7 +35,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use mux_proto::{Grant, RateLimits, RatePolicy};
-use mux_tokio::topic::{Hub, LocalHub, SubscribeOptions, TopicOptions};
+use mux_tokio::topic::{LocalHub, SubscribeOptions, TopicOptions};
 use mux_tokio::{
     AuthError, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server,
     ServerConfig, ServerHandle, Session,
