@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use mux_proto::frame::{decode_message, encode_message, Frame, Setting, Settings};
 use mux_proto::{
-    CloseCode, Config, Connection, Event, Grant, OpenRequest, SessionId, Side, Timestamp,
+    CloseCode, Config, Connection, Event, Grant, OpenRequest, Permissions, RateLimits, RatePolicy,
+    SessionId, Side, Timestamp,
 };
 use serde_json::{Map, Value};
 
@@ -62,6 +63,7 @@ fn config(ctx: &str, limits: Option<&Value>, timeouts: Option<&Value>) -> Config
             "control_budget" => l.control_budget = n,
             "max_open_metadata" => l.max_open_metadata = n,
             "max_pending_opens" => l.max_pending_opens = n,
+            "max_recv_buffer" => l.max_recv_buffer = u64::from(n),
             "opens_per_sec" => {
                 l.opens_per_sec = n;
                 l.opens_burst = n;
@@ -278,6 +280,37 @@ fn run(file: &str, scenario: &Value) -> Side {
     side
 }
 
+/// The grant of an `accept` step: the default for a bare ID, else the object's fields
+/// (`permissions` as the wire byte, `max_message_size`, the four rate fields, `policy`).
+fn grant(ctx: &str, value: &Value) -> Grant {
+    let mut grant = Grant::default();
+    let Some(obj) = value.as_object() else {
+        return grant;
+    };
+    let field = |key: &str| obj.get(key).map(|v| u32_of(&format!("{ctx}: {key}"), v));
+    if let Some(bits) = field("permissions") {
+        let bits = u8::try_from(bits).ok().and_then(Permissions::from_bits);
+        grant.permissions = bits.unwrap_or_else(|| panic!("{ctx}: permissions"));
+    }
+    grant.max_message_size = field("max_message_size");
+    let rate = RateLimits {
+        messages_per_sec: field("messages_per_sec").unwrap_or(0),
+        bytes_per_sec: field("bytes_per_sec").unwrap_or(0),
+        burst_messages: field("burst_messages").unwrap_or(0),
+        burst_bytes: field("burst_bytes").unwrap_or(0),
+    };
+    if rate != RateLimits::default() {
+        grant.rate = Some(rate);
+    }
+    grant.rate_policy = obj.get("policy").map(|p| match p.as_str() {
+        Some("throttle") => RatePolicy::Throttle,
+        Some("close_session") => RatePolicy::CloseSession,
+        Some("close_connection") => RatePolicy::CloseConnection,
+        other => panic!("{ctx}: policy {other:?}"),
+    });
+    grant
+}
+
 fn code_of(ctx: &str, value: &Value) -> CloseCode {
     CloseCode(u16::try_from(u32_of(ctx, value)).unwrap_or_else(|_| panic!("{ctx}: code")))
 }
@@ -322,7 +355,7 @@ impl Run {
         match key {
             "accept" => self
                 .conn
-                .accept(now, id(), Grant::default())
+                .accept(now, id(), grant(ctx, value))
                 .unwrap_or_else(|e| panic!("{ctx}: accept: {e:?}")),
             "reject" => {
                 let code = code_of(ctx, &value["code"]);
