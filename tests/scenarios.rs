@@ -64,6 +64,11 @@ fn config(ctx: &str, limits: Option<&Value>, timeouts: Option<&Value>) -> Config
             "max_open_metadata" => l.max_open_metadata = n,
             "max_pending_opens" => l.max_pending_opens = n,
             "max_recv_buffer" => l.max_recv_buffer = u64::from(n),
+            "max_tombstones" => l.max_tombstones = n,
+            "connection_messages_per_sec" => l.connection_rate.messages_per_sec = n,
+            "connection_bytes_per_sec" => l.connection_rate.bytes_per_sec = n,
+            "connection_burst_messages" => l.connection_rate.burst_messages = n,
+            "connection_burst_bytes" => l.connection_rate.burst_bytes = n,
             "opens_per_sec" => {
                 l.opens_per_sec = n;
                 l.opens_burst = n;
