@@ -192,6 +192,46 @@ async fn token_in_header_or_subprotocol_upgrades_and_echoes_only_mux_v1() {
     assert_eq!(handle.stats().upgraded, 2);
 }
 
+/// spec/http.md M-HTTP-4: with a token in both places the `Authorization` header decides and
+/// the `bearer.` entry is ignored, so a good header upgrades past a bad entry and a bad header
+/// is refused despite a good one. Among `bearer.` entries the first non-empty one counts, and
+/// an empty token (in either place) is absent.
+#[tokio::test]
+async fn the_authorization_header_wins_over_a_bearer_subprotocol_entry() {
+    let (addr, handle, _) = strict_server(false).await;
+    let origin = ("Origin", "https://example.com");
+    let protocols = |value| ("Sec-WebSocket-Protocol", value);
+    let admitted = [
+        vec![origin, GOOD, protocols("mux.v1, bearer.bad-token")],
+        vec![
+            origin,
+            ("Authorization", "Bearer "),
+            protocols("mux.v1, bearer.good-token"),
+        ],
+        vec![
+            origin,
+            protocols("mux.v1, bearer., bearer.good-token, bearer.bad-token"),
+        ],
+    ];
+    for headers in &admitted {
+        let response = raw_upgrade(addr, headers).await;
+        assert_eq!(response.status, 101, "{headers:?}: {}", response.head);
+    }
+    wait_idle(&handle).await;
+    let bad_header = ("Authorization", "Bearer bad-token");
+    let refused = [
+        vec![origin, bad_header, protocols("mux.v1, bearer.good-token")],
+        vec![
+            origin,
+            protocols("mux.v1, bearer.bad-token, bearer.good-token"),
+        ],
+    ];
+    for headers in &refused {
+        expect_refused(addr, &handle, headers, 401).await;
+    }
+    assert_eq!(handle.stats().upgraded, 3);
+}
+
 #[tokio::test]
 async fn permessage_deflate_is_never_negotiated() {
     let (addr, handle, _) = strict_server(false).await;
