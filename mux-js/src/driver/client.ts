@@ -2,6 +2,7 @@
 // events into promises, async iterators and WHATWG streams.
 import { Connection } from "../core/connection.js";
 import type { CoreConfig, CoreEvent, Grant } from "../core/types.js";
+import { utf8 } from "../codec/utf8.js";
 
 /** The part of the WebSocket API the driver uses; the constructor is injectable. */
 export interface WebSocketLike {
@@ -52,7 +53,6 @@ export class MuxCloseError extends Error {
 
 interface Pending { resolve: () => void; reject: (e: unknown) => void }
 
-const utf8 = new TextEncoder();
 const utf8d = new TextDecoder();
 
 /** @internal Dispatches a CustomEvent. */
