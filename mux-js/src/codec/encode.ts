@@ -2,7 +2,7 @@
 import { writeHeader } from "./header.js";
 import { FLAG_END, FLAG_FIN, FrameType, HEADER_LEN, LAYOUT, SETTINGS, type Frame } from "./types.js";
 
-const utf8 = new TextEncoder();
+import { utf8 } from "./utf8.js";
 
 /** Each field's value as bytes or [width, number | bigint], in wire order. */
 function parts(f: Frame): (Uint8Array | [number, number | bigint])[] {

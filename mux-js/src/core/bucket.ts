@@ -1,31 +1,30 @@
 // A token bucket on the host's clock (spec/sessions.md#rates): `rate` tokens per second,
 // at most `burst`, full when created, refilled continuously. Time is an input, in ms.
 export class Bucket {
-  private tokens: number;
-  private at: number;
+  #tokens: number;
+  #at: number;
   constructor(readonly rate: number, readonly burst: number, now: number) {
-    this.tokens = Math.max(1, burst);
-    this.at = now;
+    this.#tokens = Math.max(1, burst);
+    this.#at = now;
   }
-  private refill(now: number): void {
-    if (now > this.at) {
-      this.tokens = Math.min(Math.max(1, this.burst), this.tokens + ((now - this.at) * this.rate) / 1000);
-      this.at = now;
+  /** The tokens there now. */
+  available(now: number): number {
+    if (now > this.#at) {
+      this.#tokens = Math.min(Math.max(1, this.burst), this.#tokens + ((now - this.#at) * this.rate) / 1000);
+      this.#at = now;
     }
+    return this.#tokens;
   }
-  available(now: number): number { this.refill(now); return this.tokens; }
   /** Takes `n` tokens if they are there. */
   take(n: number, now: number): boolean {
-    this.refill(now);
-    if (this.tokens < n) return false;
-    this.tokens -= n;
+    if (this.available(now) < n) return false;
+    this.#tokens -= n;
     return true;
   }
   /** When `n` tokens will be there (now if they already are). */
   readyAt(n: number, now: number): number {
-    this.refill(now);
-    if (this.tokens >= n || this.rate <= 0) return now;
-    return now + Math.ceil(((n - this.tokens) * 1000) / this.rate);
+    const t = this.available(now);
+    return t >= n || this.rate <= 0 ? now : now + Math.ceil(((n - t) * 1000) / this.rate);
   }
 }
 
@@ -35,26 +34,25 @@ export class Bucket {
  * pass the acceptor's bucket. A rate of 0 means no limit.
  */
 export class Pacer {
-  private readonly msgs: Bucket | null;
-  private readonly bytes: Bucket | null;
+  readonly #msgs: Bucket | null;
+  readonly #bytes: Bucket | null;
   constructor(messagesPerSec: number, bytesPerSec: number, burstMessages: number, burstBytes: number, now: number) {
     const mirror = (rate: number, burst: number) =>
-      rate === 0 ? null : new Bucket(rate - rate / 32, Math.max(1, burst - Math.floor(burst / 4)), now);
-    this.msgs = mirror(messagesPerSec, burstMessages);
-    this.bytes = mirror(bytesPerSec, burstBytes);
+      rate ? new Bucket(rate - rate / 32, Math.max(1, burst - Math.floor(burst / 4)), now) : null;
+    this.#msgs = mirror(messagesPerSec, burstMessages);
+    this.#bytes = mirror(bytesPerSec, burstBytes);
   }
   /** Bytes the pacer lets through now for a frame (Infinity without a byte rate). */
-  bytesAvailable(now: number): number { return this.bytes ? Math.floor(this.bytes.available(now)) : Infinity; }
-  messageAvailable(now: number): boolean { return this.msgs ? this.msgs.available(now) >= 1 : true; }
+  bytesAvailable(now: number): number { return this.#bytes ? Math.floor(this.#bytes.available(now)) : Infinity; }
+  messageAvailable(now: number): boolean { return !this.#msgs || this.#msgs.available(now) >= 1; }
   take(startsMessage: boolean, len: number, now: number): void {
-    if (startsMessage) this.msgs?.take(1, now);
-    if (len) this.bytes?.take(len, now);
+    if (startsMessage) this.#msgs?.take(1, now);
+    if (len) this.#bytes?.take(len, now);
   }
   /** When a frame of `len` bytes (starting a message or not) could go. */
   readyAt(startsMessage: boolean, len: number, now: number): number {
-    let t = now;
-    if (startsMessage && this.msgs) t = Math.max(t, this.msgs.readyAt(1, now));
-    if (this.bytes) t = Math.max(t, this.bytes.readyAt(Math.min(len, this.bytes.burst), now));
-    return t;
+    const m = startsMessage && this.#msgs ? this.#msgs.readyAt(1, now) : now;
+    const b = this.#bytes ? this.#bytes.readyAt(Math.min(len, this.#bytes.burst), now) : now;
+    return Math.max(m, b);
   }
 }

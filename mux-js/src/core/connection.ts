@@ -13,9 +13,9 @@ import {
 import { Bucket, Pacer } from "./bucket.js";
 import { Session } from "./session.js";
 import { DEFAULT_CONFIG, MuxError, type CloseSource, type CoreConfig, type CoreEvent } from "./types.js";
+import { utf8 } from "../codec/utf8.js";
 
 const U32_MAX = 0xffffffff;
-const utf8 = new TextEncoder();
 type Queued = Frame | { type: "CREDIT_FOR"; session_id: number };
 
 /** spec/sessions.md#transport-message-size: L for a receiver's MAX_FRAME_SIZE. */

@@ -1,5 +1,5 @@
 // Events, errors and configuration of the client core.
-import type { SettingsMap } from "../codec/index.js";
+import { settingsWithDefaults, type SettingsMap } from "../codec/types.js";
 
 /** Where a close came from. */
 export type CloseSource = "local" | "peer" | "transport" | "timeout";
@@ -55,10 +55,8 @@ export interface CoreConfig {
 
 /** spec/sessions.md recommendations; the client opens sessions and accepts none (MAX_SESSIONS 0). */
 export const DEFAULT_CONFIG: CoreConfig = {
-  settings: {
-    max_frame_size: 16384, max_sessions: 0, initial_credit_messages: 64, initial_credit_bytes: 65536,
-    max_message_size: 65536, control_budget: 1000, max_open_metadata: 0, idle_timeout_ms: 25000,
-  },
+  // The protocol defaults but for these.
+  settings: { ...settingsWithDefaults({}), max_sessions: 0, control_budget: 1000, max_open_metadata: 0, idle_timeout_ms: 25000 },
   settingsDeadlineMs: 10_000,
   keepaliveIntervalMs: 15_000,
   keepaliveTimeoutMs: 10_000,

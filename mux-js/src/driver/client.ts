@@ -2,6 +2,7 @@
 // events into promises, async iterators and WHATWG streams.
 import { Connection } from "../core/connection.js";
 import type { CoreConfig, CoreEvent, Grant } from "../core/types.js";
+import { utf8 } from "../codec/utf8.js";
 
 /** The part of the WebSocket API the driver uses; the constructor is injectable. */
 export interface WebSocketLike {
@@ -52,7 +53,6 @@ export class MuxCloseError extends Error {
 
 interface Pending { resolve: () => void; reject: (e: unknown) => void }
 
-const utf8 = new TextEncoder();
 const utf8d = new TextDecoder();
 
 /** @internal Dispatches a CustomEvent. */
@@ -69,6 +69,7 @@ export class MuxSession extends EventTarget {
   /** @internal */ waiters: ((m: Uint8Array | null) => void)[] = [];
   /** @internal Sends queued in the core, resolved in order as each is written. */ inCore: Pending[] = [];
   /** @internal */ ended = false;
+  /** @internal While the OPEN awaits its answer. */ opening: { resolve: (s: MuxSession) => void; reject: (e: unknown) => void } | null = null;
   #stream: ReadableStream<Uint8Array> | null = null;
 
   constructor(private readonly client: MuxClient, readonly id: number, readonly kind: string) { super(); }
@@ -134,8 +135,9 @@ export class MuxClient extends EventTarget {
   #timer: unknown = null;
   #timerAt = Infinity;
   readonly #sessions = new Map<number, MuxSession>();
-  readonly #opening = new Map<number, { resolve: (s: MuxSession) => void; reject: (e: unknown) => void }>();
-  readonly #readyWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
+  /** OPENs awaiting an answer. */
+  #opening = 0;
+  #readyWaiter!: Pending;
   readonly #high: number;
   readonly #low: number;
   #blockedOnBuffer = false;
@@ -155,7 +157,7 @@ export class MuxClient extends EventTarget {
     // The core's queue holds every send until credit lets it go; each send() is a pending
     // promise, so the caller's awaiting is the backpressure and the core needs no bound.
     this.#core = new Connection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
-    this.ready = new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
+    this.ready = new Promise((resolve, reject) => { this.#readyWaiter = { resolve, reject }; });
     this.ready.catch(() => undefined);
     const protocols = ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])];
     this.#ws = new WS(url, protocols);
@@ -178,12 +180,13 @@ export class MuxClient extends EventTarget {
   /** Opens a session; rejects with MuxCloseError (e.g. 4001) if the server refuses it. */
   async open(kind: string, opts: { auth?: Uint8Array | string } = {}): Promise<MuxSession> {
     await this.ready;
-    while (this.#opening.size >= this.#maxPending) await new Promise<void>((r) => this.#openQueue.push(r));
+    while (this.#opening >= this.#maxPending) await new Promise<void>((r) => this.#openQueue.push(r));
     const auth = typeof opts.auth === "string" ? utf8.encode(opts.auth) : opts.auth;
     const id = this.#core.open(kind, auth ? { auth } : {}, this.#clock());
     const s = new MuxSession(this, id, kind);
     this.#sessions.set(id, s);
-    const p = new Promise<MuxSession>((resolve, reject) => this.#opening.set(id, { resolve, reject }));
+    this.#opening++;
+    const p = new Promise<MuxSession>((resolve, reject) => { s.opening = { resolve, reject }; });
     this.pump();
     return p;
   }
@@ -269,23 +272,28 @@ export class MuxClient extends EventTarget {
     }, Math.max(0, at - this.#clock()));
   }
 
-  #openSlotFreed(): void { this.#openQueue.shift()?.(); }
+  /** The OPEN of `s` has its answer: the next waiting open() may go. */
+  #answered(s: MuxSession): void {
+    if (!s.opening) return;
+    s.opening = null;
+    this.#opening--;
+    this.#openQueue.shift()?.();
+  }
 
   #dispatch(e: CoreEvent): void {
     const s = "id" in e ? this.#sessions.get(e.id) : undefined;
     switch (e.type) {
       case "ready":
         this.state = "open";
-        for (const w of this.#readyWaiters.splice(0)) w.resolve();
+        this.#readyWaiter.resolve();
         emit(this, "open");
         return;
       case "opened":
         if (!s) return;
         s.grant = e.grant;
         s.state = "open";
-        this.#opening.get(e.id)?.resolve(s);
-        this.#opening.delete(e.id);
-        this.#openSlotFreed();
+        s.opening?.resolve(s);
+        this.#answered(s);
         emit(s, "open", e.grant);
         return;
       case "message":
@@ -306,8 +314,8 @@ export class MuxClient extends EventTarget {
         s.state = "closed";
         s.ended = true;
         this.#sessions.delete(e.id);
-        const o = this.#opening.get(e.id);
-        if (o) { this.#opening.delete(e.id); o.reject(err); this.#openSlotFreed(); }
+        s.opening?.reject(err);
+        this.#answered(s);
         for (const p of s.inCore.splice(0)) p.reject(err);
         for (const w of s.waiters.splice(0)) w(null);
         emit(s, "close", err);
@@ -319,7 +327,7 @@ export class MuxClient extends EventTarget {
       case "connection_closed": {
         this.state = "closed";
         const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
-        for (const w of this.#readyWaiters.splice(0)) w.reject(err);
+        this.#readyWaiter.reject(err);
         for (const r of this.#openQueue.splice(0)) r();
         emit(this, "close", err);
       }

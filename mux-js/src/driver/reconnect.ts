@@ -1,6 +1,6 @@
 // Reconnection above the driver: backoff with full jitter, a connect timeout, sessions re-opened
 // on every new connection, a token refreshed before each attempt, and a bounded send queue.
-import { connect, defaultTimers, emit, MuxCloseError, MuxClient, type MuxSession, type ConnectOptions } from "./client.js";
+import { connect, defaultTimers, emit, MuxCloseError, MuxClient, type MuxSession, type ConnectOptions, type Timers } from "./client.js";
 
 export interface ReconnectOptions extends ConnectOptions {
   /** Backoff: attempt n waits random() × min(maxDelayMs, minDelayMs × 2^n) (full jitter). */
@@ -89,13 +89,15 @@ export class ReconnectingClient extends EventTarget {
   readonly #sessions = new Set<DurableSession>();
   #timer: unknown = null;
   #upSince = 0;
-  #clock: () => number;
+  readonly #clock: () => number;
+  readonly #timers: Timers;
 
   constructor(url: string, opts: ReconnectOptions = {}) {
     super();
     this.#url = url;
     this.#o = opts;
     this.#clock = opts.clock ?? (() => performance.now());
+    this.#timers = opts.timers ?? defaultTimers;
     this.limits = { messages: opts.maxQueuedMessages ?? 64, bytes: opts.maxQueuedBytes ?? 1 << 20 };
     void this.#connect("initial");
   }
@@ -112,11 +114,9 @@ export class ReconnectingClient extends EventTarget {
 
   close(code = 1000, reason = ""): void {
     this.#setState("closed");
-    if (this.#timer !== null) this.#timers().clear(this.#timer);
+    if (this.#timer !== null) this.#timers.clear(this.#timer);
     this.client?.close(code, reason);
   }
-
-  #timers() { return this.#o.timers ?? defaultTimers; }
 
   #setState(s: ReconnectState): void {
     if (this.state === s) return;
@@ -133,7 +133,7 @@ export class ReconnectingClient extends EventTarget {
     if ((this.state as ReconnectState) === "closed") return;
     const client = connect(this.#url, { ...this.#o, ...(token !== undefined ? { token } : {}) });
     this.client = client;
-    const timers = this.#timers();
+    const timers = this.#timers;
     const timeout = timers.set(() => client.abort(), this.#o.connectTimeoutMs ?? 5000);
     client.addEventListener("close", (e) => {
       timers.clear(timeout);
@@ -164,7 +164,7 @@ export class ReconnectingClient extends EventTarget {
     this.#setState("reconnecting");
     // Every wait, the first and the later ones: "reconnecting in N s" for a UI.
     emit(this, "retry", delay);
-    this.#timer = this.#timers().set(() => { this.#timer = null; void this.#connect("reconnect"); }, delay);
+    this.#timer = this.#timers.set(() => { this.#timer = null; void this.#connect("reconnect"); }, delay);
   }
 
   #reopen(d: DurableSession): void {
