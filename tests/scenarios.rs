@@ -39,6 +39,10 @@ fn u32_of(ctx: &str, v: &Value) -> u32 {
 fn config(ctx: &str, limits: Option<&Value>, timeouts: Option<&Value>) -> Config {
     let mut config = Config::default();
     config.timeouts.keepalive_interval = None;
+    // The scenarios' baseline (spec/scenarios/README.md#limits): the absent-setting frame
+    // size, and exact credit, so no window growth.
+    config.limits.max_frame_size = 16_384;
+    config.limits.max_window_growth = 1;
     for (key, value) in timeouts.and_then(Value::as_object).into_iter().flatten() {
         let ms = Duration::from_millis(u64::from(u32_of(&format!("{ctx}: timeouts.{key}"), value)));
         let t = &mut config.timeouts;

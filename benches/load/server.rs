@@ -34,6 +34,13 @@ pub fn protocol() -> mux_proto::Config {
     c.limits.control_budget = 10_000_000;
     // Accounting only (the sum of all windows); memory is used only as data arrives.
     c.limits.max_recv_buffer = 1 << 40;
+    // For measuring window growth (BENCHMARKS.md, P11); the default is the library's.
+    if let Some(g) = std::env::var("MUX_BENCH_GROWTH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        c.limits.max_window_growth = g;
+    }
     c
 }
 

@@ -16,6 +16,9 @@ use crate::rate::TokenBucket;
 use crate::session::{PendingClose, Phase, RecvHalf, SendHalf, Session, Window};
 use crate::time::Timestamp;
 
+/// How long no other session may have received DATA for a window to grow.
+const GROWTH_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl Connection {
     /// Opens a session of `kind` with credentials `auth`. DATA may be sent at once, within
     /// the peer's initial credit; [`Event::Opened`] or [`Event::SessionClosed`] follows.
@@ -298,7 +301,7 @@ impl Connection {
         self.recv_buffered = self
             .recv_buffered
             .saturating_sub(u64::from(len).saturating_add(u64::from(overhead)));
-        self.maybe_grow_window(id);
+        self.maybe_grow_window(now, id);
         self.maybe_announce(now, id);
         self.maybe_complete(now, id);
         Some(message)
@@ -308,8 +311,14 @@ impl Connection {
     /// peer (spec/sessions.md#window-growth): the application has just read everything queued
     /// while the peer's credit is under a quarter window, so the sender is waiting for credit
     /// and the reader for data. A reader that falls behind leaves messages queued and never
-    /// grows its window, so memory follows only what the application keeps up with.
-    fn maybe_grow_window(&mut self, id: SessionId) {
+    /// grows its window, so memory follows only what the application keeps up with. Only a
+    /// session receiving alone grows: more bytes in flight for one would queue ahead of the
+    /// others' messages on the shared connection (P8).
+    fn maybe_grow_window(&mut self, now: Timestamp, id: SessionId) {
+        if self.others_receiving(now, id, GROWTH_QUIET) {
+            self.take_back_growth(id);
+            return;
+        }
         let limits = &self.config.limits;
         let growth = limits.max_window_growth.max(1);
         let most = Window::new(
@@ -350,7 +359,33 @@ impl Connection {
         if let Some(session) = self.sessions.get_mut(id) {
             session.recv.window = window;
             session.recv.unannounced = unannounced;
+            session.recv.grown = session.recv.grown.checked_add(extra).unwrap_or(extra);
         }
+    }
+
+    /// Another session is receiving: what growth added to this window is taken back from
+    /// the consumed credit not yet announced, so the sender's bytes in flight fall back to
+    /// the initial window and stop queueing ahead of the others (spec/sessions.md#window-growth).
+    /// Never below the window before growth, so explicit grants and the message maximum hold.
+    fn take_back_growth(&mut self, id: SessionId) {
+        let overhead = self.config.limits.per_message_overhead;
+        let Some(session) = self.sessions.get_mut(id) else {
+            return;
+        };
+        let recv = &mut session.recv;
+        let back = Window::new(
+            recv.grown.messages.min(recv.unannounced.messages),
+            recv.grown.bytes.min(recv.unannounced.bytes),
+        );
+        if back.is_zero() {
+            return;
+        }
+        recv.window = recv.window.checked_sub(back).unwrap_or(recv.window);
+        recv.unannounced = recv.unannounced.checked_sub(back).unwrap_or_default();
+        recv.grown = recv.grown.checked_sub(back).unwrap_or_default();
+        self.recv_reserved = self
+            .recv_reserved
+            .saturating_sub(back.memory_cost(overhead));
     }
 
     /// Adds `messages` and `bytes` to a session's receive window and announces them at once

@@ -87,6 +87,9 @@ pub struct Connection {
     opening: VecDeque<(SessionId, Timestamp)>,
     /// Σ of live sessions' receive windows, overhead included: never above max_recv_buffer.
     recv_reserved: u64,
+    /// The two sessions that received DATA most recently, with when: a window grows only
+    /// while no other session is receiving (commands.rs, `maybe_grow_window`).
+    recent_data: [(SessionId, Timestamp); 2],
     recv_buffered: u64,
     send_buffered: u64,
     control: VecDeque<Control>,
@@ -146,6 +149,7 @@ impl Connection {
             pending: VecDeque::new(),
             opening: VecDeque::new(),
             recv_reserved: 0,
+            recent_data: [(SessionId(0), Timestamp::NEVER); 2],
             recv_buffered: 0,
             send_buffered: 0,
             control: VecDeque::new(),

@@ -1,5 +1,7 @@
 //! B. inputs from the peer: one WebSocket message at a time (spec/frames.md, spec/sessions.md).
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 
 use super::{Connection, State};
@@ -289,6 +291,23 @@ impl Connection {
     }
 
     /// Reserves receive buffer for a session window; false if it does not fit.
+    /// Records that session `id` received DATA at `now` (the two most recent sessions).
+    fn note_receiving(&mut self, now: Timestamp, id: SessionId) {
+        let [latest, _] = self.recent_data;
+        if latest.0 != id {
+            self.recent_data = [(id, now), latest];
+        } else if let Some(first) = self.recent_data.first_mut() {
+            first.1 = now;
+        }
+    }
+
+    /// Whether a session other than `id` received DATA within `window` before `now`.
+    pub(super) fn others_receiving(&self, now: Timestamp, id: SessionId, window: Duration) -> bool {
+        self.recent_data.iter().any(|&(other, at)| {
+            other != id && at != Timestamp::NEVER && at.saturating_add(window) >= now
+        })
+    }
+
     pub(super) fn reserve_window(&mut self, window: Window) -> bool {
         let cost = window.memory_cost(self.config.limits.per_message_overhead);
         match self.recv_reserved.checked_add(cost) {
@@ -456,12 +475,16 @@ impl Connection {
 
     fn on_data(&mut self, now: Timestamp, header: Header, payload: Bytes, input_len: usize) {
         let id = header.session_id;
-        let Some(session) = self.sessions.get_mut(id) else {
+        if self.sessions.get(id).is_none() {
             self.on_not_live(now, id, false);
             return;
-        };
+        }
         let end = header.flags & crate::frame::FLAG_END != 0;
         let fin = header.flags & crate::frame::FLAG_FIN != 0;
+        self.note_receiving(now, id);
+        let Some(session) = self.sessions.get_mut(id) else {
+            return;
+        };
         if session.peer_close.is_some() {
             // spec/frames.md#close: nothing follows the peer's CLOSE.
             return;

@@ -138,6 +138,8 @@ pub(crate) struct RecvHalf {
     pub(crate) credit: Window,
     /// Consumed by the application and not yet announced back.
     pub(crate) unannounced: Window,
+    /// The part of `window` that window growth added, which it may take back.
+    pub(crate) grown: Window,
     /// A CREDIT for this session is in the control queue.
     pub(crate) credit_queued: bool,
     /// Complete messages not yet read.
@@ -165,6 +167,7 @@ impl RecvHalf {
             window,
             credit: window,
             unannounced: Window::ZERO,
+            grown: Window::ZERO,
             credit_queued: false,
             queue: VecDeque::new(),
             queued_bytes: 0,
