@@ -68,3 +68,28 @@ pub fn serve_transport<T: Transport>(
         tracing::info_span!("mux.conn"),
     )
 }
+
+/// Runs the protocol over an already open WebSocket as the client side: the counterpart of
+/// [`serve_transport`] for custom transports and in-memory tests. There is no reconnect
+/// ([`Client`] adds that over real sockets); sessions the server opens are run through
+/// `authorizer` and handed to `incoming`.
+pub fn connect_transport<T: Transport>(
+    transport: T,
+    config: mux_proto::Config,
+    authorizer: impl Authorizer,
+    incoming: tokio::sync::mpsc::Sender<Session>,
+) -> (ConnectionHandle, tokio::task::JoinHandle<ConnectionOutcome>) {
+    let acceptor = driver::Acceptor {
+        principal: None,
+        authorizer: std::sync::Arc::new(authorizer),
+        accepted: incoming,
+    };
+    driver::spawn_connection(
+        transport,
+        mux_proto::Side::Client,
+        config,
+        driver::DriverOptions::default(),
+        acceptor,
+        tracing::info_span!("mux.conn", side = "client"),
+    )
+}

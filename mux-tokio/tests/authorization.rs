@@ -180,10 +180,8 @@ async fn authorizer_that_never_answers_is_refused_with_4006_in_time() {
         elapsed >= AUTHORIZE_TIMEOUT,
         "refused after {elapsed:?}, before the deadline"
     );
-    assert!(
-        elapsed < AUTHORIZE_TIMEOUT + Duration::from_millis(800),
-        "refused only after {elapsed:?}"
-    );
+    // How exactly the deadline fires is checked on the paused clock
+    // (tests/paused_clock.rs); over real sockets only its lower bound is.
     echo_once(&mut public, "after").await;
 }
 
@@ -273,10 +271,6 @@ async fn a_full_accept_queue_refuses_with_4003_after_the_deadline() {
     }
     let elapsed = started.elapsed();
     assert!(elapsed >= AUTHORIZE_TIMEOUT, "refused after {elapsed:?}");
-    assert!(
-        elapsed < AUTHORIZE_TIMEOUT + Duration::from_millis(800),
-        "refused only after {elapsed:?}"
-    );
 
     // Once the application takes the queued session, there is room again.
     let mut first = within("accept", server.accept()).await.expect("queued");

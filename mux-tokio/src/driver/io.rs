@@ -36,6 +36,11 @@ const READ_BATCH: usize = 32;
 /// Transmits written per pass before one flush.
 const WRITE_BATCH: usize = 32;
 
+/// The smallest transmit buffer reserved.
+const SMALL_TRANSMIT: usize = 1024;
+/// An idle connection keeps a transmit buffer up to this size; a larger one is released.
+const KEPT_TRANSMIT_BUFFER: usize = 16 * 1024;
+
 /// Passes per poll before the driver yields to the scheduler, so one busy connection
 /// cannot hold a worker thread from the others (quinn's `MAX_TRANSMIT_DATAGRAMS`).
 const PASSES: usize = 4;
@@ -65,6 +70,10 @@ pub(crate) struct Driver<T> {
     authorizing: JoinSet<Decision>,
     /// The encode buffer `poll_transmit` appends to; each transmit is split off and frozen.
     buf: BytesMut,
+    /// Length of the last transmit, to size the next reservation.
+    last_transmit: usize,
+    /// The transmit buffer is large and was idle: release it at the next timer.
+    release_buffer: bool,
     /// A transmit the socket was not ready for.
     stash: Option<WsMessage>,
     /// Messages were written since the last flush.
@@ -96,6 +105,8 @@ impl<T: Transport> Driver<T> {
             acceptor,
             authorizing: JoinSet::new(),
             buf: BytesMut::new(),
+            last_transmit: 0,
+            release_buffer: false,
             stash: None,
             unflushed: false,
             timer: Box::pin(sleep_until(now)),
@@ -347,11 +358,14 @@ impl<T: Transport> Driver<T> {
         for _ in 0..WRITE_BATCH {
             if self.stash.is_none() {
                 let buf = &mut self.buf;
+                let last_len = self.last_transmit;
                 let next = self.inner.with(|state, wakers| {
                     let now = state.now();
-                    // One allocation of a whole transmit, reused once the transport has
-                    // dropped the last one, rather than growing by doubling and copying.
-                    buf.reserve(state.conn.max_transmit_size());
+                    // Room for a transmit like the last one (a whole one after a large one),
+                    // reused in place once the transport has dropped the previous transmit:
+                    // no allocation per transmit, and no growing by doubling and copying.
+                    let limit = state.conn.max_transmit_size();
+                    buf.reserve(last_len.saturating_mul(2).clamp(SMALL_TRANSMIT, limit));
                     if state.conn.poll_transmit(now, buf) {
                         // Writing can make sessions writable or complete them.
                         state.process_events(wakers);
@@ -363,9 +377,16 @@ impl<T: Transport> Driver<T> {
                         None
                     }
                 });
-                if next.is_none() {
-                    // Idle: an idle connection holds no transmit buffer (memory at rest).
-                    self.buf = BytesMut::new();
+                match &next {
+                    Some(WsMessage::Binary(bytes)) => {
+                        self.last_transmit = bytes.len();
+                        self.release_buffer = false;
+                    }
+                    Some(_) => {}
+                    // Idle: a buffer grown for bulk is given back at the next timer if no
+                    // write came in between (a pause for credit keeps it); a small one is
+                    // kept for the next message (a topic publish then allocates nothing).
+                    None => self.release_buffer = self.buf.capacity() > KEPT_TRANSMIT_BUFFER,
                 }
                 match next {
                     Some(message) => self.stash = Some(message),
@@ -449,6 +470,9 @@ impl<T: Transport> Driver<T> {
                 }
             });
             if due {
+                if std::mem::take(&mut self.release_buffer) {
+                    self.buf = BytesMut::new();
+                }
                 return true;
             }
             let Some(deadline) = deadline else {
