@@ -176,7 +176,8 @@ pub enum ClientEvent {
         /// The jittered delay.
         delay: Duration,
     },
-    /// `max_attempts` consecutive attempts failed; the client stopped.
+    /// The client stopped reconnecting: `max_attempts` consecutive attempts failed, or the
+    /// server refused the handshake with a status that retrying cannot fix (400, 401, 403).
     GaveUp,
     /// After a reconnect, the re-open policy opened `kind` again: the new session is waiting
     /// in [`Client::accept`], or the server refused it.
@@ -192,9 +193,18 @@ pub enum ClientEvent {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The handshake failed (refused with an HTTP status, or a network error).
+    /// The handshake failed (a network or protocol error).
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The server refused the handshake with an HTTP status (spec/http.md): 400, 401 and
+    /// 403 are not retried with the same request; 429 and 503 not before `retry_after`.
+    #[error("handshake refused with HTTP {status}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's `Retry-After`, in whole seconds.
+        retry_after: Option<Duration>,
+    },
     /// The server did not select `mux.v1`.
     #[error("the server did not select the mux.v1 subprotocol")]
     NoSubprotocol,
@@ -335,6 +345,9 @@ async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectErr
     let (ws, response) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Ok(Ok(pair)) => pair,
         // The error names the HTTP status for a refused handshake; it never contains the token.
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            return Err(refusal(&response));
+        }
         Ok(Err(e)) => return Err(ConnectError::Handshake(describe(&e))),
         Err(_) => return Err(ConnectError::Timeout),
     };
@@ -346,6 +359,45 @@ async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectErr
         return Err(ConnectError::NoSubprotocol);
     }
     Ok(ws)
+}
+
+/// A refused handshake's status and `Retry-After` (delta-seconds; an HTTP date is ignored).
+fn refusal(
+    response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>,
+) -> ConnectError {
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    ConnectError::Refused {
+        status: response.status().as_u16(),
+        retry_after,
+    }
+}
+
+/// What a failed attempt allows next (spec/http.md, M-HTTP-2 and M-HTTP-6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Back off as usual, waiting at least this long.
+    After(Duration),
+    /// The same request would be refused again: stop.
+    Never,
+}
+
+fn retry_for(error: &ConnectError) -> Retry {
+    match error {
+        ConnectError::Refused {
+            status: 400 | 401 | 403,
+            ..
+        } => Retry::Never,
+        ConnectError::Refused {
+            retry_after: Some(wait),
+            ..
+        } => Retry::After(*wait),
+        _ => Retry::After(Duration::ZERO),
+    }
 }
 
 fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
@@ -392,8 +444,16 @@ impl Supervisor {
                     Ok(socket) => socket,
                     Err(e) => {
                         debug!(error = %e, attempt, "connect failed");
+                        let at_least = match retry_for(&e) {
+                            Retry::After(wait) => wait,
+                            Retry::Never => {
+                                warn!(error = %e, "refused; not retrying the same request");
+                                let _ = self.events.try_send(ClientEvent::GaveUp);
+                                return;
+                            }
+                        };
                         attempt = attempt.saturating_add(1);
-                        if !self.wait_before_retry(attempt).await {
+                        if !self.wait_before_retry(attempt, at_least).await {
                             return;
                         }
                         continue;
@@ -441,7 +501,7 @@ impl Supervisor {
                 return;
             }
             attempt = attempt.saturating_add(1);
-            if !self.wait_before_retry(attempt).await {
+            if !self.wait_before_retry(attempt, Duration::ZERO).await {
                 return;
             }
         }
@@ -467,8 +527,9 @@ impl Supervisor {
         }
     }
 
-    /// Sleeps the jittered backoff for `attempt`; false if the client should stop.
-    async fn wait_before_retry(&mut self, attempt: u32) -> bool {
+    /// Sleeps the jittered backoff for `attempt`, and at least `at_least` (a server's
+    /// `Retry-After`); false if the client should stop.
+    async fn wait_before_retry(&mut self, attempt: u32, at_least: Duration) -> bool {
         if *self.stop.borrow() || !self.config.reconnect {
             return false;
         }
@@ -485,7 +546,8 @@ impl Supervisor {
         let delay = self
             .config
             .backoff
-            .delay(attempt.saturating_sub(1), random_seed());
+            .delay(attempt.saturating_sub(1), random_seed())
+            .max(at_least);
         let _ = self
             .events
             .try_send(ClientEvent::Reconnecting { attempt, delay });
@@ -505,6 +567,34 @@ impl Supervisor {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_that_retrying_cannot_fix_are_not_retried_and_retry_after_is_a_floor() {
+        let refused = |status, retry_after| ConnectError::Refused {
+            status,
+            retry_after,
+        };
+        for status in [400, 401, 403] {
+            assert_eq!(retry_for(&refused(status, None)), Retry::Never);
+        }
+        let wait = Duration::from_secs(3);
+        assert_eq!(retry_for(&refused(429, Some(wait))), Retry::After(wait));
+        assert_eq!(retry_for(&refused(503, Some(wait))), Retry::After(wait));
+        assert_eq!(retry_for(&refused(503, None)), Retry::After(Duration::ZERO));
+        assert_eq!(
+            retry_for(&ConnectError::Timeout),
+            Retry::After(Duration::ZERO)
+        );
+        let response = tokio_tungstenite::tungstenite::http::Response::builder()
+            .status(429)
+            .header("retry-after", " 7 ")
+            .body(None)
+            .unwrap();
+        assert!(matches!(
+            refusal(&response),
+            ConnectError::Refused { status: 429, retry_after: Some(d) } if d == Duration::from_secs(7)
+        ));
+    }
 
     #[test]
     fn backoff_ceiling_doubles_up_to_the_cap() {

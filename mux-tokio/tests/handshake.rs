@@ -292,7 +292,7 @@ async fn tokens_never_appear_in_errors() {
             Err(e) => e,
         };
         assert!(
-            matches!(&error, ConnectError::Handshake(s) if s.contains("401")),
+            matches!(&error, ConnectError::Refused { status: 401, .. }),
             "{error:?}"
         );
         let (display, debug) = (error.to_string(), format!("{error:?}"));

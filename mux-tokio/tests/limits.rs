@@ -50,7 +50,7 @@ async fn round_trip(client: &mut Client) {
 fn refused_with(result: Result<Client, ConnectError>, status: &str) {
     match result {
         Ok(_) => panic!("expected HTTP {status}"),
-        Err(ConnectError::Handshake(s)) => assert!(s.contains(status), "{s}"),
+        Err(ConnectError::Refused { status: got, .. }) => assert_eq!(got.to_string(), status),
         Err(e) => panic!("expected HTTP {status}, got {e:?}"),
     }
 }

@@ -339,3 +339,43 @@ async fn the_reopen_policy_opens_listed_sessions_again_after_a_reconnect() {
         Some(&b"again"[..])
     );
 }
+
+/// spec/http.md M-HTTP-2: a reconnect the server refuses with 401 is not retried with the
+/// same request. The authenticator accepts once, then refuses: after the kick the client
+/// tries exactly once more and gives up.
+#[tokio::test]
+async fn a_reconnect_refused_with_401_is_not_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use mux_tokio::{AuthError, HandshakeRequest, Principal};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let authenticate = move |_: &HandshakeRequest<'_>| {
+        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+            Ok(Principal::new("once"))
+        } else {
+            Err(AuthError("revoked".into()))
+        }
+    };
+    let mut server = Server::bind(common::loopback(), open_config(), authenticate, AllowAll)
+        .await
+        .expect("bind");
+    let handle = server.handle();
+    let addr = server.local_addr();
+    tokio::spawn(async move { while server.accept().await.is_some() {} });
+    let mut client = connect(addr, Some(20)).await;
+    handle.connections()[0]
+        .close(CloseCode::TRY_AGAIN_LATER, "kicked")
+        .await;
+    assert!(matches!(
+        next(&mut client).await,
+        ClientEvent::Disconnected { .. }
+    ));
+    let backoff = Backoff::new(BASE, MAX, Some(20));
+    let (event, attempts) = reconnecting(&mut client, &backoff).await;
+    assert_eq!(event, ClientEvent::GaveUp, "a 401 ends the retries");
+    assert_eq!(attempts, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one refused retry");
+}
