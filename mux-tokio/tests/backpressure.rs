@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{bind, open_config, within};
@@ -100,21 +100,15 @@ async fn unread_session_blocks_its_sender_but_not_its_neighbour() {
         "backpressure is not exactly the window plus the send queue"
     );
 
-    // The neighbour on the same connection is unaffected.
-    let mut worst = Duration::ZERO;
+    // The neighbour on the same connection is unaffected: it keeps echoing while the
+    // blocked sender stays blocked. (How fast is P8's business, in BENCHMARKS.md.)
     for i in 0..20 {
-        let started = Instant::now();
         let m = Bytes::from(format!("neighbour-{i}"));
         within("neighbour send", echo.send(m.clone()))
             .await
             .expect("send");
         assert_eq!(within("neighbour echo", echo.recv()).await, Some(m));
-        worst = worst.max(started.elapsed());
     }
-    assert!(
-        worst < Duration::from_millis(500),
-        "neighbour round trip took {worst:?}"
-    );
     assert_eq!(*progress.borrow(), completed, "the blocked sender moved");
 
     // Reading releases credit: everything arrives, in order, exactly once.
