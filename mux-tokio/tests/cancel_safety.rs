@@ -5,7 +5,7 @@
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects
 )]
-//! Cancel safety of `send`: a `send` future either queued its message in the poll that
+//! Cancel safety of `send`, `recv`, `open` and `closed`. A `send` future either queued its message in the poll that
 //! returned `Ok`, or did not queue it at all, and a dropped future never delivers it later.
 //! Each test polls the future with a no-op waker, drops it, and checks what the peer
 //! receives around it. (The tests run on tokio's current-thread runtime, so the connection
@@ -141,5 +141,99 @@ async fn a_send_dropped_while_waiting_for_credit_is_never_sent() {
     assert_eq!(
         got, sent,
         "message {dropped} was dropped before it was sent"
+    );
+}
+
+/// `recv` is cancel-safe: a `recv` dropped while waiting took nothing, so the message that
+/// arrives afterwards is read once, in order, by the next `recv`.
+#[tokio::test]
+async fn a_recv_dropped_while_waiting_takes_no_message() {
+    let (url, mut sessions) = sink_server(open_config()).await;
+    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
+        .await
+        .unwrap();
+    let mut session = client.open("sink", Bytes::new()).await.unwrap();
+    let mut server_side = within("the server's session", sessions.recv())
+        .await
+        .unwrap();
+    {
+        let recv = pin!(session.recv());
+        assert!(poll_once(recv), "nothing has been sent yet");
+    }
+    server_side.send(numbered(0)).await.unwrap();
+    server_side.send(numbered(1)).await.unwrap();
+    assert_eq!(within("first", session.recv()).await, Some(numbered(0)));
+    assert_eq!(within("second", session.recv()).await, Some(numbered(1)));
+}
+
+/// An `open` dropped before the server's answer leaves no session behind on either side:
+/// the client cancels it, and the connection goes on opening sessions.
+#[tokio::test]
+async fn an_open_dropped_before_its_answer_leaves_no_session() {
+    let (url, mut sessions) = sink_server(open_config()).await;
+    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
+        .await
+        .unwrap();
+    let handle = client.connection().await.expect("connected");
+    {
+        let open = pin!(handle.open("sink", Bytes::new()));
+        assert!(poll_once(open), "an open waits for the server's answer");
+    }
+    let mut kept = within("a later open", handle.open("sink", Bytes::new()))
+        .await
+        .unwrap();
+    // The server may have seen the cancelled open; if so it ended at once with 4010.
+    let mut first = within("the server's session", sessions.recv())
+        .await
+        .unwrap();
+    if first.id() != kept.id() {
+        assert_eq!(
+            within("the cancelled session ends", first.recv()).await,
+            None
+        );
+        assert_eq!(
+            first.close_reason().map(|r| r.code),
+            Some(mux_proto::CloseCode::CANCELLED)
+        );
+        first = within("the kept session", sessions.recv()).await.unwrap();
+    }
+    assert_eq!(first.id(), kept.id());
+    first.send(numbered(7)).await.unwrap();
+    assert_eq!(
+        within("the kept session works", kept.recv()).await,
+        Some(numbered(7))
+    );
+    let stats = within("stats", handle.stats()).await.unwrap();
+    assert_eq!(
+        stats.sessions_live, 1,
+        "only the kept session is live on the client"
+    );
+}
+
+/// `closed` only observes: dropping it changes nothing, and a later `closed` still
+/// completes when the session ends.
+#[tokio::test]
+async fn a_dropped_closed_future_does_not_end_or_hide_the_end() {
+    let (url, mut sessions) = sink_server(open_config()).await;
+    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
+        .await
+        .unwrap();
+    let session = client.open("sink", Bytes::new()).await.unwrap();
+    let server_side = within("the server's session", sessions.recv())
+        .await
+        .unwrap();
+    {
+        let closed = pin!(session.closed());
+        assert!(poll_once(closed), "the session is open");
+    }
+    assert!(session.close_reason().is_none());
+    server_side
+        .sender()
+        .reset(mux_proto::CloseCode::REVOKED, "gone")
+        .await;
+    within("closed completes", session.closed()).await;
+    assert_eq!(
+        session.close_reason().map(|r| r.code),
+        Some(mux_proto::CloseCode::REVOKED)
     );
 }
