@@ -156,6 +156,27 @@ impl Drop for PendingOpen<'_> {
     }
 }
 
+/// The connection's handle and its driver future, for a caller that runs the driver in a
+/// task it already has (the server's per-connection task): one task per connection.
+pub(crate) fn connection<T: Transport>(
+    transport: T,
+    side: Side,
+    config: Config,
+    options: DriverOptions,
+    acceptor: Acceptor,
+    span: tracing::Span,
+) -> (
+    ConnectionHandle,
+    impl std::future::Future<Output = ConnectionOutcome> + Send + 'static,
+) {
+    let inner = Arc::new(Inner::new(side, config));
+    let handle = ConnectionHandle {
+        inner: inner.clone(),
+    };
+    let driver = io::Driver::new(inner, transport, options, acceptor);
+    (handle, driver.run().instrument(span))
+}
+
 /// Starts the connection's driver on `transport` as its own task.
 pub(crate) fn spawn_connection<T: Transport>(
     transport: T,
@@ -165,11 +186,6 @@ pub(crate) fn spawn_connection<T: Transport>(
     acceptor: Acceptor,
     span: tracing::Span,
 ) -> (ConnectionHandle, tokio::task::JoinHandle<ConnectionOutcome>) {
-    let inner = Arc::new(Inner::new(side, config));
-    let handle = ConnectionHandle {
-        inner: inner.clone(),
-    };
-    let driver = io::Driver::new(inner, transport, options, acceptor);
-    let join = tokio::spawn(driver.run().instrument(span));
-    (handle, join)
+    let (handle, driver) = connection(transport, side, config, options, acceptor, span);
+    (handle, tokio::spawn(driver))
 }

@@ -25,7 +25,7 @@ pub use handshake::{
 };
 
 use crate::auth::{Authenticator, Authorizer, HandshakeRequest, Principal};
-use crate::driver::{spawn_connection, Acceptor, ConnectionHandle, DriverOptions};
+use crate::driver::{connection, Acceptor, ConnectionHandle, DriverOptions};
 use crate::session::Session;
 use crate::transport::TungsteniteTransport;
 use limits::{Refusal, Registry};
@@ -470,11 +470,13 @@ async fn serve_connection(
         outcome = Some((principal, permit));
         Ok(response)
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+    // Boxed, so its state is freed once the handshake is done instead of staying part of
+    // this task's future for the connection's whole life (memory at rest, P7).
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         tcp,
         callback,
         Some(config.websocket_config()),
-    );
+    ));
     let ws = match tokio::time::timeout(config.handshake_timeout, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(_)) | Err(_) => {
@@ -502,7 +504,8 @@ async fn serve_connection(
         authorizer: shared.authorizer.clone(),
         accepted,
     };
-    let (handle, join) = spawn_connection(
+    // The driver runs in this task: one task per connection.
+    let (handle, driver) = connection(
         TungsteniteTransport::new(ws),
         Side::Server,
         config.protocol.clone(),
@@ -515,12 +518,10 @@ async fn serve_connection(
     if *shared.shutdown.borrow() {
         handle.go_away().await;
     }
-    let outcome = join.await;
+    let outcome = driver.await;
     lock(&shared.connections).remove(&conn_id);
-    crate::observe::connection_closed(outcome.as_ref().ok().and_then(|o| o.code));
-    if let Ok(outcome) = outcome {
-        span.in_scope(|| info!(code = ?outcome.code, messages_in = outcome.stats.messages_received, messages_out = outcome.stats.messages_sent, "connection ended"));
-    }
+    crate::observe::connection_closed(outcome.code);
+    span.in_scope(|| info!(code = ?outcome.code, messages_in = outcome.stats.messages_received, messages_out = outcome.stats.messages_sent, "connection ended"));
     drop(principal_permit);
     drop(ip_permit);
 }
