@@ -102,6 +102,10 @@ pub struct Outcome {
     /// CPU of the server process, if it is another one.
     pub cpu_server: Option<Duration>,
     pub latency: Histogram<u64>,
+    /// Allocations during the measurement by the in-process server's and the clients'
+    /// runtime threads.
+    pub server_allocs: u64,
+    pub client_allocs: u64,
 }
 
 impl Outcome {
@@ -245,6 +249,10 @@ pub async fn run(
     tokio::time::sleep(shape.warmup).await;
     let cpu0 = sys::cpu_self();
     let server0 = server_pid.and_then(sys::cpu_of);
+    let allocs0 = (
+        sys::allocations(sys::Role::Server),
+        sys::allocations(sys::Role::Client),
+    );
     counters.measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     let total = shape.measure;
@@ -257,6 +265,8 @@ pub async fn run(
     }
     counters.measuring.store(false, Ordering::Relaxed);
     let secs = start.elapsed().as_secs_f64();
+    let server_allocs = sys::allocations(sys::Role::Server).saturating_sub(allocs0.0);
+    let client_allocs = sys::allocations(sys::Role::Client).saturating_sub(allocs0.1);
     let cpu_self = sys::cpu_self().saturating_sub(cpu0);
     let cpu_server = match (server0, server_pid.and_then(sys::cpu_of)) {
         (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -281,6 +291,8 @@ pub async fn run(
         cpu_self,
         cpu_server,
         latency,
+        server_allocs,
+        client_allocs,
     })
 }
 
@@ -346,6 +358,19 @@ fn report(o: &Outcome, env: &Env) {
         o.cpu_server
             .map(|c| format!(", server {:.2} s", c.as_secs_f64()))
             .unwrap_or_default()
+    );
+    // Each echo is two deliveries (there and back); the client's own per-message payload
+    // allocation (the timestamped `Bytes` it sends) is part of the client figure.
+    let deliveries = (o.messages as f64 * 2.0).max(1.0);
+    println!(
+        "  allocations   server {:.3}, clients {:.3} per delivered message{}",
+        o.server_allocs as f64 / deliveries,
+        o.client_allocs as f64 / deliveries,
+        if env.server_pid.is_some() {
+            " (server in another process: not counted)"
+        } else {
+            ""
+        }
     );
     match env.server_rss() {
         Some(rss) => println!("  server rss    {:.1} MiB", rss as f64 / (1 << 20) as f64),
