@@ -478,7 +478,7 @@ async fn connection_floods_meet_exact_caps_and_cheap_refusals() {
 }
 
 /// Row 24, memory: an idle upgraded connection costs at most 64 KiB of server memory
-/// (tungstenite's 8 KiB read buffer, the driver's state and its two tasks), measured as the
+/// (tungstenite's 8 KiB read buffer, the driver's state and its task), measured as the
 /// RSS growth over 300 idle connections (this process's raw clients cost a socket each).
 #[tokio::test]
 async fn an_idle_connection_costs_a_bounded_amount_of_memory() {

@@ -830,7 +830,7 @@ pub async fn within_long<T>(what: &str, future: impl std::future::Future<Output 
     }
 }
 
-/// Tasks alive in this runtime (every connection has a reader and a writer task).
+/// Tasks alive in this runtime (each server connection runs as one task).
 pub fn alive_tasks() -> usize {
     tokio::runtime::Handle::current()
         .metrics()
