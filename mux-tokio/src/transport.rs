@@ -119,6 +119,13 @@ mod tungstenite_adapter {
             WsError::Protocol(_) => Some(1002),
             WsError::Utf8(_) => Some(1007),
             WsError::Capacity(_) => Some(1009),
+            WsError::Io(io)
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<MessageTooFragmented>()) =>
+            {
+                Some(1009)
+            }
             _ => None,
         };
         match code {
@@ -194,3 +201,9 @@ mod tungstenite_adapter {
 }
 
 pub use tungstenite_adapter::TungsteniteTransport;
+
+/// A client's WebSocket message had more frames than the server allows
+/// (`ServerConfig::max_message_frames`): read as 1009, like a message too large.
+#[derive(Debug, thiserror::Error)]
+#[error("too many WebSocket frames in one message")]
+pub(crate) struct MessageTooFragmented;

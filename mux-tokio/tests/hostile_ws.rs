@@ -150,8 +150,8 @@ async fn a_peer_close_is_answered_and_invalid_close_frames_get_1002() {
 
 /// Row 13 (CONTINUATION flood, WebSocket half): a binary message that never ends, in
 /// 1-byte continuation frames. The catalogue says "forever"; the message is refused with
-/// 1009 at the fragment that takes it past L, so at most L fragments are ever read. (The
-/// client stops right there, so the server's close is not lost to a TCP reset.)
+/// 1009 at its 65th frame (`ServerConfig::max_message_frames`), long before it could pass
+/// L. (The client writes a bounded flood, so the server's close is not lost to a TCP reset.)
 #[tokio::test]
 async fn an_endless_fragmented_message_is_closed_with_1009_at_l() {
     let (_, handle, addr) = echo_server(open_config()).await;
@@ -228,6 +228,49 @@ async fn oversized_websocket_messages_are_refused_from_the_header() {
     h.write_raw(&bytes).await.expect("write");
     let ending = h.until_closed().await;
     assert_eq!(ending.codes(), (Some(1009), Some(1009)));
+    wait_idle(&handle).await;
+}
+
+/// A message of empty continuation frames never grows, so no size limit ends it: the frame
+/// cap does, with 1009 at the 65th frame, while another connection keeps echoing.
+#[tokio::test]
+async fn a_message_of_endless_empty_continuation_frames_is_cut_at_the_frame_cap() {
+    let (_, handle, addr) = echo_server(open_config()).await;
+    let mut honest = Hostile::connect(addr, &[]).await;
+    let mut h = Hostile::connect(addr, &[]).await;
+    let empty = ws::frame_with(false, 0, ws::CONTINUATION, Some(ws::MASK), None, b"");
+    let mut flood = ws::frame_with(false, 0, ws::BINARY, Some(ws::MASK), None, b"");
+    flood.extend(empty.repeat(64));
+    // 65 frames pass: the message's first frame and 64 continuations, one too many.
+    h.write_raw(&flood).await.expect("write");
+    let ending = h.until_closed().await;
+    assert_eq!(ending.codes(), (Some(1009), Some(1009)));
+    // Sixty-four frames in one message are still fine on the honest connection.
+    honest.send(&[wire::open(1, b"echo", b"")]).await;
+    let mut fragmented = ws::frame_with(false, 0, ws::BINARY, Some(ws::MASK), None, &[]);
+    fragmented.extend(empty.repeat(62));
+    let data = wire::data(1, wire::END, b"whole");
+    fragmented.extend(ws::frame_with(
+        true,
+        0,
+        ws::CONTINUATION,
+        Some(ws::MASK),
+        None,
+        &data,
+    ));
+    honest.write_raw(&fragmented).await.expect("write");
+    let mut echoed = Vec::new();
+    while echoed.is_empty() {
+        let frames = honest.next_frames().await.expect("the echo");
+        echoed.extend(
+            frames
+                .into_iter()
+                .filter(|f| f.is_data() && f.sid == 1)
+                .map(|f| f.payload),
+        );
+    }
+    assert_eq!(echoed[0].as_slice(), b"whole");
+    drop(honest);
     wait_idle(&handle).await;
 }
 

@@ -1,6 +1,7 @@
 //! The WebSocket server: handshake checks before the 101, connection limits and load
 //! shedding, one task per connection, and graceful shutdown.
 
+mod fragments;
 mod handshake;
 mod limits;
 
@@ -56,6 +57,11 @@ pub struct ServerConfig {
     pub accept_queue: usize,
     /// tungstenite's read buffer per connection. Default 8 KiB.
     pub read_buffer_size: usize,
+    /// WebSocket frames one message may have, and control frames amid one; past it the
+    /// connection ends (a message of endless empty continuation frames would otherwise
+    /// cost work that nothing charges). Default 64: browsers and this crate's client send
+    /// each message in one frame.
+    pub max_message_frames: u32,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +77,7 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(10),
             accept_queue: 1024,
             read_buffer_size: 8 * 1024,
+            max_message_frames: fragments::DEFAULT_MAX_FRAGMENTS,
         }
     }
 }
@@ -473,7 +480,7 @@ async fn serve_connection(
     // Boxed, so its state is freed once the handshake is done instead of staying part of
     // this task's future for the connection's whole life (memory at rest, P7).
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        tcp,
+        fragments::FragmentCapped::new(tcp, config.max_message_frames),
         callback,
         Some(config.websocket_config()),
     ));
