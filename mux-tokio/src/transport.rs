@@ -126,6 +126,13 @@ mod tungstenite_adapter {
             {
                 Some(1009)
             }
+            WsError::Io(io)
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<MessageTooSlow>()) =>
+            {
+                Some(1008)
+            }
             _ => None,
         };
         match code {
@@ -207,3 +214,9 @@ pub use tungstenite_adapter::TungsteniteTransport;
 #[derive(Debug, thiserror::Error)]
 #[error("too many WebSocket frames in one message")]
 pub(crate) struct MessageTooFragmented;
+
+/// A client's fragmented WebSocket message did not complete within
+/// `ServerConfig::message_deadline` (pings do not extend it): read as 1008.
+#[derive(Debug, thiserror::Error)]
+#[error("a fragmented WebSocket message did not complete in time")]
+pub(crate) struct MessageTooSlow;

@@ -274,6 +274,56 @@ async fn a_message_of_endless_empty_continuation_frames_is_cut_at_the_frame_cap(
     wait_idle(&handle).await;
 }
 
+/// A fragmented message that never completes is cut at its deadline even while the peer
+/// keeps the connection busy with pings: 1008, no sooner than the deadline.
+#[tokio::test]
+async fn a_partial_message_kept_alive_by_pings_is_cut_at_its_deadline() {
+    let deadline = Duration::from_millis(300);
+    let mut config = open_config();
+    config.message_deadline = deadline;
+    // The pings inside the message would trip the frame cap first; this is about time.
+    config.max_message_frames = u32::MAX;
+    let (_, handle, addr) = echo_server(config).await;
+    let mut h = Hostile::connect(addr, &[]).await;
+    let started = Instant::now();
+    h.write_raw(&ws::frame_with(
+        false,
+        0,
+        ws::BINARY,
+        Some(ws::MASK),
+        None,
+        b"x",
+    ))
+    .await
+    .expect("write");
+    let ping = ws::frame_with(true, 0, ws::PING, Some(ws::MASK), None, b"alive");
+    // The attack's pace: a ping every 50 ms keeps the connection busy but stays far inside
+    // the control budget, so only the message deadline can end it.
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut writing = true;
+    let code = loop {
+        assert!(started.elapsed() < common::WAIT, "never cut");
+        if writing {
+            pace.tick().await;
+            // Once the server has closed, writes fail; what it sent is still to be read.
+            writing = h.write_raw(&ping).await.is_ok();
+        }
+        match h.next_ws_within(Duration::from_millis(10)).await {
+            // Pongs come back while the message is pending.
+            Some(Some(frame)) if frame.opcode == ws::CLOSE => break frame.close_code(),
+            Some(Some(_)) | None => {}
+            Some(None) => break None,
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert!(
+        started.elapsed() >= deadline,
+        "cut after {:?}",
+        started.elapsed()
+    );
+    wait_idle(&handle).await;
+}
+
 // ---- row 21: handshake parse DoS -------------------------------------------------------
 
 /// Sends `bytes` as an upgrade request's head (never finished), then waits for the server

@@ -5,14 +5,20 @@
 //! server with no message ever delivered and no byte of it charged anywhere. This reader
 //! sits between the socket and tungstenite, follows the frame headers as the bytes pass
 //! (after the HTTP request head), and fails the read once a data message has more than
-//! `max` frames or more than `max` control frames arrive in the middle of one. The error
-//! ends the connection; honest clients (browsers, this crate's) send each message whole.
+//! `max` frames or more than `max` control frames arrive in the middle of one, or when a
+//! fragmented message has not completed within its deadline (pings do not extend it). The
+//! error ends the connection; honest clients (browsers, this crate's) send each message
+//! whole.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::future::Future as _;
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// Frames a WebSocket message may have by default, and control frames amid one.
 pub(crate) const DEFAULT_MAX_FRAGMENTS: u32 = 64;
@@ -164,13 +170,22 @@ impl Meter {
 pub(crate) struct FragmentCapped<S> {
     inner: S,
     meter: Meter,
+    /// How long a fragmented message may take to complete; frames arriving (pings
+    /// included) do not extend it.
+    deadline: Duration,
+    /// Armed when a fragmented message starts; allocated on the first one.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
 impl<S> FragmentCapped<S> {
-    pub(crate) fn new(inner: S, max: u32) -> Self {
+    pub(crate) fn new(inner: S, max: u32, deadline: Duration) -> Self {
         FragmentCapped {
             inner,
             meter: Meter::new(max.max(1)),
+            deadline,
+            timer: None,
+            armed: false,
         }
     }
 }
@@ -183,14 +198,54 @@ impl<S: AsyncRead + Unpin> AsyncRead for FragmentCapped<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let polled = match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = buf.filled().get(before..).unwrap_or_default();
-                Poll::Ready(this.meter.feed(new))
+                if let Err(e) = this.meter.feed(new) {
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(()))
             }
             other => other,
-        }
+        };
+        this.track_deadline(cx)?;
+        polled
     }
+}
+
+impl<S> FragmentCapped<S> {
+    /// Arms the completion deadline when a fragmented message has begun and disarms it when
+    /// it ends; fails the read once it has passed (1008, see `MessageTooSlow`).
+    fn track_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.meter.in_message {
+            self.armed = false;
+            return Ok(());
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::ZERO)));
+        if !self.armed {
+            self.armed = true;
+            let at = tokio::time::Instant::now()
+                .checked_add(self.deadline)
+                .unwrap_or_else(far_future);
+            timer.as_mut().reset(at);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                crate::transport::MessageTooSlow,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An instant no deadline reaches (about 30 years ahead, as tokio's own far future).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        .checked_add(Duration::from_secs(86_400 * 365 * 30))
+        .unwrap_or_else(tokio::time::Instant::now)
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for FragmentCapped<S> {

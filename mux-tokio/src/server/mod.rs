@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// cost work that nothing charges). Default 64: browsers and this crate's client send
     /// each message in one frame.
     pub max_message_frames: u32,
+    /// How long a WebSocket message sent in several frames may take to complete, from its
+    /// first frame; control frames do not extend it. Past it the connection ends with 1008.
+    /// Default 10 s (a whole L-byte message at 6.5 KB/s).
+    pub message_deadline: Duration,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +82,7 @@ impl Default for ServerConfig {
             accept_queue: 1024,
             read_buffer_size: 8 * 1024,
             max_message_frames: fragments::DEFAULT_MAX_FRAGMENTS,
+            message_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -480,7 +485,7 @@ async fn serve_connection(
     // Boxed, so its state is freed once the handshake is done instead of staying part of
     // this task's future for the connection's whole life (memory at rest, P7).
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        fragments::FragmentCapped::new(tcp, config.max_message_frames),
+        fragments::FragmentCapped::new(tcp, config.max_message_frames, config.message_deadline),
         callback,
         Some(config.websocket_config()),
     ));
