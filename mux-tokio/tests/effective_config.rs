@@ -177,10 +177,9 @@ async fn handshake_timeout() {
     let mut buf = [0u8; 16];
     let _ = within("the drop", tcp.read(&mut buf)).await;
     let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(290) && took < Duration::from_millis(1300),
-        "{took:?}"
-    );
+    // Not before the configured 300 ms; that it was the configured value and not the
+    // 5 s default shows in `within`'s bound, shorter than the default.
+    assert!(took >= Duration::from_millis(290), "{took:?}");
     wait_idle(&handle).await;
 }
 
@@ -198,10 +197,9 @@ async fn authorize_timeout() {
         .await;
     let took = started.elapsed();
     assert_eq!(code, Some(4006));
-    assert!(
-        took >= Duration::from_millis(240) && took < Duration::from_millis(1250),
-        "{took:?}"
-    );
+    // The hook's own 250 ms, not the protocol's 5 s (which would be RESET after `within`'s
+    // bound); its exact instant is checked on the paused clock (tests/paused_clock.rs).
+    assert!(took >= Duration::from_millis(240), "{took:?}");
     drop(h);
     wait_idle(&handle).await;
 }
@@ -235,10 +233,9 @@ async fn write_timeout() {
     })
     .await;
     let took = stopped.elapsed();
-    assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
-        "{took:?}"
-    );
+    // Not before the configured 400 ms; its exact instant is checked on the paused clock
+    // (tests/paused_clock.rs), and `wait_until`'s bound is shorter than the 10 s default.
+    assert!(took >= Duration::from_millis(400), "{took:?}");
 }
 
 /// `accept_queue`: with an application that never calls `accept`, exactly 2 sessions are

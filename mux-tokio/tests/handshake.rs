@@ -344,10 +344,6 @@ async fn a_handshake_that_never_completes_is_dropped_at_the_deadline() {
         elapsed >= deadline - std::time::Duration::from_millis(20),
         "{elapsed:?}"
     );
-    assert!(
-        elapsed < deadline + std::time::Duration::from_millis(800),
-        "{elapsed:?}"
-    );
     wait_idle(&handle).await;
     let stats = handle.stats();
     assert_eq!(stats.handshake_failed, 1);

