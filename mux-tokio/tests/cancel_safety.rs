@@ -47,6 +47,20 @@ async fn sink_server(config: mux_tokio::ServerConfig) -> (String, mpsc::Receiver
     (url, rx)
 }
 
+/// A client with one `sink` session, and the server's side of it. The client is returned
+/// so its connection lives as long as the test needs it.
+async fn one_session() -> (Client, Session, Session) {
+    let (url, mut sessions) = sink_server(open_config()).await;
+    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
+        .await
+        .unwrap();
+    let session = client.open("sink", Bytes::new()).await.unwrap();
+    let server_side = within("the server's session", sessions.recv())
+        .await
+        .unwrap();
+    (client, session, server_side)
+}
+
 /// Reads until the marker; returns everything before it.
 async fn read_to_marker(session: &mut Session) -> Vec<Bytes> {
     let mut got = Vec::new();
@@ -61,14 +75,7 @@ async fn read_to_marker(session: &mut Session) -> Vec<Bytes> {
 
 #[tokio::test]
 async fn a_send_that_completed_in_its_first_poll_is_delivered_once() {
-    let (url, mut sessions) = sink_server(open_config()).await;
-    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
-        .await
-        .unwrap();
-    let mut session = client.open("sink", Bytes::new()).await.unwrap();
-    let mut server_side = within("the server's session", sessions.recv())
-        .await
-        .unwrap();
+    let (_client, mut session, mut server_side) = one_session().await;
     session.send(numbered(0)).await.unwrap();
     {
         // With credit, the message is queued in the first poll: no later step can lose or
@@ -148,14 +155,7 @@ async fn a_send_dropped_while_waiting_for_credit_is_never_sent() {
 /// arrives afterwards is read once, in order, by the next `recv`.
 #[tokio::test]
 async fn a_recv_dropped_while_waiting_takes_no_message() {
-    let (url, mut sessions) = sink_server(open_config()).await;
-    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
-        .await
-        .unwrap();
-    let mut session = client.open("sink", Bytes::new()).await.unwrap();
-    let mut server_side = within("the server's session", sessions.recv())
-        .await
-        .unwrap();
+    let (_client, mut session, mut server_side) = one_session().await;
     {
         let recv = pin!(session.recv());
         assert!(poll_once(recv), "nothing has been sent yet");
@@ -214,14 +214,7 @@ async fn an_open_dropped_before_its_answer_leaves_no_session() {
 /// completes when the session ends.
 #[tokio::test]
 async fn a_dropped_closed_future_does_not_end_or_hide_the_end() {
-    let (url, mut sessions) = sink_server(open_config()).await;
-    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
-        .await
-        .unwrap();
-    let session = client.open("sink", Bytes::new()).await.unwrap();
-    let server_side = within("the server's session", sessions.recv())
-        .await
-        .unwrap();
+    let (_client, session, server_side) = one_session().await;
     {
         let closed = pin!(session.closed());
         assert!(poll_once(closed), "the session is open");
