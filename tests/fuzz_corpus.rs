@@ -62,6 +62,11 @@ fn handshake_headers_corpus() {
     replay("handshake_headers", mux_tokio::fuzzing::handshake_headers);
 }
 
+#[test]
+fn upgrade_head_corpus() {
+    replay("upgrade_head", mux_tokio::fuzzing::upgrade_head);
+}
+
 /// Every vector of spec/vectors through the decode_bytes body (cmin keeps only the vectors
 /// that add coverage to the corpus; this keeps them all).
 #[test]

@@ -255,3 +255,32 @@ fn a_transport_that_ends_without_conn_close_is_abnormal() {
     );
     assert_eq!(peer.conn.session_count(), 0);
 }
+
+/// Shedding load: CONN_CLOSE 1013 carries the retry hint the caller gave, so the peer
+/// knows when to come back (spec/close-codes.md).
+#[test]
+fn a_close_with_a_retry_hint_sends_it_in_conn_close() {
+    let mut peer = RawPeer::server(Default::default());
+    let now = peer.now;
+    peer.conn
+        .close_retry_after(now, CloseCode::TRY_AGAIN_LATER, "overloaded", 1500);
+    peer.collect();
+    let close = peer.received.iter().find_map(|f| match f {
+        Frame::ConnClose(c) => Some(c.clone()),
+        _ => None,
+    });
+    let close = close.expect("a CONN_CLOSE");
+    assert_eq!(close.code, CloseCode::TRY_AGAIN_LATER);
+    assert_eq!(close.retry_after_ms, 1500);
+    // A plain close says nothing about retrying.
+    let mut other = RawPeer::server(Default::default());
+    let now = other.now;
+    other
+        .conn
+        .close(now, CloseCode::TRY_AGAIN_LATER, "overloaded");
+    other.collect();
+    assert!(other
+        .received
+        .iter()
+        .any(|f| matches!(f, Frame::ConnClose(c) if c.retry_after_ms == 0)));
+}

@@ -21,7 +21,7 @@ use mux_tokio::{
 };
 
 /// Tokens map to principals; a real server would verify a signed token here.
-fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     match request.token.as_ref().map(|t| t.expose()) {
         Some("alice-token") => Ok(Principal::new("alice")),
         Some("bob-token") => Ok(Principal::new("bob")),

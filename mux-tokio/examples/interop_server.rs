@@ -23,7 +23,7 @@ use mux_tokio::{
 
 const BIG: u32 = 256 * 1024;
 
-fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     match &request.token {
         Some(token) if token.expose() == "interop-token" => Ok(Principal::new("interop")),
         _ => Err(AuthError("bad token".into())),

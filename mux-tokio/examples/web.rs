@@ -90,7 +90,7 @@ impl Drop for Live {
     }
 }
 
-fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     let name = request.token.as_ref().map(|t| t.expose()).unwrap_or("");
     let valid = !name.is_empty()
         && name.len() <= 24

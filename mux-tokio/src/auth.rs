@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use mux_proto::{CloseCode, Grant};
+use tokio_tungstenite::tungstenite::http::HeaderMap;
 
 use crate::session::OpenInfo;
 
@@ -75,32 +76,37 @@ impl fmt::Debug for Principal {
 }
 
 /// What the handshake offers the authenticator. Its `Debug` shows the path without its
-/// query (where a misconfigured client may have put a token) and never the token.
-pub struct HandshakeRequest<'a> {
-    /// The TCP peer.
+/// query (where a misconfigured client may have put a token), header names without their
+/// values (cookies, `Authorization`), and never the token.
+#[derive(Clone)]
+pub struct HandshakeRequest {
+    /// The client's address: the TCP peer, or the address a trusted proxy reported.
     pub peer: SocketAddr,
     /// The request path and query (never put tokens in the query: it ends up in logs).
-    pub path: &'a str,
+    pub path: String,
     /// The `Origin` header, already checked against the allowlist.
-    pub origin: Option<&'a str>,
+    pub origin: Option<String>,
     /// The bearer token, from `Authorization: Bearer …` or a `Sec-WebSocket-Protocol` entry
     /// `bearer.…` (browsers cannot set headers on a WebSocket).
     pub token: Option<Token>,
+    /// Every request header, for cookie sessions and the like.
+    pub headers: HeaderMap,
 }
 
-impl fmt::Debug for HandshakeRequest<'_> {
+impl fmt::Debug for HandshakeRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // spec/sessions.md#security-considerations: credentials in URLs end up in logs, so
         // the query is never printed.
         let path = match self.path.split_once('?') {
             Some((path, _)) => format!("{path}?<redacted>"),
-            None => self.path.to_owned(),
+            None => self.path.clone(),
         };
         f.debug_struct("HandshakeRequest")
             .field("peer", &self.peer)
             .field("path", &path)
             .field("origin", &self.origin)
             .field("token", &self.token)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -110,21 +116,52 @@ impl fmt::Debug for HandshakeRequest<'_> {
 #[error("unauthorized: {0}")]
 pub struct AuthError(pub String);
 
+/// A boxed authentication future.
+pub type AuthenticateFuture = Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send>>;
+
 /// Authenticates a connection during the WebSocket handshake, before the 101.
 ///
-/// This runs inside the handshake, so it is synchronous: verify a signed token (a JWT, an
-/// HMAC ticket). Slow lookups belong in the per-session [`Authorizer`].
+/// It runs under the server's one handshake deadline (`ServerConfig::handshake_timeout`);
+/// a decision still pending then is answered 503 with `Retry-After`. A plain function or
+/// closure `Fn(&HandshakeRequest) -> Result<Principal, AuthError>` is an authenticator (for
+/// a signed token checked in place); [`authenticate_async`] wraps an async one (a cookie
+/// session or a database lookup).
 pub trait Authenticator: Send + Sync + 'static {
     /// The principal for this request, or an error (answered with HTTP 401).
-    fn authenticate(&self, request: &HandshakeRequest<'_>) -> Result<Principal, AuthError>;
+    fn authenticate(&self, request: &HandshakeRequest) -> AuthenticateFuture;
 }
 
 impl<F> Authenticator for F
 where
-    F: Fn(&HandshakeRequest<'_>) -> Result<Principal, AuthError> + Send + Sync + 'static,
+    F: Fn(&HandshakeRequest) -> Result<Principal, AuthError> + Send + Sync + 'static,
 {
-    fn authenticate(&self, request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
-        self(request)
+    fn authenticate(&self, request: &HandshakeRequest) -> AuthenticateFuture {
+        Box::pin(std::future::ready(self(request)))
+    }
+}
+
+/// An async authenticator: see [`authenticate_async`].
+#[derive(Debug, Clone, Copy)]
+pub struct AsyncAuthenticator<F>(F);
+
+/// Makes an authenticator of an async function of the request (owned, so the future may
+/// keep it across awaits):
+/// `authenticate_async(|request: HandshakeRequest| async move { lookup(request).await })`.
+pub fn authenticate_async<F, Fut>(f: F) -> AsyncAuthenticator<F>
+where
+    F: Fn(HandshakeRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Principal, AuthError>> + Send + 'static,
+{
+    AsyncAuthenticator(f)
+}
+
+impl<F, Fut> Authenticator for AsyncAuthenticator<F>
+where
+    F: Fn(HandshakeRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Principal, AuthError>> + Send + 'static,
+{
+    fn authenticate(&self, request: &HandshakeRequest) -> AuthenticateFuture {
+        Box::pin((self.0)(request.clone()))
     }
 }
 
@@ -186,7 +223,9 @@ impl Authorizer for AllowAll {
 }
 
 impl Authenticator for AllowAll {
-    fn authenticate(&self, request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
-        Ok(Principal::new(request.peer.ip().to_string()))
+    fn authenticate(&self, request: &HandshakeRequest) -> AuthenticateFuture {
+        Box::pin(std::future::ready(Ok(Principal::new(
+            request.peer.ip().to_string(),
+        ))))
     }
 }

@@ -94,14 +94,30 @@ pub fn handshake_headers(data: &[u8]) {
                     "{:?}",
                     HandshakeRequest {
                         peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
-                        path: "/mux",
-                        origin: Some("https://example.com"),
+                        path: "/mux".to_owned(),
+                        origin: Some("https://example.com".to_owned()),
                         token: Some(token),
+                        headers: Default::default(),
                     }
                 )
             };
             let skeleton = request(Token::new("\u{1}"));
             assert_redacted(token, &request(token.clone()), &skeleton);
         }
+    }
+}
+
+/// Arbitrary bytes as an upgrade request head, through the server's own parser
+/// (`head::parse`, RFC 6455 §4.2.1). No panic; a head that parses has a target, at most
+/// the server's header count, and a 28-character `Sec-WebSocket-Accept`; parsing the same
+/// bytes twice gives the same answer.
+pub fn upgrade_head(data: &[u8]) {
+    let first = crate::server::parse_head(data);
+    let again = crate::server::parse_head(data);
+    assert_eq!(first.is_ok(), again.is_ok());
+    if let Ok((target, headers, accept_key)) = first {
+        assert!(!target.is_empty());
+        assert!(headers <= crate::server::MAX_HEADERS);
+        assert_eq!(accept_key.len(), 28);
     }
 }

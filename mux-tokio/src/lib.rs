@@ -16,6 +16,7 @@
 mod auth;
 #[cfg(feature = "axum")]
 pub mod axum;
+mod budget;
 mod client;
 mod driver;
 mod error;
@@ -30,15 +31,16 @@ pub mod topic;
 mod transport;
 
 pub use auth::{
-    AllowAll, AuthError, Authenticator, AuthorizeFuture, Authorizer, HandshakeRequest, Principal,
-    Rejection, Token,
+    authenticate_async, AllowAll, AsyncAuthenticator, AuthError, AuthenticateFuture, Authenticator,
+    AuthorizeFuture, Authorizer, HandshakeRequest, Principal, Rejection, Token,
 };
+pub use budget::{BudgetStats, Pressure};
 pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError};
 pub use driver::{ConnectionHandle, ConnectionOutcome};
 pub use error::{OpenError, SendError, SessionClosed, TrySendError};
 pub use server::{
-    bearer_token, parse_protocols, Origin, OriginPolicy, Protocols, Server, ServerConfig,
-    ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
+    bearer_token, parse_protocols, HandshakeRate, Origin, OriginPolicy, Protocols, Server,
+    ServerConfig, ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
 };
 pub use session::{OpenInfo, Session, SessionSender};
 pub use signal::{shutdown_signal, ShutdownSignal};

@@ -29,7 +29,7 @@ use mux_tokio::{
 use tokio::io::AsyncReadExt;
 
 /// The principal is the bearer token, else the peer's IP.
-fn by_token(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn by_token(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     Ok(match &request.token {
         Some(t) => Principal::new(t.expose()),
         None => Principal::new(request.peer.ip().to_string()),

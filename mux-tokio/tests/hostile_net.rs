@@ -134,7 +134,7 @@ impl Authorizer for Authorize {
 }
 
 /// The principal is the bearer token (`tenant-a`, `tenant-b`), else the peer's IP.
-fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     Ok(match &request.token {
         Some(token) => Principal::new(token.expose()),
         None => Principal::new(request.peer.ip().to_string()),

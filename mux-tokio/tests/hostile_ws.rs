@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use common::hostile::{self, wire, ws, Capture, Honest, Hostile, Options};
 use common::{bind, echo_server, open_config, wait_idle, wait_until, within};
-use mux_tokio::{AllowAll, AuthError, HandshakeRequest, OriginPolicy, Principal, ServerConfig};
+use mux_tokio::{
+    AllowAll, AuthError, HandshakeRate, HandshakeRequest, OriginPolicy, Principal, ServerConfig,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// L for the default MAX_FRAME_SIZE (64 KiB): max(65,536, 65,536 + 10), the largest
@@ -33,7 +35,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const L: usize = 65_546;
 
 /// The most of an unfinished handshake head the server reads before refusing it.
-const HEAD_LIMIT: usize = 64 * 1024;
+/// The request head the server reads at most by default (`ServerConfig::max_request_head`).
+const HEAD_LIMIT: usize = 8 * 1024;
 
 // ---- row 29: RFC 6455 violations (in place of Autobahn sections 1-7) --------------------
 
@@ -352,20 +355,22 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Row 21: a header of 20 MB (scaled: 1 MiB), 2,000 headers, and a request dribbled one
-/// byte per write are refused long before the handshake deadline, after at most 64 KiB of
-/// header has been read, and the slot is freed.
+/// Row 21: a header of 20 MB (scaled: 1 MiB) and 2,000 headers are refused long before
+/// the handshake deadline with 431, after at most `max_request_head` (8 KiB) has been read,
+/// and the slot is freed. A head dribbled a byte at a time meets the handshake deadline
+/// (`handshake_timeout_counts_the_whole_upgrade` and the slowloris tests).
 #[tokio::test]
-async fn handshake_parse_attacks_are_refused_within_64_kib() {
+async fn handshake_parse_attacks_are_refused_within_the_head_bound() {
     // A deadline far past `drain_to_eof`'s 5 s bound, so every refusal that comes at all
     // is the parser's, not the clock's.
     let config = open_config().handshake_timeout(Duration::from_secs(60));
     let (_, handle, addr) = echo_server(config).await;
     let head = "GET / HTTP/1.1\r\nHost: x\r\nX-Big: ";
 
-    // 64 KiB of unfinished head is still waited for (the deadline would end it)...
+    // One byte short of the bound, an unfinished head is still waited for (the deadline
+    // would end it)...
     let mut under = head.as_bytes().to_vec();
-    under.resize(HEAD_LIMIT, b'a');
+    under.resize(HEAD_LIMIT - 1, b'a');
     let mut tcp = hostile::tcp(addr, &Options::default())
         .await
         .expect("connect");
@@ -374,10 +379,13 @@ async fn handshake_parse_attacks_are_refused_within_64_kib() {
     let read = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await;
     assert!(
         read.is_err(),
-        "64 KiB of head must not be refused yet: {read:?}"
+        "a head under the bound must not be refused yet: {read:?}"
     );
-    // ...and one byte more is refused at once.
+    // ...and the byte that fills the bound without ending the head is refused at once.
     tcp.write_all(b"a").await.expect("write");
+    let mut answer = [0u8; 13];
+    tcp.read_exact(&mut answer).await.expect("an answer");
+    assert_eq!(&answer, b"HTTP/1.1 431 ");
     hostile::drain_to_eof(&mut tcp).await;
     // Each refusal costs well under the catalogue's 10 ms of CPU (averaged over 20, since
     // the clock ticks every 10 ms; the client's own writes are included).
@@ -389,7 +397,7 @@ async fn handshake_parse_attacks_are_refused_within_64_kib() {
     }
     let spent = cpu_time().saturating_sub(cpu) / 20;
     // The catalogue's 10 ms is a speed goal, measured (printed) here, not asserted.
-    println!("refusing a 64 KiB + 1 head cost {spent:?} of CPU");
+    println!("refusing an 8 KiB head cost {spent:?} of CPU");
 
     // 1 MiB (the catalogue's 20 MB, scaled) in one go.
     let mut big = head.as_bytes().to_vec();
@@ -399,7 +407,7 @@ async fn handshake_parse_attacks_are_refused_within_64_kib() {
     let took = rejected_after(addr, &big, 64 * 1024, Duration::ZERO).await;
     println!("a 1 MiB head refused after {took:?}");
 
-    // 2,000 headers (httparse's cap is 124).
+    // 2,000 headers (the server reads at most 64).
     let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
     for i in 0..2000 {
         let _ = write!(many, "X-H{i}: v\r\n");
@@ -408,14 +416,9 @@ async fn handshake_parse_attacks_are_refused_within_64_kib() {
     let took = rejected_after(addr, many.as_bytes(), many.len(), Duration::ZERO).await;
     println!("2,000 headers refused after {took:?}");
 
-    // One byte per write: tungstenite refuses a head averaging under 128 bytes per read
-    // after 64 reads. Each byte waits 2 ms so every one is a read of its own.
-    let took = rejected_after(addr, big.as_slice(), 1, Duration::from_millis(2)).await;
-    println!("a head dribbled a byte per read refused after {took:?}");
-
     wait_idle(&handle).await;
     let stats = handle.stats();
-    assert_eq!(stats.handshake_failed, 24, "{stats:?}");
+    assert_eq!(stats.handshake_failed, 23, "{stats:?}");
     assert_eq!(stats.upgraded, 0);
 }
 
@@ -576,7 +579,9 @@ async fn connection_floods_meet_exact_caps_and_cheap_refusals() {
 #[tokio::test]
 async fn an_idle_connection_costs_a_bounded_amount_of_memory() {
     let _serial = hostile::serial().await;
-    let config = open_config().connection_limits(10_000, 1_000, 1_000);
+    let config = open_config()
+        .connection_limits(10_000, 1_000, 1_000)
+        .handshake_rate(HandshakeRate::UNLIMITED);
     let (_, handle, addr) = echo_server(config).await;
     // Warm up allocator arenas and the runtime with a first batch, then measure a second.
     let mut warm = Vec::new();
@@ -599,12 +604,12 @@ async fn an_idle_connection_costs_a_bounded_amount_of_memory() {
 
 /// Row 25: the Origin matrix, checked before authentication: only the exact tuples get
 /// 101, everything else 403 without the authenticator ever running, and a request that
-/// carries only a cookie is never authenticated (the authenticator never sees cookies).
+/// carries only a cookie is refused by an authenticator that reads tokens only.
 #[tokio::test]
 async fn only_exact_origins_upgrade_and_refusals_come_before_authentication() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    let authenticate = move |request: &HandshakeRequest<'_>| {
+    let authenticate = move |request: &HandshakeRequest| {
         counted.fetch_add(1, Ordering::SeqCst);
         match request.token.as_ref().map(|t| t.expose()) {
             Some("good-token") => Ok(Principal::new("alice")),
@@ -690,7 +695,7 @@ async fn a_token_in_the_query_string_never_reaches_logs() {
     let _guard = tracing::subscriber::set_default(capture.clone());
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let debugs = seen.clone();
-    let authenticate = move |request: &HandshakeRequest<'_>| {
+    let authenticate = move |request: &HandshakeRequest| {
         debugs.lock().unwrap().push(format!("{request:?}"));
         if request.path.contains("good") {
             Ok(Principal::new("alice"))

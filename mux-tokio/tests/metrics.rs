@@ -83,7 +83,7 @@ impl Recorder for Recording {
     }
 }
 
-fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     match request.token.as_ref().map(|t| t.expose()) {
         Some("secret-canary-token") => Ok(Principal::new("alice-principal")),
         _ => Err(AuthError("no".into())),

@@ -352,7 +352,7 @@ async fn a_reconnect_refused_with_401_is_not_retried() {
 
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    let authenticate = move |_: &HandshakeRequest<'_>| {
+    let authenticate = move |_: &HandshakeRequest| {
         if counted.fetch_add(1, Ordering::SeqCst) == 0 {
             Ok(Principal::new("once"))
         } else {

@@ -29,11 +29,11 @@ use common::{wait_until, within};
 use mux_proto::Grant;
 use mux_tokio::topic::{decode, LocalHub, SubscribeOptions, TopicEvent};
 use mux_tokio::{
-    AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
-    Principal, Rejection, Server, ServerConfig, ServerHandle, Session,
+    AuthError, Client, ClientConfig, HandshakeRate, HandshakeRequest, OpenError, OpenInfo,
+    OriginPolicy, Principal, Rejection, Server, ServerConfig, ServerHandle, Session,
 };
 
-fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     let token = request.token.as_ref().map(|t| t.expose().to_owned());
     match token.as_deref().and_then(|t| t.strip_prefix("user:")) {
         Some(name) => Ok(Principal::new(name)),
@@ -80,7 +80,9 @@ struct Seed {
 async fn start() -> Seed {
     let config = ServerConfig::default()
         .origins(OriginPolicy::default().allow_missing(true))
-        .connection_limits(10_000, 1_000, 100);
+        .connection_limits(10_000, 1_000, 100)
+        // Every simulated user connects from 127.0.0.1.
+        .handshake_rate(HandshakeRate::UNLIMITED);
     let authorizer = |p: &Principal, o: &OpenInfo| authorize(p.clone(), o.clone());
     let mut server = Server::bind(common::loopback(), config, authenticate, authorizer)
         .await

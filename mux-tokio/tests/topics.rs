@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     let token = request
         .token
         .as_ref()

@@ -545,9 +545,22 @@ impl Connection {
     /// Closes the connection now with `code`: CONN_CLOSE is the last frame sent. A code not
     /// valid on the wire (spec/close-codes.md#valid-values) is replaced by 1011
     /// INTERNAL_ERROR, so the peer never receives a CONN_CLOSE it must reject.
-    pub fn close(&mut self, _now: Timestamp, code: CloseCode, reason: &str) {
+    pub fn close(&mut self, now: Timestamp, code: CloseCode, reason: &str) {
+        self.close_retry_after(now, code, reason, 0);
+    }
+
+    /// Like [`close`](Self::close), with CONN_CLOSE's `retry_after_ms` set: how long the peer
+    /// should wait before it reconnects (1013 TRY_AGAIN_LATER when shedding load,
+    /// spec/close-codes.md).
+    pub fn close_retry_after(
+        &mut self,
+        _now: Timestamp,
+        code: CloseCode,
+        reason: &str,
+        retry_after_ms: u32,
+    ) {
         let code = wire_code_or(code, CloseCode::INTERNAL_ERROR);
-        self.begin_close(code, reason, Initiator::Local);
+        self.begin_close(code, reason, retry_after_ms, Initiator::Local);
     }
 
     /// Queues a CREDIT if enough was consumed, unless throttled (spec/sessions.md#credit).

@@ -234,6 +234,12 @@ impl Connection {
         s
     }
 
+    /// Bytes held now: (received and not yet read, queued for sending). The two buffer
+    /// levels of [`stats`](Self::stats), without copying the counters.
+    pub fn buffered(&self) -> (u64, u64) {
+        (self.recv_buffered, self.send_buffered)
+    }
+
     /// A session's counters, if it is live.
     pub fn session_stats(&self, id: SessionId) -> Option<SessionStats> {
         self.sessions.get(id).map(Session::snapshot)
@@ -341,15 +347,22 @@ impl Connection {
 
     /// A connection error detected locally: queue CONN_CLOSE and stop.
     fn fail(&mut self, code: CloseCode, reason: &str) {
-        self.begin_close(code, reason, Initiator::Local);
+        self.begin_close(code, reason, 0, Initiator::Local);
     }
 
-    fn begin_close(&mut self, code: CloseCode, reason: &str, initiator: Initiator) {
+    fn begin_close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        retry_after_ms: u32,
+        initiator: Initiator,
+    ) {
         if matches!(self.state, State::Closing | State::Closed) {
             return;
         }
         self.close_code = Some(code);
-        let frame = ConnClose::new(code, reason);
+        let mut frame = ConnClose::new(code, reason);
+        frame.retry_after_ms = retry_after_ms;
         self.release_all_sessions(code);
         self.control.clear();
         self.ring.clear();

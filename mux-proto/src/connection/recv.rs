@@ -86,7 +86,7 @@ impl Connection {
             State::Closed => {}
             State::Closing => self.state = State::Closed,
             State::Handshaking | State::Open => {
-                self.begin_close(CloseCode::ABNORMAL, "transport closed", Initiator::Peer);
+                self.begin_close(CloseCode::ABNORMAL, "transport closed", 0, Initiator::Peer);
             }
         }
     }
@@ -144,7 +144,7 @@ impl Connection {
             Frame::GoAway(goaway) => self.on_goaway(now, goaway),
             Frame::ConnClose(close) => {
                 let reason = close.reason.as_str().to_owned();
-                self.begin_close(close.code, &reason, Initiator::Peer);
+                self.begin_close(close.code, &reason, 0, Initiator::Peer);
             }
             Frame::Data(_) => {}
         }

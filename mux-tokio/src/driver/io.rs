@@ -20,6 +20,7 @@ use tracing::{debug, trace, warn};
 use super::state::{IncomingOpen, Inner};
 use super::{Acceptor, ConnectionOutcome, DriverOptions};
 use crate::auth::{Principal, Rejection};
+use crate::budget::Part;
 use crate::session::{OpenInfo, Session};
 use crate::transport::{Transport, WsMessage};
 
@@ -40,6 +41,9 @@ const WRITE_BATCH: usize = 32;
 const SMALL_TRANSMIT: usize = 1024;
 /// An idle connection keeps a transmit buffer up to this size; a larger one is released.
 const KEPT_TRANSMIT_BUFFER: usize = 16 * 1024;
+
+/// How long a connection shed for memory tells its peer to wait before reconnecting.
+const SHED_RETRY_AFTER_MS: u32 = 1000;
 
 /// Passes per poll before the driver yields to the scheduler, so one busy connection
 /// cannot hold a worker thread from the others (quinn's `MAX_TRANSMIT_DATAGRAMS`).
@@ -88,6 +92,13 @@ pub(crate) struct Driver<T> {
     reading: bool,
     /// The peer closed or the transport failed: nothing more can be read.
     peer_gone: bool,
+    /// The memory budget chose this connection to close (1013).
+    shed: bool,
+    /// Armed while the memory budget keeps this connection from reading: one that stays
+    /// paused for the write deadline is closed like a shed one, since a paused reader cannot
+    /// even see its peer leave.
+    pause_timer: Option<Pin<Box<Sleep>>>,
+    paused: bool,
 }
 
 impl<T: Transport> Driver<T> {
@@ -115,6 +126,9 @@ impl<T: Transport> Driver<T> {
             write_stalled: false,
             reading: true,
             peer_gone: false,
+            shed: false,
+            pause_timer: None,
+            paused: false,
         }
     }
 
@@ -134,6 +148,15 @@ impl<T: Transport> Driver<T> {
     }
 
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        let polled = self.poll_passes(cx);
+        self.account();
+        polled
+    }
+
+    fn poll_passes(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        if let Err(stop) = self.check_shed(cx) {
+            return Poll::Ready(stop);
+        }
         for _ in 0..PASSES {
             let mut progress = false;
             match self.read(cx) {
@@ -162,11 +185,112 @@ impl<T: Transport> Driver<T> {
         Poll::Pending
     }
 
+    /// Reports what this connection holds to the memory budget: its fixed state, the
+    /// protocol's buffers, the transmit buffer (the partial WebSocket message is reported
+    /// by the frame meter), and the bytes it has delivered, by which the budget judges
+    /// progress.
+    fn account(&mut self) {
+        let Some(charge) = &self.options.charge else {
+            return;
+        };
+        let (buffered, sessions, delivered) = {
+            let mut state = self.inner.lock();
+            let s = state.conn.stats();
+            state.accounted_send = s.send_buffered;
+            (
+                s.recv_buffered.saturating_add(s.send_buffered),
+                state.conn.session_count(),
+                s.bytes_received.saturating_add(s.bytes_sent),
+            )
+        };
+        let stash = match &self.stash {
+            Some(WsMessage::Binary(b)) => b.len(),
+            _ => 0,
+        };
+        let protocol = usize::try_from(buffered)
+            .unwrap_or(usize::MAX)
+            .saturating_add(sessions.saturating_mul(crate::budget::SESSION_STATE));
+        let driver = self
+            .buf
+            .capacity()
+            .saturating_add(stash)
+            .saturating_add(self.options.fixed_cost);
+        charge.set(Part::Protocol, protocol);
+        charge.set(Part::Driver, driver);
+        charge.set_progress(delivered);
+    }
+
+    /// Closes the connection with 1013 once the memory budget has chosen it. A peer whose
+    /// socket takes nothing is dropped at once: waiting for it to read the close is what
+    /// would keep the memory.
+    fn check_shed(&mut self, cx: &mut Context<'_>) -> Result<(), Stop> {
+        let Some(charge) = &self.options.charge else {
+            return Ok(());
+        };
+        if self.shed {
+            return Ok(());
+        }
+        let paused_too_long = self.paused
+            && self
+                .pause_timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if !paused_too_long && !charge.is_shed(cx.waker()) {
+            return Ok(());
+        }
+        self.shed = true;
+        warn!(
+            reason = "server over its memory budget",
+            "closing connection"
+        );
+        self.inner.with(|state, wakers| {
+            let now = state.now();
+            state.conn.close_retry_after(
+                now,
+                CloseCode::TRY_AGAIN_LATER,
+                "server overloaded",
+                SHED_RETRY_AFTER_MS,
+            );
+            state.process_events(wakers);
+        });
+        if self.write_stalled || self.paused {
+            self.transport_lost();
+            return Err(Stop::Gone);
+        }
+        Ok(())
+    }
+
+    /// Arms the pause deadline when the budget first stops this connection's reads, and
+    /// disarms it when they resume.
+    fn set_paused(&mut self, paused: bool, cx: &mut Context<'_>) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        if paused {
+            let deadline = Instant::now()
+                .checked_add(self.options.write_timeout)
+                .unwrap_or_else(far_future);
+            let timer = self
+                .pause_timer
+                .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+            timer.as_mut().reset(deadline);
+            // Registers the timer's waker.
+            let _ = timer.as_mut().poll(cx);
+        }
+    }
+
     /// Reads what the socket has, up to a batch, while the protocol wants input.
     /// `Ok(progress)`, or the reason to stop.
     fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, Stop> {
         let mut progress = false;
         let mut wants_read = self.reading && self.inner.lock().conn.wants_read();
+        if wants_read {
+            if let Some(charge) = &self.options.charge {
+                wants_read = charge.may_read(cx.waker());
+                self.set_paused(!wants_read, cx);
+            }
+        }
         for _ in 0..READ_BATCH {
             if !wants_read {
                 break;
@@ -386,7 +510,18 @@ impl<T: Transport> Driver<T> {
                     // Idle: a buffer grown for bulk is given back at the next timer if no
                     // write came in between (a pause for credit keeps it); a small one is
                     // kept for the next message (a topic publish then allocates nothing).
-                    None => self.release_buffer = self.buf.capacity() > KEPT_TRANSMIT_BUFFER,
+                    None => {
+                        // Under memory pressure an idle buffer goes back at once.
+                        if self
+                            .options
+                            .charge
+                            .as_ref()
+                            .is_some_and(|c| c.shrink_idle())
+                        {
+                            self.buf = BytesMut::new();
+                        }
+                        self.release_buffer = self.buf.capacity() > KEPT_TRANSMIT_BUFFER;
+                    }
                 }
                 match next {
                     Some(message) => self.stash = Some(message),

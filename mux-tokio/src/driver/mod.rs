@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::auth::{Authorizer, Principal};
+use crate::budget::Charge;
 use crate::error::OpenError;
 use crate::session::Session;
 use crate::transport::Transport;
@@ -32,6 +33,10 @@ pub(crate) struct DriverOptions {
     pub(crate) write_timeout: Duration,
     /// Deadline for the authorization hook.
     pub(crate) authorize_timeout: Duration,
+    /// The account of the server's memory budget this connection reports to.
+    pub(crate) charge: Option<Arc<Charge>>,
+    /// Bytes charged for the connection's fixed state (its read buffer included).
+    pub(crate) fixed_cost: usize,
 }
 
 impl Default for DriverOptions {
@@ -39,6 +44,8 @@ impl Default for DriverOptions {
         DriverOptions {
             write_timeout: Duration::from_secs(10),
             authorize_timeout: Duration::from_secs(4),
+            charge: None,
+            fixed_cost: 0,
         }
     }
 }
@@ -170,6 +177,7 @@ pub(crate) fn connection<T: Transport>(
     impl std::future::Future<Output = ConnectionOutcome> + Send + 'static,
 ) {
     let inner = Arc::new(Inner::new(side, config));
+    inner.lock().charge = options.charge.clone();
     let handle = ConnectionHandle {
         inner: inner.clone(),
     };

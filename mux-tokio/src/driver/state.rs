@@ -8,7 +8,7 @@
 //! released. No value whose `Drop` takes the lock (a `Session`) is ever dropped under it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -22,7 +22,11 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::wake::{register, register_in, WakeList};
+use crate::budget::{Charge, Part};
 use crate::error::{OpenError, SendError, SessionClosed};
+
+/// Send-buffer movement that makes a sender report to the memory budget itself.
+const ACCOUNT_STEP: u64 = 16 * 1024;
 
 /// What a connection's driver and handles share.
 pub(crate) struct Inner {
@@ -48,6 +52,8 @@ impl Inner {
                 incoming: VecDeque::new(),
                 deciding: HashMap::new(),
                 ended: false,
+                charge: None,
+                accounted_send: 0,
             }),
             ended: Notify::new(),
         }
@@ -124,6 +130,9 @@ pub(crate) struct State {
     pub(crate) deciding: HashMap<SessionId, AbortHandle>,
     /// The driver has finished: every handle operation fails from now on.
     pub(crate) ended: bool,
+    /// The server's memory budget account, and the send buffer level last reported to it.
+    pub(crate) charge: Option<Arc<Charge>>,
+    pub(crate) accounted_send: u64,
 }
 
 impl State {
@@ -219,6 +228,7 @@ impl State {
         match self.conn.send(now, id, bytes.clone()) {
             Ok(()) => {
                 *message = None;
+                self.account_send();
                 self.wake_driver(wakers);
                 Poll::Ready(Ok(()))
             }
@@ -232,6 +242,25 @@ impl State {
             }
             Err(e) => Poll::Ready(Err(self.map_send_error(id, e))),
         }
+    }
+
+    /// Reports the protocol's holdings to the memory budget once the send buffer has moved
+    /// by [`ACCOUNT_STEP`] since the last report: a driver stalled on a slow reader does not
+    /// run, and the application may still be filling the buffer.
+    fn account_send(&mut self) {
+        let Some(charge) = &self.charge else {
+            return;
+        };
+        let (recv, send) = self.conn.buffered();
+        if send.abs_diff(self.accounted_send) < ACCOUNT_STEP {
+            return;
+        }
+        self.accounted_send = send;
+        let sessions = self.conn.session_count();
+        let held = usize::try_from(recv.saturating_add(send))
+            .unwrap_or(usize::MAX)
+            .saturating_add(sessions.saturating_mul(crate::budget::SESSION_STATE));
+        charge.set(Part::Protocol, held);
     }
 
     fn map_send_error(&self, id: SessionId, e: mux_proto::SendError) -> SendError {

@@ -17,8 +17,12 @@ use std::task::{Context, Poll};
 use std::future::Future as _;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use crate::budget::{Charge, Part};
 
 /// Frames a WebSocket message may have by default, and control frames amid one.
 pub(crate) const DEFAULT_MAX_FRAGMENTS: u32 = 64;
@@ -44,6 +48,12 @@ struct Meter {
     /// Frames of the message in progress, and control frames since it began.
     frames: u32,
     max: u32,
+    /// The frame being read is a data frame (not control), and whether it is final.
+    data_frame: bool,
+    final_frame: bool,
+    /// Payload bytes of the data message in progress received so far: what the WebSocket
+    /// library holds for it, charged to the memory budget.
+    partial: u64,
 }
 
 impl Meter {
@@ -54,6 +64,9 @@ impl Meter {
             in_message: false,
             frames: 0,
             max,
+            data_frame: false,
+            final_frame: false,
+            partial: 0,
         }
     }
 
@@ -87,8 +100,13 @@ impl Meter {
                 Phase::Payload { left } => {
                     let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
                     bytes = bytes.get(take..).unwrap_or_default();
-                    let left = left.saturating_sub(u64::try_from(take).unwrap_or(u64::MAX));
+                    let taken = u64::try_from(take).unwrap_or(u64::MAX);
+                    if self.data_frame {
+                        self.partial = self.partial.saturating_add(taken);
+                    }
+                    let left = left.saturating_sub(taken);
                     self.phase = if left == 0 {
+                        self.frame_done();
                         Phase::Header { have: 0, need: 2 }
                     } else {
                         Phase::Payload { left }
@@ -129,13 +147,25 @@ impl Meter {
             }
             n => u64::from(n),
         };
-        self.count(b0 & 0x80 != 0, b0 & 0x0f)?;
+        let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0f);
+        self.count(fin, opcode)?;
+        self.data_frame = opcode & 0x08 == 0;
+        self.final_frame = fin;
         self.phase = if len == 0 {
+            self.frame_done();
             Phase::Header { have: 0, need: 2 }
         } else {
             Phase::Payload { left: len }
         };
         Ok(())
+    }
+
+    /// A frame's payload has passed: a final data frame completes its message, which the
+    /// WebSocket library then hands on.
+    fn frame_done(&mut self) {
+        if self.data_frame && self.final_frame {
+            self.partial = 0;
+        }
     }
 
     fn count(&mut self, fin: bool, opcode: u8) -> io::Result<()> {
@@ -176,6 +206,9 @@ pub(crate) struct FragmentCapped<S> {
     /// Armed when a fragmented message starts; allocated on the first one.
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// Where the bytes of a message received in part are charged.
+    charge: Option<Arc<Charge>>,
+    charged: u64,
 }
 
 impl<S> FragmentCapped<S> {
@@ -186,7 +219,19 @@ impl<S> FragmentCapped<S> {
             deadline,
             timer: None,
             armed: false,
+            charge: None,
+            charged: 0,
         }
+    }
+
+    /// Charges the message received in part to `charge` from now on.
+    pub(crate) fn charge_to(&mut self, charge: Arc<Charge>) {
+        self.charge = Some(charge);
+    }
+
+    /// The stream underneath.
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 }
 
@@ -203,6 +248,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for FragmentCapped<S> {
                 let new = buf.filled().get(before..).unwrap_or_default();
                 if let Err(e) = this.meter.feed(new) {
                     return Poll::Ready(Err(e));
+                }
+                if this.meter.partial != this.charged {
+                    this.charged = this.meter.partial;
+                    if let Some(charge) = &this.charge {
+                        charge.set(
+                            Part::Partial,
+                            usize::try_from(this.charged).unwrap_or(usize::MAX),
+                        );
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -359,6 +413,24 @@ mod tests {
             feed(&mut meter, &flood, 4).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    #[test]
+    fn the_partial_message_counts_payload_as_it_arrives() {
+        let mut meter = Meter::new(8);
+        feed(&mut meter, HEAD, 7).unwrap();
+        let first = frame(false, 2, &[1; 300]);
+        feed(&mut meter, &first[..100], 7).unwrap();
+        // Header (2 + 2 length + 4 mask) then 92 payload bytes.
+        assert_eq!(meter.partial, 92);
+        feed(&mut meter, &first[100..], 7).unwrap();
+        feed(&mut meter, &frame(true, 9, b"ping"), 7).unwrap();
+        assert_eq!(meter.partial, 300);
+        feed(&mut meter, &frame(true, 0, &[2; 50]), 7).unwrap();
+        assert_eq!(meter.partial, 0);
+        // A single-frame message counts while it arrives: 6 header bytes, 3 of payload.
+        feed(&mut meter, &frame(true, 2, &[3; 10])[..9], 7).unwrap();
+        assert_eq!(meter.partial, 3);
     }
 
     #[test]

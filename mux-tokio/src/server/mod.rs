@@ -3,33 +3,52 @@
 
 mod fragments;
 mod handshake;
+mod head;
 mod limits;
+mod preauth;
+mod rate;
+mod serve;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mux_proto::{CloseCode, Side};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use mux_proto::CloseCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::{debug, info, info_span, warn};
 
 pub use handshake::{
     bearer_token, parse_protocols, Origin, OriginPolicy, Protocols, SUBPROTOCOL,
     TOKEN_PROTOCOL_PREFIX,
 };
 
-use crate::auth::{Authenticator, Authorizer, HandshakeRequest, Principal};
-use crate::driver::{connection, Acceptor, ConnectionHandle, DriverOptions};
+pub use rate::HandshakeRate;
+
+use crate::auth::{Authenticator, Authorizer};
+use crate::budget::{Budget, BudgetStats};
+use crate::driver::{ConnectionHandle, DriverOptions};
 use crate::session::Session;
-use crate::transport::TungsteniteTransport;
-use limits::{Refusal, Registry};
+use limits::Registry;
+use preauth::PreAuth;
+use rate::KeyedRate;
+
+/// The upgrade head parser, for the fuzz body: (target, header count, accept key).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn parse_head(bytes: &[u8]) -> Result<(String, usize, String), ()> {
+    head::parse(bytes)
+        .map(|r| (r.target, r.headers.len(), r.accept_key))
+        .map_err(|_| ())
+}
+
+#[cfg(feature = "fuzzing")]
+pub(crate) use head::MAX_HEADERS;
+
+/// Source addresses whose handshake rate is remembered at once (about 4 MiB at most).
+const RATE_KEYS: usize = 65_536;
 
 /// Server configuration. Every default is chosen for a browser-facing server.
 #[derive(Debug, Clone)]
@@ -50,7 +69,9 @@ pub struct ServerConfig {
     /// Deadline for the per-session authorization hook. Default 4 s (inside the protocol's
     /// 5 s authorization deadline, so the hook's own timeout answers first).
     pub authorize_timeout: Duration,
-    /// A peer that does not read a write within this long is disconnected. Default 10 s.
+    /// A peer that does not read a write within this long is disconnected; so is one the
+    /// memory budget has kept from reading this long (a paused reader cannot see its peer
+    /// leave). Default 10 s.
     pub write_timeout: Duration,
     /// Accepted sessions waiting for [`Server::accept`]; when full, opens wait and then are
     /// refused with 4003. Default 1,024.
@@ -66,6 +87,27 @@ pub struct ServerConfig {
     /// first frame; control frames do not extend it. Past it the connection ends with 1008.
     /// Default 10 s (a whole L-byte message at 6.5 KB/s).
     pub message_deadline: Duration,
+    /// Bytes the server may hold for its peers, all connections and handshakes together:
+    /// read and transmit buffers, queued and half-received messages, partial WebSocket
+    /// messages, request heads, and a fixed cost per connection and per session. Nearing
+    /// it, the server acts in order (see [`Pressure`](crate::Pressure)): expensive
+    /// connections stop reading at 75 %, idle buffers are released at 85 %, handshakes are
+    /// refused with 503 at 90 %, and at 100 % the connections holding the most memory per
+    /// byte of progress are closed with 1013 TRY_AGAIN_LATER. Default 256 MiB: 10,000 idle
+    /// connections (the default cap) are charged about 160 MiB, which leaves 96 MiB of
+    /// buffers, 1,500 full 64 KiB receive windows.
+    pub memory_budget: usize,
+    /// Connections still in their handshake at once. When all places are taken the oldest
+    /// unfinished handshake is dropped for the newest, so sockets that trickle or withhold
+    /// their request (a slowloris, from any number of addresses) cannot keep honest clients
+    /// out, and never count against authenticated connections. Default 1,024.
+    pub max_unauthenticated: usize,
+    /// Largest request head read (431 past it), also the memory an unauthenticated
+    /// handshake is charged. Default 8 KiB, as nginx's `large_client_header_buffers`.
+    pub max_request_head: usize,
+    /// Handshakes per second from one IP address, with a burst; past it, 429 with
+    /// `Retry-After`, before anything is read. Default 32/s, bursts of 128.
+    pub handshake_rate_per_ip: HandshakeRate,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +125,13 @@ impl Default for ServerConfig {
             read_buffer_size: 8 * 1024,
             max_message_frames: fragments::DEFAULT_MAX_FRAGMENTS,
             message_deadline: Duration::from_secs(10),
+            memory_budget: 256 * 1024 * 1024,
+            max_unauthenticated: 1024,
+            max_request_head: 8 * 1024,
+            handshake_rate_per_ip: HandshakeRate {
+                per_second: 32,
+                burst: 128,
+            },
         }
     }
 }
@@ -142,10 +191,24 @@ impl ServerConfig {
             .max_frame_size(Some(max))
     }
 
+    /// Builder: handshakes per second from one IP address (see
+    /// [`ServerConfig::handshake_rate_per_ip`]).
+    pub fn handshake_rate(mut self, rate: HandshakeRate) -> Self {
+        self.handshake_rate_per_ip = rate;
+        self
+    }
+
+    /// Builder: the memory budget (see [`ServerConfig::memory_budget`]).
+    pub fn memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
     fn driver_options(&self) -> DriverOptions {
         DriverOptions {
             write_timeout: self.write_timeout,
             authorize_timeout: self.authorize_timeout,
+            ..DriverOptions::default()
         }
     }
 }
@@ -160,6 +223,7 @@ struct Counters {
     refused_429: AtomicU64,
     refused_503: AtomicU64,
     handshake_failed: AtomicU64,
+    handshakes_evicted: AtomicU64,
 }
 
 /// A snapshot of server-wide counters.
@@ -180,8 +244,14 @@ pub struct ServerStats {
     pub refused_429: u64,
     /// Shed with 503 (global cap).
     pub refused_503: u64,
-    /// Handshakes that failed or timed out.
+    /// Handshakes that failed or timed out (a malformed or oversized head included).
     pub handshake_failed: u64,
+    /// Unfinished handshakes dropped to make room for newer ones.
+    pub handshakes_evicted: u64,
+    /// Connections in their handshake now.
+    pub unauthenticated: usize,
+    /// The memory budget's state.
+    pub memory: BudgetStats,
 }
 
 struct Shared {
@@ -189,6 +259,9 @@ struct Shared {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     registry: Registry,
+    budget: Budget,
+    preauth: PreAuth,
+    handshake_rate: Mutex<KeyedRate<IpAddr>>,
     counters: Counters,
     connections: Mutex<HashMap<u64, ConnectionHandle>>,
     next_id: AtomicU64,
@@ -243,6 +316,9 @@ impl Server {
             config.max_connections_per_principal,
         );
         let shared = Arc::new(Shared {
+            budget: Budget::new(config.memory_budget),
+            preauth: PreAuth::new(config.max_unauthenticated),
+            handshake_rate: Mutex::new(KeyedRate::new(config.handshake_rate_per_ip, RATE_KEYS)),
             config,
             authenticator: Arc::new(authenticator),
             authorizer: Arc::new(authorizer),
@@ -253,7 +329,7 @@ impl Server {
             accepted: Mutex::new(Some(accepted)),
             shutdown,
         });
-        tokio::spawn(accept_loop(listener, shared.clone()));
+        tokio::spawn(serve::accept_loop(listener, shared.clone()));
         Ok(Server {
             local_addr,
             sessions,
@@ -304,7 +380,22 @@ impl ServerHandle {
             refused_429: c.refused_429.load(Ordering::Relaxed),
             refused_503: c.refused_503.load(Ordering::Relaxed),
             handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
+            handshakes_evicted: c.handshakes_evicted.load(Ordering::Relaxed),
+            unauthenticated: self.shared.preauth.len(),
+            memory: self.shared.budget.stats(),
         }
+    }
+
+    /// Serves a connection the application accepted itself (a TLS stream from
+    /// tokio-rustls, a Unix socket) with every check of the server's own listener:
+    /// admission, the handshake deadline, Origin, subprotocol, authentication, caps and
+    /// the memory budget. `peer` is the client's address, for the per-IP limits. Returns
+    /// when the connection ends; spawn it.
+    pub async fn serve<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve::serve_accepted(stream, peer, self.shared.clone()).await;
     }
 
     /// Handles of the live connections (for per-connection stats).
@@ -345,197 +436,6 @@ impl ServerHandle {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut shutdown = shared.shutdown.subscribe();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        match shared.registry.admit(peer.ip()) {
-            Ok(permit) => {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    serve_connection(tcp, peer, shared, permit).await;
-                });
-            }
-            Err(refusal) => {
-                let (status, counter) = match refusal {
-                    Refusal::Global => ("503 Service Unavailable", &shared.counters.refused_503),
-                    Refusal::TooMany => ("429 Too Many Requests", &shared.counters.refused_429),
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                crate::observe::handshake_refused(if refusal == Refusal::Global {
-                    503
-                } else {
-                    429
-                });
-                tokio::spawn(refuse(tcp, status));
-            }
-        }
-    }
-    debug!("accept loop stopped");
-}
-
-/// Answers a connection that was not admitted, without reading its request.
-async fn refuse(mut tcp: TcpStream, status: &'static str) {
-    let response = format!(
-        "HTTP/1.1 {status}\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(response.as_bytes())).await;
-    let _ = tcp.shutdown().await;
-}
-
-#[allow(clippy::result_large_err)]
-fn reject(status: StatusCode) -> ErrorResponse {
-    let mut response = ErrorResponse::new(None);
-    *response.status_mut() = status;
-    // spec/http.md: a retryable refusal says when to retry, as the accept loop's 429 and 503
-    // already do.
-    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
-    }
-    response
-}
-
-async fn serve_connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    ip_permit: limits::IpPermit,
-) {
-    // None once shutdown has completed: nothing may be served any more.
-    let Some(accepted) = lock(&shared.accepted).clone() else {
-        return;
-    };
-    let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let config = &shared.config;
-    let mut outcome: Option<(Principal, limits::PrincipalPermit)> = None;
-    let mut refused: Option<StatusCode> = None;
-    // tungstenite's callback signature fixes the error type.
-    #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-        let headers = request.headers();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        // Every check answers with a real status before any state is kept (spec/sessions.md).
-        // An Origin that is present must be one readable value: an unreadable or repeated
-        // header is not a missing one (which `allow_missing` may admit).
-        let mut origins = headers.get_all("origin").iter();
-        let origin = match (origins.next().map(|v| v.to_str()), origins.next()) {
-            (None, _) => Some(None),
-            (Some(Ok(value)), None) => Some(Some(value)),
-            _ => None,
-        };
-        let Some(origin) = origin.filter(|o| config.origins.admits(*o)) else {
-            refused = Some(StatusCode::FORBIDDEN);
-            return Err(reject(StatusCode::FORBIDDEN));
-        };
-        let protocols = parse_protocols(
-            headers
-                .get_all("sec-websocket-protocol")
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        if !protocols.offers_mux {
-            refused = Some(StatusCode::BAD_REQUEST);
-            return Err(reject(StatusCode::BAD_REQUEST));
-        }
-        let token = header("authorization")
-            .and_then(bearer_token)
-            .or(protocols.token);
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-        let hs = HandshakeRequest {
-            peer,
-            path,
-            origin,
-            token,
-        };
-        let principal = match shared.authenticator.authenticate(&hs) {
-            Ok(p) => p,
-            Err(_) => {
-                refused = Some(StatusCode::UNAUTHORIZED);
-                return Err(reject(StatusCode::UNAUTHORIZED));
-            }
-        };
-        let Ok(permit) = shared.registry.admit_principal(&principal.id) else {
-            refused = Some(StatusCode::TOO_MANY_REQUESTS);
-            return Err(reject(StatusCode::TOO_MANY_REQUESTS));
-        };
-        response.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_static(SUBPROTOCOL),
-        );
-        outcome = Some((principal, permit));
-        Ok(response)
-    };
-    // Boxed, so its state is freed once the handshake is done instead of staying part of
-    // this task's future for the connection's whole life (memory at rest, P7).
-    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        fragments::FragmentCapped::new(tcp, config.max_message_frames, config.message_deadline),
-        callback,
-        Some(config.websocket_config()),
-    ));
-    let ws = match tokio::time::timeout(config.handshake_timeout, handshake).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(_)) | Err(_) => {
-            let counter = match refused {
-                Some(StatusCode::FORBIDDEN) => &shared.counters.refused_403,
-                Some(StatusCode::BAD_REQUEST) => &shared.counters.refused_400,
-                Some(StatusCode::UNAUTHORIZED) => &shared.counters.refused_401,
-                Some(StatusCode::TOO_MANY_REQUESTS) => &shared.counters.refused_429,
-                _ => &shared.counters.handshake_failed,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            crate::observe::handshake_refused(refused.map_or(0, |s| s.as_u16()));
-            debug!(%peer, status = ?refused, "handshake refused");
-            return;
-        }
-    };
-    let Some((principal, principal_permit)) = outcome else {
-        return;
-    };
-    shared.counters.upgraded.fetch_add(1, Ordering::Relaxed);
-    crate::observe::connection_opened();
-    let span = info_span!("mux.conn", conn_id, %peer, principal = %principal.id);
-    let acceptor = Acceptor {
-        principal: Some(principal),
-        authorizer: shared.authorizer.clone(),
-        accepted,
-    };
-    // The driver runs in this task: one task per connection.
-    let (handle, driver) = connection(
-        TungsteniteTransport::new(ws),
-        Side::Server,
-        config.protocol.clone(),
-        config.driver_options(),
-        acceptor,
-        span.clone(),
-    );
-    lock(&shared.connections).insert(conn_id, handle.clone());
-    // A server that is already shutting down tells late connections at once.
-    if *shared.shutdown.borrow() {
-        handle.go_away().await;
-    }
-    let outcome = driver.await;
-    lock(&shared.connections).remove(&conn_id);
-    crate::observe::connection_closed(outcome.code);
-    span.in_scope(|| info!(code = ?outcome.code, messages_in = outcome.stats.messages_received, messages_out = outcome.stats.messages_sent, "connection ended"));
-    drop(principal_permit);
-    drop(ip_permit);
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ pub async fn echo_server(config: ServerConfig) -> (String, ServerHandle, SocketA
 
 /// Accepts only the token `good-token` (principal `alice`); the principal of any other
 /// token `principal:<name>` is `<name>` (for per-principal limits).
-pub fn token_authenticator(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
+pub fn token_authenticator(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     match request.token.as_ref().map(|t| t.expose()) {
         Some("good-token") => Ok(Principal::new("alice")),
         Some(t) if t.starts_with("principal:") => Ok(Principal::new(&t["principal:".len()..])),

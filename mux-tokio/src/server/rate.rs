@@ -1,0 +1,137 @@
+//! A keyed rate limit (GCRA: one timestamp per key) with bounded memory, for handshakes per
+//! source address. Keys whose timestamp has passed hold no information (a fresh key would
+//! be admitted the same way), so they are swept when the table is full; if every key is
+//! still busy, an unknown key is admitted without being stored: the table never grows past
+//! its bound, and a flood of distinct sources meets the pre-authentication cap instead.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A rate: `per_second` on average, with bursts of up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeRate {
+    /// Sustained handshakes per second. 0 turns the limit off.
+    pub per_second: u32,
+    /// Handshakes admitted at once from an idle source.
+    pub burst: u32,
+}
+
+impl HandshakeRate {
+    /// No limit.
+    pub const UNLIMITED: HandshakeRate = HandshakeRate {
+        per_second: 0,
+        burst: 0,
+    };
+}
+
+/// GCRA state for many keys.
+#[derive(Debug)]
+pub(crate) struct KeyedRate<K> {
+    /// Theoretical arrival time of the next request, per key.
+    tat: HashMap<K, Instant>,
+    interval: Duration,
+    /// How far ahead of now a key's TAT may be and still admit: interval × (burst − 1).
+    tolerance: Duration,
+    max_keys: usize,
+}
+
+impl<K: Hash + Eq + Copy> KeyedRate<K> {
+    pub(crate) fn new(rate: HandshakeRate, max_keys: usize) -> Self {
+        let interval = Duration::from_secs(1)
+            .checked_div(rate.per_second)
+            .unwrap_or(Duration::ZERO);
+        KeyedRate {
+            tat: HashMap::new(),
+            interval,
+            tolerance: interval.saturating_mul(rate.burst.saturating_sub(1)),
+            max_keys,
+        }
+    }
+
+    /// Admits one request from `key` at `now`, or says how long until one would be.
+    pub(crate) fn check(&mut self, key: K, now: Instant) -> Result<(), Duration> {
+        if self.interval.is_zero() {
+            return Ok(());
+        }
+        if !self.tat.contains_key(&key) && self.tat.len() >= self.max_keys {
+            self.tat.retain(|_, tat| *tat > now);
+            if self.tat.len() >= self.max_keys {
+                return Ok(());
+            }
+        }
+        let tat = self.tat.get(&key).copied().unwrap_or(now).max(now);
+        let ahead = tat.saturating_duration_since(now);
+        if ahead > self.tolerance {
+            return Err(ahead.saturating_sub(self.tolerance));
+        }
+        self.tat
+            .insert(key, tat.checked_add(self.interval).unwrap_or(tat));
+        Ok(())
+    }
+
+    /// Keys stored now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.tat.len()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+mod tests {
+    use super::*;
+
+    const TEN_BURST_FOUR: HandshakeRate = HandshakeRate {
+        per_second: 10,
+        burst: 4,
+    };
+
+    #[test]
+    fn a_burst_then_the_sustained_rate() {
+        let mut r = KeyedRate::new(TEN_BURST_FOUR, 16);
+        let t = Instant::now();
+        for _ in 0..4 {
+            assert_eq!(r.check(1u8, t), Ok(()));
+        }
+        let wait = r.check(1, t).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        // Other keys are independent.
+        assert_eq!(r.check(2, t), Ok(()));
+        // One more after one interval, not two.
+        let later = t + Duration::from_millis(100);
+        assert_eq!(r.check(1, later), Ok(()));
+        assert!(r.check(1, later).is_err());
+    }
+
+    #[test]
+    fn the_table_never_passes_its_bound() {
+        let mut r = KeyedRate::new(TEN_BURST_FOUR, 8);
+        let t = Instant::now();
+        for k in 0..100u32 {
+            assert_eq!(r.check(k, t), Ok(()));
+            assert!(r.len() <= 8);
+        }
+        // Once their timestamps pass, stale keys make room for new ones.
+        let later = t + Duration::from_secs(1);
+        assert_eq!(r.check(1000, later), Ok(()));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn zero_is_unlimited() {
+        let mut r = KeyedRate::new(HandshakeRate::UNLIMITED, 1);
+        let t = Instant::now();
+        for _ in 0..1000 {
+            assert_eq!(r.check(1u8, t), Ok(()));
+        }
+        assert_eq!(r.len(), 0);
+    }
+}
