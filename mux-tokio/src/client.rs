@@ -388,8 +388,9 @@ enum Retry {
 
 fn retry_for(error: &ConnectError) -> Retry {
     match error {
+        // 426 and 431 are refusals of the request itself, as 400 (spec/http.md, check 3).
         ConnectError::Refused {
-            status: 400 | 401 | 403,
+            status: 400 | 401 | 403 | 426 | 431,
             ..
         } => Retry::Never,
         ConnectError::Refused {
@@ -574,7 +575,7 @@ mod tests {
             status,
             retry_after,
         };
-        for status in [400, 401, 403] {
+        for status in [400, 401, 403, 426, 431] {
             assert_eq!(retry_for(&refused(status, None)), Retry::Never);
         }
         let wait = Duration::from_secs(3);

@@ -309,3 +309,54 @@ async fn unread_messages_stay_in_the_protocol_until_read() {
     drop((session, h));
     wait_idle(&handle).await;
 }
+
+/// `max_unauthenticated`: with 2 places, a third unfinished handshake evicts the oldest
+/// (which the server closes) and not the second.
+#[tokio::test]
+async fn max_unauthenticated() {
+    let mut config = open();
+    config.max_unauthenticated = 2;
+    let (addr, handle) = serve(config, echo).await;
+    let mut first = common::hostile::tcp(addr, &Options::default())
+        .await
+        .unwrap();
+    let _second = common::hostile::tcp(addr, &Options::default())
+        .await
+        .unwrap();
+    wait_until("two handshakes wait", || {
+        handle.stats().unauthenticated == 2
+    })
+    .await;
+    let _third = common::hostile::tcp(addr, &Options::default())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        within("the eviction", first.read(&mut buf)).await.unwrap(),
+        0
+    );
+    let stats = handle.stats();
+    assert_eq!((stats.handshakes_evicted, stats.unauthenticated), (1, 2));
+}
+
+/// `max_request_head`: at 1 KiB, a head of 1 KiB without its end is refused with 431
+/// (the default reads 8 KiB).
+#[tokio::test]
+async fn max_request_head() {
+    let mut config = open();
+    config.max_request_head = 1024;
+    let (addr, _handle) = serve(config, echo).await;
+    let mut head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ".to_vec();
+    head.resize(1024, b'a');
+    let mut tcp = common::hostile::tcp(addr, &Options::default())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &head)
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("the refusal", tcp.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 431 "), "{answer:?}");
+}
