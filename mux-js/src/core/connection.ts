@@ -35,11 +35,13 @@ export class Connection {
   #control: Queued[] = [];
   #pendingPong: bigint | null = null;
   #pingDue = false;
-  #pingOutstanding: { payload: bigint; sentAt: number } | null = null;
+  /** When the outstanding PING went out; null while none is. */
+  #pingSentAt: number | null = null;
   #pingCounter = 0n;
   #lastReceived: number;
   #lastSent: number;
-  #goaway: { lastSessionId: number } | null = null;
+  /** The lowest last_session_id of the GOAWAYs received, once one has. */
+  #goawayLast: number | null = null;
   #recvBudget: Bucket;
   #sendBudget: Bucket | null = null;
   readonly #events: CoreEvent[] = [];
@@ -77,7 +79,7 @@ export class Connection {
     this.#tick(now);
     if (this.isClosed) return;
     this.#lastReceived = now;
-    this.#pingOutstanding = null; // spec/sessions.md#timers: any message counts as liveness
+    this.#pingSentAt = null; // spec/sessions.md#timers: any message counts as liveness
     if (message.length > transportLimit(this.own.max_frame_size)) return this.#fail(1009, "message over L");
     if (message.length === 0) return this.#fail(1002, "EmptyMessage");
     for (let off = 0; off < message.length;) {
@@ -122,10 +124,10 @@ export class Connection {
       if (now >= this.#startedAt + this.config.settingsDeadlineMs) this.#fail(4006, "no SETTINGS", "timeout");
       return;
     }
-    if (this.#pingOutstanding && now >= this.#pingOutstanding.sentAt + this.config.keepaliveTimeoutMs) {
+    if (this.#pingSentAt !== null && now >= this.#pingSentAt + this.config.keepaliveTimeoutMs) {
       return this.#fail(4006, "keepalive timeout", "timeout");
     }
-    if (!this.#pingOutstanding && now >= this.#nextPingAt()) this.#pingDue = true;
+    if (this.#pingSentAt === null && now >= this.#nextPingAt()) this.#pingDue = true;
     for (const s of [...this.#sessions.values()]) {
       if (s.grant === null && now >= s.openDeadline) this.#resetSession(s, 4006, "open deadline", "timeout", false);
     }
@@ -137,7 +139,7 @@ export class Connection {
   open(kind: string, opts: { auth?: Uint8Array; maxMessageSize?: number; messagesPerSec?: number; bytesPerSec?: number } = {}, now = this.#now): number {
     this.#tick(now);
     const peer = this.#requirePeer();
-    if (this.#goaway) throw new MuxError("going_away");
+    if (this.#goawayLast !== null) throw new MuxError("going_away");
     if (this.#sessions.size >= peer.max_sessions) throw new MuxError("too_many_sessions");
     const kindBytes = utf8.encode(kind);
     const auth = opts.auth ?? new Uint8Array(0);
@@ -148,7 +150,7 @@ export class Connection {
     const id = this.#lastLocalId === 0 ? 1 : this.#lastLocalId + 2;
     if (id > U32_MAX) throw new MuxError("ids_exhausted");
     this.#lastLocalId = id;
-    const s = new Session(id, kind, peer, this.own, now + this.config.openDeadlineMs);
+    const s = new Session(id, peer, this.own, now + this.config.openDeadlineMs);
     this.#sessions.set(id, s);
     this.#control.push({
       type: "OPEN", session_id: id, kind, auth,
@@ -225,7 +227,7 @@ export class Connection {
     if (this.#finished) return null;
     if (this.isClosed) return null;
     if (!this.#peer) return this.#startedAt + this.config.settingsDeadlineMs;
-    let t = this.#pingOutstanding ? this.#pingOutstanding.sentAt + this.config.keepaliveTimeoutMs : this.#nextPingAt();
+    let t = this.#pingSentAt !== null ? this.#pingSentAt + this.config.keepaliveTimeoutMs : this.#nextPingAt();
     for (const s of this.#sessions.values()) {
       if (s.grant === null) t = Math.min(t, s.openDeadline);
       const head = s.queue[0];
@@ -264,12 +266,11 @@ export class Connection {
       size += 18;
       this.#pendingPong = null;
     }
-    if (this.#pingDue && !this.#pingOutstanding && budget.take(1, now)) {
-      const payload = ++this.#pingCounter;
-      out.push({ type: "PING", session_id: 0, payload });
+    if (this.#pingDue && this.#pingSentAt === null && budget.take(1, now)) {
+      out.push({ type: "PING", session_id: 0, payload: ++this.#pingCounter });
       size += 18;
       this.#pingDue = false;
-      this.#pingOutstanding = { payload, sentAt: now };
+      this.#pingSentAt = now;
     }
     while (this.#control.length) {
       const q = this.#control[0] as Queued;
@@ -387,8 +388,8 @@ export class Connection {
 
   #onGoaway(last: number, code: number, reason: string): void {
     // spec/frames.md#goaway: a later GOAWAY may lower last_session_id, never raise it.
-    if (this.#goaway && last > this.#goaway.lastSessionId) return this.#fail(1002, "GOAWAY raised last_session_id");
-    this.#goaway = { lastSessionId: last };
+    if (this.#goawayLast !== null && last > this.#goawayLast) return this.#fail(1002, "GOAWAY raised last_session_id");
+    this.#goawayLast = last;
     this.#events.push({ type: "goaway", lastSessionId: last, code, reason });
     for (const s of [...this.#sessions.values()]) {
       if (s.id > last) this.#closeSession(s, 4009, "not processed before GOAWAY", 0, "peer");

@@ -43,7 +43,7 @@ export class Session {
   midTurn = false;
 
   /** Windows from each side's SETTINGS: `peer`'s for sending, `own` for receiving. */
-  constructor(readonly id: number, readonly kind: string, peer: Settings, own: Settings, openDeadline: number) {
+  constructor(readonly id: number, peer: Settings, own: Settings, openDeadline: number) {
     this.sendMsgs = peer.initial_credit_messages;
     this.sendBytes = peer.initial_credit_bytes;
     this.sendMax = Math.min(peer.max_message_size, this.sendBytes);
