@@ -57,13 +57,17 @@ export class Session {
     return this.state !== "draining" && (this.grant === null || this.grant.send);
   }
 
+  /** Credit read but not yet announced, on a session that still receives. */
+  get hasCreditToAnnounce(): boolean {
+    return (this.unannouncedMsgs > 0 || this.unannouncedBytes > 0) && !this.finReceived && this.state !== "draining";
+  }
+
   /**
    * spec/sessions.md#return-and-announcement: whether the unannounced credit should be
    * announced now (a quarter window reached, or the peer low while nothing is held).
    */
   shouldAnnounce(): boolean {
-    if (this.unannouncedMsgs === 0 && this.unannouncedBytes === 0) return false;
-    if (this.finReceived || this.state === "draining") return false;
+    if (!this.hasCreditToAnnounce) return false;
     const qm = Math.max(1, Math.floor(this.recvWinMsgs / 4));
     const qb = Math.floor(this.recvWinBytes / 4);
     if (this.unannouncedMsgs >= qm || this.unannouncedBytes >= qb) return true;
