@@ -176,8 +176,7 @@ export class Connection {
     if (data.length > s.sendMax) refuse("too_large", `${data.length} > ${s.sendMax}`);
     if (c > sendBufferBytes) refuse("too_large");
     if (s.queue.length >= maxQueuedMessages || this.#queuedTotal + c > sendBufferBytes) refuse("blocked");
-    s.queue.push({ data, off: 0, fin: opts.fin === true, started: false });
-    s.queuedBytes += c;
+    s.queue.push({ data, off: 0, fin: opts.fin === true });
     this.#queuedTotal += c;
     if (opts.fin) s.finQueued = true;
   }
@@ -237,7 +236,7 @@ export class Connection {
       if (s.grant === null) t = Math.min(t, s.openDeadline);
       const head = s.queue[0];
       if (s.pacer && head && s.sendMsgs > 0 && s.sendBytes > 0) {
-        t = Math.min(t, s.pacer.readyAt(!head.started, Math.min(head.data.length - head.off, MIN_FRAGMENT), this.#now));
+        t = Math.min(t, s.pacer.readyAt(!head.off, Math.min(head.data.length - head.off, MIN_FRAGMENT), this.#now));
       }
     }
     if (this.#control.length) t = Math.min(t, this.#sendBudget!.readyAt(1, this.#now));
@@ -414,7 +413,7 @@ export class Connection {
     // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
     // messages queued before the ACCEPT included.
     if (s.queue.length && !grant.send) return this.#resetSession(s, 1008, "queued data without SEND", "local", false);
-    if (s.queue.some((q) => !q.started && q.data.length > grant.maxMessageSize)) {
+    if (s.queue.some((q) => !q.off && q.data.length > grant.maxMessageSize)) {
       this.#resetSession(s, 1009, "queued message over the granted size", "local", false);
     }
   }
@@ -441,9 +440,10 @@ export class Connection {
     const inMessage = s.partialLen > 0;
     if (!f.end && f.fin && inMessage) return this.#resetSession(s, 1002, "FIN inside a message"); // D5
     const starts = !inMessage && (f.end || len > 0);
-    // Size before credit (spec/CHANGES.md entry 3): a message over the maximum is 1009 even
-    // when it is also beyond credit.
-    if (s.partialLen + len > s.recvMax) return this.#resetSession(s, 1009, "message over the session maximum"); // D6
+    // Size before credit (spec/CHANGES.md entry 3): a message over the maximum (ours, within
+    // the window) is 1009 even when it is also beyond credit.
+    const max = Math.min(this.own.max_message_size, this.own.initial_credit_bytes);
+    if (s.partialLen + len > max) return this.#resetSession(s, 1009, "message over the session maximum"); // D6
     if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#resetSession(s, 4004, "DATA beyond credit"); // D7
     if (starts) s.peerMsgs--;
     s.peerBytes -= len;
@@ -507,8 +507,7 @@ export class Connection {
   }
 
   #dropQueue(s: Session): void {
-    this.#queuedTotal -= s.queuedBytes;
-    s.queuedBytes = 0;
+    for (const q of s.queue) this.#queuedTotal -= cost(q.data);
     s.queue = [];
   }
 
@@ -532,7 +531,7 @@ export class Connection {
     if (!s.canSendData) return null;
     const head = s.queue[0];
     if (!head) return s.finQueued && !s.finSent ? { len: 0, end: false, fin: true, starts: false } : null;
-    const starts = !head.started;
+    const starts = !head.off;
     if (starts && (s.sendMsgs < 1 || s.pacer?.messageAvailable(now) === false)) return null;
     const rem = head.data.length - head.off;
     const room = Math.min(this.#peer!.max_frame_size, s.sendBytes, s.pacer?.bytesAvailable(now) ?? Infinity);
@@ -563,10 +562,8 @@ export class Connection {
         if (f.fin) s.finSent = true;
         if (head) {
           head.off += f.len;
-          head.started = true;
           if (f.end) {
             s.queue.shift();
-            s.queuedBytes -= cost(head.data);
             this.#queuedTotal -= cost(head.data);
             this.#events.push({ type: "sent", id: s.id });
           }
