@@ -135,7 +135,7 @@ export class Connection {
       if (this.#pingSentAt !== null) return this.#fail(4006, "keepalive timeout", "timeout");
       this.#pingDue = true;
     }
-    for (const s of [...this.#sessions.values()]) {
+    for (const s of this.#sessions.values()) {
       if (s.grant === null && now >= s.openDeadline) this.#resetSession(s, 4006, "open deadline", "timeout", false);
     }
     for (const [id, t] of this.#tombstones) if (now >= t.expires) this.#tombstones.delete(id);
@@ -324,11 +324,7 @@ export class Connection {
 
   #endAll(code: number, reason: string, retryAfterMs: number, source: CloseSource): void {
     this.closeCode = code;
-    for (const s of this.#sessions.values()) {
-      this.#events.push({ type: "closed", id: s.id, code, reason, retryAfterMs, source });
-    }
-    this.#sessions.clear();
-    this.#ring = [];
+    for (const s of this.#sessions.values()) this.#closeSession(s, code, reason, retryAfterMs, source);
     this.#events.push({ type: "connection_closed", code, reason, retryAfterMs, source });
   }
 
@@ -375,7 +371,7 @@ export class Connection {
     if (this.#goawayLast !== null && last > this.#goawayLast) return this.#fail(1002, "GOAWAY raised last_session_id");
     this.#goawayLast = last;
     this.#events.push({ type: "goaway", lastSessionId: last, code, reason });
-    for (const s of [...this.#sessions.values()]) {
+    for (const s of this.#sessions.values()) {
       if (s.id > last) this.#closeSession(s, 4009, "not processed before GOAWAY", 0, "peer");
     }
   }
