@@ -229,14 +229,10 @@ export class MuxClient extends EventTarget {
 
   /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
   pump(): void {
-    this.#dispatchAll();
-    this.#flush();
-    this.#dispatchAll();
-    this.#arm();
-  }
-
-  #dispatchAll(): void {
     for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#flush();
+    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#arm();
   }
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
