@@ -12,34 +12,27 @@ export function parseHeader(buf: Uint8Array, off: number): Header | FrameError {
   const available = buf.length - off;
   if (available < HEADER_LEN) return frameError("TruncatedHeader", { available });
   const dv = new DataView(buf.buffer, buf.byteOffset + off, HEADER_LEN);
-  const b0 = dv.getUint8(0);
-  const version = b0 >> 4;
+  const version = buf[off]! >> 4;
   if (version !== VERSION) return frameError("UnsupportedVersion", { version });
-  const type = b0 & 0x0f;
-  const name = FRAME_TYPE_NAMES[type];
-  if (name === undefined) return frameError("UnknownType", { type_nibble: type });
-  const flags = dv.getUint8(1);
+  const type = buf[off]! & 0x0f;
+  const frame_type = FRAME_TYPE_NAMES[type];
+  if (frame_type === undefined) return frameError("UnknownType", { type_nibble: type });
+  const flags = buf[off + 1]!;
   const session_id = dv.getUint32(2);
   const len = dv.getUint32(6);
-  if (flags & ~definedFlags(type)) return frameError("ReservedFlags", { frame_type: name, flags });
-  if (isConnectionFrame(type) !== (session_id === 0)) {
-    return frameError("WrongSession", { frame_type: name, session_id });
-  }
-  const [min, max] = lenBounds(type);
-  if (len < min || len > max) return frameError("BadLength", { frame_type: name, len, min, max });
+  if (flags & ~definedFlags(type)) return frameError("ReservedFlags", { frame_type, flags });
+  if (isConnectionFrame(type) !== (session_id === 0)) return frameError("WrongSession", { frame_type, session_id });
+  let [min, max] = lenBounds(type);
   if (type === FrameType.DATA) {
     const end = (flags & FLAG_END) !== 0;
     const fin = (flags & FLAG_FIN) !== 0;
     // spec/frames.md#data: an empty frame must end a message or the session; payload with
     // FIN must also carry END.
-    if ((len === 0 && !end && !fin) || (len > 0 && fin && !end)) {
-      return frameError("InvalidFlags", { frame_type: name, flags });
-    }
+    if (!end && len > 0 === fin) return frameError("InvalidFlags", { frame_type, flags });
     // spec/frames.md#data: a fragment in the middle of a message carries ≥ MIN_FRAGMENT bytes.
-    if (!end && !fin && len < MIN_FRAGMENT) {
-      return frameError("BadLength", { frame_type: name, len, min: MIN_FRAGMENT, max: 0xffffffff });
-    }
+    if (!end && !fin) min = MIN_FRAGMENT;
   }
+  if (len < min || len > max) return frameError("BadLength", { frame_type, len, min, max });
   return { type, flags, session_id, len };
 }
 

@@ -41,7 +41,7 @@ export type Frame =
 /** spec/frames.md#settings: id (index + 1), name, valid range and default. */
 export const SETTINGS: readonly { id: number; name: SettingName; min: number; max: number; def: number }[] = (
   [
-    ["max_frame_size", 1024, 16 * 1024 * 1024, 16384],
+    ["max_frame_size", 1024, 1 << 24, 16384],
     ["max_sessions", 0, U32, 100],
     ["initial_credit_messages", 1, U32, 64],
     ["initial_credit_bytes", MIN_FRAGMENT, U32, 65536],

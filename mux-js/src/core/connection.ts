@@ -7,19 +7,27 @@
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
 import {
-  HEADER_LEN, MIN_FRAGMENT, decodeBody, encodeMessage, encodedLen, isFrameError, isValidWireCode, parseHeader,
-  settingsWithDefaults, type Frame, type Settings,
+  HEADER_LEN, MIN_FRAGMENT, U32, decodeBody, encodeMessage, encodedLen, frameError, isFrameError, isValidWireCode,
+  parseHeader, settingsWithDefaults, type Frame, type Settings,
 } from "../codec/index.js";
 import { Bucket, Pacer } from "./bucket.js";
 import { Session } from "./session.js";
-import { DEFAULT_CONFIG, MuxError, type CloseSource, type CoreConfig, type CoreEvent } from "./types.js";
+import { DEFAULT_CONFIG, MuxError, type CloseSource, type CoreConfig, type CoreEvent, type Grant, type MuxErrorKind } from "./types.js";
 import { utf8 } from "../codec/utf8.js";
 
-const U32_MAX = 0xffffffff;
-type Queued = Frame | { type: "CREDIT_FOR"; session_id: number };
+/** A control frame to send, or a session whose unannounced credit a CREDIT takes once it can go. */
+type Queued = Frame | Session;
 
 /** spec/sessions.md#transport-message-size: L for a receiver's MAX_FRAME_SIZE. */
 export const transportLimit = (maxFrameSize: number): number => Math.max(65536, maxFrameSize + 10);
+
+/** A local refusal: throws MuxError. */
+function refuse(kind: MuxErrorKind, message?: string): never {
+  throw new MuxError(kind, message);
+}
+
+/** What a queued message counts against the send buffer. */
+const cost = (data: Uint8Array): number => data.length + 64;
 
 export class Connection {
   readonly config: CoreConfig;
@@ -35,17 +43,20 @@ export class Connection {
   #control: Queued[] = [];
   #pendingPong: bigint | null = null;
   #pingDue = false;
-  #pingOutstanding: { payload: bigint; sentAt: number } | null = null;
+  /** When the outstanding PING went out; null while none is. */
+  #pingSentAt: number | null = null;
   #pingCounter = 0n;
   #lastReceived: number;
   #lastSent: number;
-  #goaway: { lastSessionId: number } | null = null;
+  /** The lowest last_session_id of the GOAWAYs received, once one has. */
+  #goawayLast: number | null = null;
   #recvBudget: Bucket;
   #sendBudget: Bucket | null = null;
   readonly #events: CoreEvent[] = [];
   #ring: Session[] = [];
   #queuedTotal = 0;
   #finalFrame: Frame | null = null;
+  /** Nothing more goes out: the final frame was written, or the peer or the transport ended it. */
   #finished = false;
   /** The code the connection closed with, once it has; the driver closes the WebSocket with it. */
   closeCode: number | null = null;
@@ -77,27 +88,25 @@ export class Connection {
     this.#tick(now);
     if (this.isClosed) return;
     this.#lastReceived = now;
-    this.#pingOutstanding = null; // spec/sessions.md#timers: any message counts as liveness
-    if (message.length > transportLimit(this.own.max_frame_size)) return this.#fail(1009, "message over L");
-    if (message.length === 0) return this.#fail(1002, "EmptyMessage");
-    for (let off = 0; off < message.length;) {
-      const header = parseHeader(message, off);
-      if (isFrameError(header)) return this.#fail(header.close_code, header.kind);
-      // spec/sessions.md#data-checks D0: the frame size is checked from the header, before the
-      // payload is waited for and before the session is looked up.
-      if (header.type === 0 && header.len > this.own.max_frame_size) return this.#fail(1009, "frame over MAX_FRAME_SIZE");
-      const start = off + HEADER_LEN;
-      if (header.len > message.length - start) return this.#fail(1002, "TruncatedPayload");
-      off = start + header.len;
-      let f: Frame;
-      try {
-        f = decodeBody(header, message.subarray(start, off));
-      } catch (e) {
-        if (isFrameError(e)) return this.#fail(e.close_code, e.kind);
-        throw e;
+    this.#pingSentAt = null; // spec/sessions.md#timers: any message counts as liveness
+    const maxFrame = this.own.max_frame_size;
+    if (message.length > transportLimit(maxFrame)) return this.#fail(1009, "message over L");
+    try {
+      if (!message.length) throw frameError("EmptyMessage");
+      for (let off = 0; off < message.length && !this.isClosed;) {
+        const header = parseHeader(message, off);
+        if (isFrameError(header)) throw header;
+        // spec/sessions.md#data-checks D0: the frame size is checked from the header, before the
+        // payload is waited for and before the session is looked up.
+        if (!header.type && header.len > maxFrame) return this.#fail(1009, "frame over MAX_FRAME_SIZE");
+        const start = off + HEADER_LEN;
+        off = start + header.len;
+        if (off > message.length) throw frameError("TruncatedPayload");
+        this.#handleFrame(decodeBody(header, message.subarray(start, off)));
       }
-      this.#handleFrame(f);
-      if (this.isClosed) return;
+    } catch (e) {
+      if (!isFrameError(e)) throw e;
+      this.#fail(e.close_code, e.kind);
     }
   }
 
@@ -122,11 +131,11 @@ export class Connection {
       if (now >= this.#startedAt + this.config.settingsDeadlineMs) this.#fail(4006, "no SETTINGS", "timeout");
       return;
     }
-    if (this.#pingOutstanding && now >= this.#pingOutstanding.sentAt + this.config.keepaliveTimeoutMs) {
-      return this.#fail(4006, "keepalive timeout", "timeout");
+    if (now >= this.#keepaliveAt()) {
+      if (this.#pingSentAt !== null) return this.#fail(4006, "keepalive timeout", "timeout");
+      this.#pingDue = true;
     }
-    if (!this.#pingOutstanding && now >= this.#nextPingAt()) this.#pingDue = true;
-    for (const s of [...this.#sessions.values()]) {
+    for (const s of this.#sessions.values()) {
       if (s.grant === null && now >= s.openDeadline) this.#resetSession(s, 4006, "open deadline", "timeout", false);
     }
     for (const [id, t] of this.#tombstones) if (now >= t.expires) this.#tombstones.delete(id);
@@ -136,20 +145,20 @@ export class Connection {
   /** Opens a session of `kind`; returns its ID. Throws MuxError on local refusal. */
   open(kind: string, opts: { auth?: Uint8Array; maxMessageSize?: number; messagesPerSec?: number; bytesPerSec?: number } = {}, now = this.#now): number {
     this.#tick(now);
-    const peer = this.#requirePeer();
-    if (this.#goaway) throw new MuxError("going_away");
-    if (this.#sessions.size >= peer.max_sessions) throw new MuxError("too_many_sessions");
-    const kindBytes = utf8.encode(kind);
+    if (this.isClosed) refuse("connection_closed");
+    const peer = this.#peer ?? refuse("not_ready");
+    if (this.#goawayLast !== null) refuse("going_away");
+    if (this.#sessions.size >= peer.max_sessions) refuse("too_many_sessions");
+    const kindLen = utf8.encode(kind).length;
     const auth = opts.auth ?? new Uint8Array(0);
-    if (kindBytes.length > 255) throw new MuxError("kind_too_long");
-    if (auth.length > 65535 || kindBytes.length + auth.length > Math.min(peer.max_open_metadata, transportLimit(peer.max_frame_size) - 25)) {
-      throw new MuxError("metadata_too_large");
+    if (kindLen > 255) refuse("kind_too_long");
+    if (auth.length > 65535 || kindLen + auth.length > Math.min(peer.max_open_metadata, transportLimit(peer.max_frame_size) - 25)) {
+      refuse("metadata_too_large");
     }
-    const id = this.#lastLocalId === 0 ? 1 : this.#lastLocalId + 2;
-    if (id > U32_MAX) throw new MuxError("ids_exhausted");
+    const id = this.#lastLocalId ? this.#lastLocalId + 2 : 1;
+    if (id > U32) refuse("ids_exhausted");
     this.#lastLocalId = id;
-    const s = new Session(id, kind, peer, this.own, now + this.config.openDeadlineMs);
-    this.#sessions.set(id, s);
+    this.#sessions.set(id, new Session(id, peer, this.own, now + this.config.openDeadlineMs));
     this.#control.push({
       type: "OPEN", session_id: id, kind, auth,
       request: { max_message_size: opts.maxMessageSize ?? 0, messages_per_sec: opts.messagesPerSec ?? 0, bytes_per_sec: opts.bytesPerSec ?? 0 },
@@ -160,17 +169,15 @@ export class Connection {
   /** Queues one message. Throws MuxError "blocked" when the send buffer is full: wait for "sent". */
   send(id: number, data: Uint8Array, opts: { fin?: boolean } = {}): void {
     const s = this.#live(id);
-    if (s.finQueued) throw new MuxError("finished");
-    if (!s.canSendData || s.state === "closing") throw new MuxError("not_permitted");
-    if (data.length > s.sendMax) throw new MuxError("too_large", `${data.length} > ${s.sendMax}`);
-    const cost = data.length + 64;
-    if (cost > this.config.sendBufferBytes) throw new MuxError("too_large");
-    if (s.queue.length >= this.config.maxQueuedMessages || this.#queuedTotal + cost > this.config.sendBufferBytes) {
-      throw new MuxError("blocked");
-    }
-    s.queue.push({ data, off: 0, fin: opts.fin === true, started: false });
-    s.queuedBytes += cost;
-    this.#queuedTotal += cost;
+    const { maxQueuedMessages, sendBufferBytes } = this.config;
+    const c = cost(data);
+    if (s.finQueued) refuse("finished");
+    if (!s.canSendData || s.state === "closing") refuse("not_permitted");
+    if (data.length > s.sendMax) refuse("too_large", `${data.length} > ${s.sendMax}`);
+    if (c > sendBufferBytes) refuse("too_large");
+    if (s.queue.length >= maxQueuedMessages || this.#queuedTotal + c > sendBufferBytes) refuse("blocked");
+    s.queue.push({ data, off: 0, fin: opts.fin === true });
+    this.#queuedTotal += c;
     if (opts.fin) s.finQueued = true;
   }
 
@@ -178,7 +185,7 @@ export class Connection {
   finish(id: number): void {
     const s = this.#live(id);
     if (s.finQueued) return;
-    if (!s.canSendData) throw new MuxError("not_permitted");
+    if (!s.canSendData) refuse("not_permitted");
     s.finQueued = true;
     const last = s.queue[s.queue.length - 1];
     if (last) last.fin = true;
@@ -203,7 +210,7 @@ export class Connection {
   /** The application has read a message of `bytes` bytes: its credit returns (spec/sessions.md#credit). */
   consumed(id: number, bytes: number): void {
     const s = this.#sessions.get(id);
-    if (!s || s.heldMsgs === 0) return;
+    if (!s?.heldMsgs) return;
     s.heldMsgs--;
     s.unannouncedMsgs++;
     s.unannouncedBytes += bytes;
@@ -214,7 +221,7 @@ export class Connection {
   /** Closes the connection: CONN_CLOSE with `code`, every session ends with it. */
   closeConnection(code = 1000, reason = ""): void {
     checkCode(code, reason);
-    if (!this.isClosed) this.#fail(code, reason, "local");
+    if (!this.isClosed) this.#fail(code, reason);
   }
 
   // ---- D. outputs -------------------------------------------------------------------------
@@ -222,19 +229,17 @@ export class Connection {
 
   /** The next deadline at which handleTimeout must be called, or null for none. */
   pollTimeout(): number | null {
-    if (this.#finished) return null;
     if (this.isClosed) return null;
     if (!this.#peer) return this.#startedAt + this.config.settingsDeadlineMs;
-    let t = this.#pingOutstanding ? this.#pingOutstanding.sentAt + this.config.keepaliveTimeoutMs : this.#nextPingAt();
+    let t = this.#keepaliveAt();
     for (const s of this.#sessions.values()) {
       if (s.grant === null) t = Math.min(t, s.openDeadline);
       const head = s.queue[0];
       if (s.pacer && head && s.sendMsgs > 0 && s.sendBytes > 0) {
-        const rem = head.data.length - head.off;
-        t = Math.min(t, s.pacer.readyAt(!head.started, Math.min(rem, MIN_FRAGMENT), this.#now));
+        t = Math.min(t, s.pacer.readyAt(!head.off, Math.min(head.data.length - head.off, MIN_FRAGMENT), this.#now));
       }
     }
-    if (this.#control.length && this.#sendBudget) t = Math.min(t, this.#sendBudget.readyAt(1, this.#now));
+    if (this.#control.length) t = Math.min(t, this.#sendBudget!.readyAt(1, this.#now));
     for (const tomb of this.#tombstones.values()) t = Math.min(t, tomb.expires);
     return t;
   }
@@ -244,78 +249,64 @@ export class Connection {
     this.#tick(now);
     if (this.#finished) return null;
     const out: Frame[] = [];
-    let size = 0;
     if (!this.#settingsSent) {
       this.#settingsSent = true;
       out.push({ type: "SETTINGS", session_id: 0, settings: { ...this.config.settings } });
-      size += encodedLen(out[0] as Frame);
     }
     if (this.#finalFrame) {
       out.push(this.#finalFrame);
-      this.#finalFrame = null;
       this.#finished = true;
-      return this.#encode(out);
+    } else if (!this.isClosed && this.#peer) {
+      const limit = transportLimit(this.#peer.max_frame_size);
+      const budget = this.#sendBudget!;
+      let size = out.length ? encodedLen(out[0]!) : 0;
+      if (this.#pendingPong !== null && budget.take(1, now)) {
+        out.push({ type: "PONG", session_id: 0, payload: this.#pendingPong });
+        size += 18;
+        this.#pendingPong = null;
+      }
+      if (this.#pingDue && this.#pingSentAt === null && budget.take(1, now)) {
+        out.push({ type: "PING", session_id: 0, payload: ++this.#pingCounter });
+        size += 18;
+        this.#pingDue = false;
+        this.#pingSentAt = now;
+      }
+      while (this.#control.length) {
+        const q = this.#control[0]!;
+        const credit = q instanceof Session;
+        // A CREDIT (18 bytes) takes the session's unannounced credit only once it can go.
+        const len = credit ? 18 : encodedLen(q);
+        if (size + len > limit || budget.available(now) < 1) break;
+        this.#control.shift();
+        const f = credit ? this.#takeCredit(q) : q;
+        if (!f) continue;
+        budget.take(1, now);
+        out.push(f);
+        size += len;
+      }
+      // spec/sessions.md#scheduling: DATA only once no control frame is left waiting.
+      if (!this.#control.length) this.#writeData(out, size, limit, now);
     }
-    if (this.isClosed || !this.#peer) return out.length ? this.#encode(out) : null;
-    const limit = transportLimit(this.#peer.max_frame_size);
-    const budget = this.#sendBudget as Bucket;
-    if (this.#pendingPong !== null && budget.take(1, now)) {
-      out.push({ type: "PONG", session_id: 0, payload: this.#pendingPong });
-      size += 18;
-      this.#pendingPong = null;
-    }
-    if (this.#pingDue && !this.#pingOutstanding && budget.take(1, now)) {
-      const payload = ++this.#pingCounter;
-      out.push({ type: "PING", session_id: 0, payload });
-      size += 18;
-      this.#pingDue = false;
-      this.#pingOutstanding = { payload, sentAt: now };
-    }
-    while (this.#control.length) {
-      const q = this.#control[0] as Queued;
-      // A CREDIT (18 bytes) takes the session's unannounced credit only once it can go.
-      const len = q.type === "CREDIT_FOR" ? 18 : encodedLen(q);
-      if (size + len > limit || budget.available(now) < 1) break;
-      this.#control.shift();
-      const f = q.type === "CREDIT_FOR" ? this.#takeCredit(q.session_id) : q;
-      if (!f) continue;
-      budget.take(1, now);
-      out.push(f);
-      size += len;
-    }
-    // spec/sessions.md#scheduling: DATA only once no control frame is left waiting.
-    if (!this.#control.length) size = this.#writeData(out, size, limit, now);
     if (!out.length) return null;
-    return this.#encode(out);
+    this.#lastSent = this.#now;
+    return encodeMessage(out);
   }
 
   // ---- internals --------------------------------------------------------------------------
   #tick(now: number): void { if (now > this.#now) this.#now = now; }
 
-  #encode(fs: Frame[]): Uint8Array {
-    this.#lastSent = this.#now;
-    return encodeMessage(fs);
-  }
-
-  #nextPingAt(): number {
-    let t = this.#lastReceived + this.config.keepaliveIntervalMs;
+  /** The outstanding PING's deadline, else when the next PING is due. */
+  #keepaliveAt(): number {
+    if (this.#pingSentAt !== null) return this.#pingSentAt + this.config.keepaliveTimeoutMs;
+    const at = this.#lastReceived + this.config.keepaliveIntervalMs;
     // spec/sessions.md#timers: make sure the peer hears from us once per its IDLE_TIMEOUT_MS.
-    const idle = this.#peer?.idle_timeout_ms ?? 0;
-    if (idle > 0) t = Math.min(t, this.#lastSent + idle / 2);
-    return t;
-  }
-
-  #requirePeer(): Settings {
-    if (this.isClosed) throw new MuxError("connection_closed");
-    if (!this.#peer) throw new MuxError("not_ready");
-    return this.#peer;
+    const idle = this.#peer!.idle_timeout_ms;
+    return idle ? Math.min(at, this.#lastSent + idle / 2) : at;
   }
 
   #live(id: number): Session {
-    if (this.isClosed) throw new MuxError("connection_closed");
-    const s = this.#sessions.get(id);
-    if (!s) throw new MuxError("unknown_session");
-    return s;
+    if (this.isClosed) refuse("connection_closed");
+    return this.#sessions.get(id) ?? refuse("unknown_session");
   }
 
   /** Charges one unit of the control budget; exhaustion is conn 1008 (spec/sessions.md#control-budget). */
@@ -327,28 +318,21 @@ export class Connection {
 
   /** A connection error or close: CONN_CLOSE with `code`, every session ends with it. */
   #fail(code: number, reason: string, source: CloseSource = "local"): void {
-    this.#control = [];
-    this.#pendingPong = null;
     this.#finalFrame = { type: "CONN_CLOSE", session_id: 0, code, retry_after_ms: 0, reason };
     this.#endAll(code, reason, 0, source);
   }
 
   #endAll(code: number, reason: string, retryAfterMs: number, source: CloseSource): void {
     this.closeCode = code;
-    for (const s of this.#sessions.values()) {
-      this.#events.push({ type: "closed", id: s.id, code, reason, retryAfterMs, source });
-    }
-    this.#sessions.clear();
-    this.#ring = [];
+    for (const s of this.#sessions.values()) this.#closeSession(s, code, reason, retryAfterMs, source);
     this.#events.push({ type: "connection_closed", code, reason, retryAfterMs, source });
   }
 
   #handleFrame(f: Frame): void {
     if (!this.#peer) {
       if (f.type !== "SETTINGS") return this.#fail(1002, "frame before SETTINGS");
-      this.#peer = settingsWithDefaults(f.settings);
+      const b = (this.#peer = settingsWithDefaults(f.settings)).control_budget;
       // spec/sessions.md#control-budget: pace at the peer's rate, within half its burst.
-      const b = this.#peer.control_budget;
       this.#sendBudget = new Bucket(b, Math.max(1, Math.floor(b / 2)), this.#now);
       this.#events.push({ type: "ready" });
       return;
@@ -372,84 +356,74 @@ export class Connection {
         if (s.grant !== null) return this.#resetSession(s, 1002, "second ACCEPT");
         return this.#onAccept(s, f);
       case "CREDIT":
-        if (s.sendMsgs + f.messages > U32_MAX || s.sendBytes + f.bytes > U32_MAX) {
-          return this.#resetSession(s, 4004, "credit overflow");
-        }
+        if (s.sendMsgs + f.messages > U32 || s.sendBytes + f.bytes > U32) return this.#resetSession(s, 4004, "credit overflow");
         s.sendMsgs += f.messages;
         s.sendBytes += f.bytes;
         return;
       case "CLOSE": return this.#onClose(s, f.code, f.reason, f.retry_after_ms);
-      case "RESET":
-        return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
+      case "RESET": return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
       case "DATA": return this.#onData(s, f);
     }
   }
 
   #onGoaway(last: number, code: number, reason: string): void {
     // spec/frames.md#goaway: a later GOAWAY may lower last_session_id, never raise it.
-    if (this.#goaway && last > this.#goaway.lastSessionId) return this.#fail(1002, "GOAWAY raised last_session_id");
-    this.#goaway = { lastSessionId: last };
+    if (this.#goawayLast !== null && last > this.#goawayLast) return this.#fail(1002, "GOAWAY raised last_session_id");
+    this.#goawayLast = last;
     this.#events.push({ type: "goaway", lastSessionId: last, code, reason });
-    for (const s of [...this.#sessions.values()]) {
+    for (const s of this.#sessions.values()) {
       if (s.id > last) this.#closeSession(s, 4009, "not processed before GOAWAY", 0, "peer");
     }
   }
 
   #onOpen(id: number): void {
     // spec/frames.md#session-ids: servers open even IDs, strictly increasing.
-    if (id % 2 === 1 || id <= this.#lastPeerId) return this.#fail(1002, "bad OPEN id");
+    if (id % 2 || id <= this.#lastPeerId) return this.#fail(1002, "bad OPEN id");
     this.#lastPeerId = id;
     // This client advertises MAX_SESSIONS 0: every server-opened session is refused (step 7).
     if (!this.#charge()) return;
-    this.#control.push({ type: "RESET", session_id: id, code: 4003, retry_after_ms: 0, reason: "" });
+    this.#queueClose("RESET", id, 4003, "");
     this.#addTombstone(id, this.own.initial_credit_messages, this.own.initial_credit_bytes);
   }
 
   #onNotLive(f: Frame): void {
     const id = f.session_id;
-    const ownParity = id % 2 === 1;
-    if (id > (ownParity ? this.#lastLocalId : this.#lastPeerId)) return this.#fail(4005, "unknown session");
+    if (id > (id % 2 ? this.#lastLocalId : this.#lastPeerId)) return this.#fail(4005, "unknown session");
     // spec/sessions.md#late-frames: discarded; late DATA is free within the tombstone's allowance.
     if (f.type !== "DATA") return;
     const t = this.#tombstones.get(id);
-    if (t && t.allowance > 0) { t.allowance--; return; }
-    this.#charge();
+    if (t && t.allowance > 0) t.allowance--;
+    else this.#charge();
   }
 
   #onAccept(s: Session, f: Extract<Frame, { type: "ACCEPT" }>): void {
-    const grant = {
-      send: (f.permissions & 1) !== 0, receive: (f.permissions & 2) !== 0,
-      maxMessageSize: f.max_message_size,
-      messagesPerSec: f.rate.messages_per_sec, bytesPerSec: f.rate.bytes_per_sec,
-      burstMessages: f.rate.burst_messages, burstBytes: f.rate.burst_bytes,
+    const { messages_per_sec: messagesPerSec, bytes_per_sec: bytesPerSec, burst_messages: burstMessages, burst_bytes: burstBytes } = f.rate;
+    const grant: Grant = {
+      send: (f.permissions & 1) > 0, receive: (f.permissions & 2) > 0,
+      maxMessageSize: (s.sendMax = f.max_message_size), messagesPerSec, bytesPerSec, burstMessages, burstBytes,
     };
     s.grant = grant;
-    s.sendMax = f.max_message_size;
     if (s.state === "opening") s.state = "open";
-    if (grant.messagesPerSec || grant.bytesPerSec) {
-      s.pacer = new Pacer(grant.messagesPerSec, grant.bytesPerSec, grant.burstMessages, grant.burstBytes, this.#now);
-    }
+    if (messagesPerSec || bytesPerSec) s.pacer = new Pacer(messagesPerSec, bytesPerSec, burstMessages, burstBytes, this.#now);
     this.#events.push({ type: "opened", id: s.id, grant });
     // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
     // messages queued before the ACCEPT included.
     if (s.queue.length && !grant.send) return this.#resetSession(s, 1008, "queued data without SEND", "local", false);
-    if (s.queue.some((q) => !q.started && q.data.length > grant.maxMessageSize)) {
-      return this.#resetSession(s, 1009, "queued message over the granted size", "local", false);
+    if (s.queue.some((q) => !q.off && q.data.length > grant.maxMessageSize)) {
+      this.#resetSession(s, 1009, "queued message over the granted size", "local", false);
     }
   }
 
   #onClose(s: Session, code: number, reason: string, retryAfterMs: number): void {
-    if (s.state === "draining") { s.drainCode = { code, reason, retryAfterMs }; return; }
-    // The receiver of CLOSE stops sending, drops a partial message, delivers what it holds.
-    this.#dropQueue(s);
-    s.partial = [];
-    s.partialLen = 0;
-    if (s.heldMsgs > 0 && s.state !== "closing") {
+    if (s.state !== "draining") {
+      // The receiver of CLOSE stops sending, drops a partial message, delivers what it holds.
+      this.#dropQueue(s);
+      s.partial = [];
+      s.partialLen = 0;
+      if (!s.heldMsgs || s.state === "closing") return this.#closeSession(s, code, reason, retryAfterMs, "peer");
       s.state = "draining";
-      s.drainCode = { code, reason, retryAfterMs };
-      return;
     }
-    this.#closeSession(s, code, reason, retryAfterMs, "peer");
+    s.drainCode = { code, reason, retryAfterMs };
   }
 
   /** spec/sessions.md#data-checks D1–D7 for a live session. */
@@ -462,9 +436,10 @@ export class Connection {
     const inMessage = s.partialLen > 0;
     if (!f.end && f.fin && inMessage) return this.#resetSession(s, 1002, "FIN inside a message"); // D5
     const starts = !inMessage && (f.end || len > 0);
-    // Size before credit (spec/CHANGES.md entry 3): a message over the maximum is 1009 even
-    // when it is also beyond credit.
-    if (s.partialLen + len > s.recvMax) return this.#resetSession(s, 1009, "message over the session maximum"); // D6
+    // Size before credit (spec/CHANGES.md entry 3): a message over the maximum (ours, within
+    // the window) is 1009 even when it is also beyond credit.
+    const max = Math.min(this.own.max_message_size, this.own.initial_credit_bytes);
+    if (s.partialLen + len > max) return this.#resetSession(s, 1009, "message over the session maximum"); // D6
     if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#resetSession(s, 4004, "DATA beyond credit"); // D7
     if (starts) s.peerMsgs--;
     s.peerBytes -= len;
@@ -487,25 +462,28 @@ export class Connection {
   #maybeAnnounce(s: Session): void {
     if (!s.creditQueued && s.shouldAnnounce()) {
       s.creditQueued = true;
-      this.#control.push({ type: "CREDIT_FOR", session_id: s.id });
+      this.#control.push(s);
     }
   }
 
-  #takeCredit(id: number): Extract<Frame, { type: "CREDIT" }> | null {
-    const s = this.#sessions.get(id);
-    if (!s) return null;
+  #takeCredit(s: Session): Extract<Frame, { type: "CREDIT" }> | null {
     s.creditQueued = false;
-    if ((s.unannouncedMsgs === 0 && s.unannouncedBytes === 0) || s.finReceived || s.state === "draining") return null;
-    const f = { type: "CREDIT" as const, session_id: id, messages: s.unannouncedMsgs, bytes: s.unannouncedBytes };
-    s.peerMsgs += f.messages;
-    s.peerBytes += f.bytes;
+    if (!this.#sessions.has(s.id) || !s.hasCreditToAnnounce) return null;
+    const messages = s.unannouncedMsgs;
+    const bytes = s.unannouncedBytes;
+    s.peerMsgs += messages;
+    s.peerBytes += bytes;
     s.unannouncedMsgs = s.unannouncedBytes = 0;
-    return f;
+    return { type: "CREDIT", session_id: s.id, messages, bytes };
+  }
+
+  #queueClose(type: "CLOSE" | "RESET", id: number, code: number, reason: string): void {
+    this.#control.push({ type, session_id: id, code, retry_after_ms: 0, reason });
   }
 
   /** A session error (or local abort): RESET with `code`; errors we detect are charged. */
   #resetSession(s: Session, code: number, reason: string, source: CloseSource = "local", charged = true): void {
-    this.#control.push({ type: "RESET", session_id: s.id, code, retry_after_ms: 0, reason });
+    this.#queueClose("RESET", s.id, code, reason);
     this.#closeSession(s, code, reason, 0, source);
     if (charged) this.#charge();
   }
@@ -519,34 +497,29 @@ export class Connection {
   }
 
   #addTombstone(id: number, msgs: number, bytes: number): void {
-    if (this.#tombstones.size >= this.config.maxTombstones) {
-      const oldest = this.#tombstones.keys().next().value;
-      if (oldest !== undefined) this.#tombstones.delete(oldest);
-    }
-    this.#tombstones.set(id, { expires: this.#now + this.config.tombstoneMs, allowance: msgs + Math.ceil(bytes / MIN_FRAGMENT) + 2 });
+    const t = this.#tombstones;
+    if (t.size >= this.config.maxTombstones) t.delete(t.keys().next().value!); // the oldest
+    t.set(id, { expires: this.#now + this.config.tombstoneMs, allowance: msgs + Math.ceil(bytes / MIN_FRAGMENT) + 2 });
   }
 
   #dropQueue(s: Session): void {
-    this.#queuedTotal -= s.queuedBytes;
-    s.queuedBytes = 0;
+    for (const q of s.queue) this.#queuedTotal -= cost(q.data);
     s.queue = [];
   }
 
   #maybeSendClose(s: Session): void {
     if (!s.closeAfter || s.queue.length) return;
     const { code, reason } = s.closeAfter;
-    this.#control.push({ type: "CLOSE", session_id: s.id, code, retry_after_ms: 0, reason });
+    this.#queueClose("CLOSE", s.id, code, reason);
     this.#closeSession(s, code, reason, 0, "local");
   }
 
   /** FIN both ways and everything read: the session ends normally; draining ends when read. */
   #maybeFinishSession(s: Session): void {
-    if (s.heldMsgs > 0 || !this.#sessions.has(s.id)) return;
-    if (s.state === "draining" && s.drainCode) {
-      const d = s.drainCode;
-      return this.#closeSession(s, d.code, d.reason, d.retryAfterMs, "peer");
-    }
-    if (s.finSent && s.finReceived && !s.queue.length) this.#closeSession(s, 1000, "", 0, "peer");
+    const d = s.drainCode;
+    if (s.heldMsgs) return;
+    if (d) this.#closeSession(s, d.code, d.reason, d.retryAfterMs, "peer");
+    else if (s.finSent && s.finReceived && !s.queue.length) this.#closeSession(s, 1000, "", 0, "peer");
   }
 
   /** The next DATA frame a session can send now, or null (spec/sessions.md#fragments). */
@@ -554,34 +527,29 @@ export class Connection {
     if (!s.canSendData) return null;
     const head = s.queue[0];
     if (!head) return s.finQueued && !s.finSent ? { len: 0, end: false, fin: true, starts: false } : null;
-    const starts = !head.started;
-    if (starts && s.sendMsgs < 1) return null;
-    if (starts && s.pacer && !s.pacer.messageAvailable(now)) return null;
+    const starts = !head.off;
+    if (starts && (s.sendMsgs < 1 || s.pacer?.messageAvailable(now) === false)) return null;
     const rem = head.data.length - head.off;
-    const peerMax = (this.#peer as Settings).max_frame_size;
-    const room = Math.min(peerMax, s.sendBytes, s.pacer ? s.pacer.bytesAvailable(now) : Infinity);
+    const room = Math.min(this.#peer!.max_frame_size, s.sendBytes, s.pacer?.bytesAvailable(now) ?? Infinity);
     if (room >= rem) return { len: rem, end: true, fin: head.fin, starts };
-    if (room >= MIN_FRAGMENT) return { len: room, end: false, fin: false, starts };
-    return null; // wait for credit: never a fragment under MIN_FRAGMENT
+    // Wait for credit: never a fragment under MIN_FRAGMENT.
+    return room >= MIN_FRAGMENT ? { len: room, end: false, fin: false, starts } : null;
   }
 
   /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
-  #writeData(out: Frame[], size: number, limit: number, now: number): number {
+  #writeData(out: Frame[], size: number, limit: number, now: number): void {
     for (const s of this.#sessions.values()) {
       if (!s.inRing && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
     }
-    const quantum = (this.#peer as Settings).max_frame_size;
-    while (this.#ring.length) {
-      const s = this.#ring[0] as Session;
-      if (!s.midTurn) { s.deficit += quantum; s.midTurn = true; }
+    for (let s; (s = this.#ring[0]);) {
+      if (!s.midTurn) { s.deficit += this.#peer!.max_frame_size; s.midTurn = true; }
       for (;;) {
         const f = this.#nextFrame(s, now);
         if (!f) { this.#ring.shift(); s.inRing = s.midTurn = false; s.deficit = 0; break; }
-        if (f.len > s.deficit) { this.#ring.shift(); this.#ring.push(s); s.midTurn = false; break; }
-        if (size + HEADER_LEN + f.len > limit) return size; // the turn continues in the next message
+        if (f.len > s.deficit) { this.#ring.push(this.#ring.shift()!); s.midTurn = false; break; }
+        if (size + HEADER_LEN + f.len > limit) return; // the turn continues in the next message
         const head = s.queue[0];
-        const payload = head ? head.data.subarray(head.off, head.off + f.len) : new Uint8Array(0);
-        out.push({ type: "DATA", session_id: s.id, end: f.end, fin: f.fin, payload });
+        out.push({ type: "DATA", session_id: s.id, end: f.end, fin: f.fin, payload: head ? head.data.subarray(head.off, head.off + f.len) : new Uint8Array(0) });
         size += HEADER_LEN + f.len;
         s.deficit -= f.len;
         if (f.starts) s.sendMsgs--;
@@ -590,30 +558,27 @@ export class Connection {
         if (f.fin) s.finSent = true;
         if (head) {
           head.off += f.len;
-          head.started = true;
           if (f.end) {
             s.queue.shift();
-            const cost = head.data.length + 64;
-            s.queuedBytes -= cost;
-            this.#queuedTotal -= cost;
+            this.#queuedTotal -= cost(head.data);
             this.#events.push({ type: "sent", id: s.id });
           }
         }
         if (f.fin) this.#maybeFinishSession(s);
         if (!s.queue.length) this.#maybeSendClose(s);
-        if (!this.#sessions.has(s.id)) { this.#ring = this.#ring.filter((x) => x !== s); break; }
+        // Closed by the FIN or the CLOSE just queued: #closeSession took it off the ring.
+        if (!this.#sessions.has(s.id)) break;
       }
     }
-    return size;
   }
 }
 
 function checkCode(code: number, reason: string): void {
-  if (!isValidWireCode(code) || utf8.encode(reason).length > 123) throw new MuxError("invalid_code");
+  if (!isValidWireCode(code) || utf8.encode(reason).length > 123) refuse("invalid_code");
 }
 
 function concat(parts: Uint8Array[], len: number): Uint8Array {
-  if (parts.length === 1) return parts[0] as Uint8Array;
+  if (parts.length === 1) return parts[0]!;
   const out = new Uint8Array(len);
   let off = 0;
   for (const p of parts) { out.set(p, off); off += p.length; }

@@ -5,7 +5,8 @@ import type { Grant } from "./types.js";
 
 export type SessionState = "opening" | "open" | "closing" | "draining";
 
-export interface Outgoing { data: Uint8Array; off: number; fin: boolean; started: boolean }
+/** A queued message and how much of it is written: `off > 0` once its first frame went. */
+export interface Outgoing { data: Uint8Array; off: number; fin: boolean }
 
 export class Session {
   state: SessionState = "opening";
@@ -18,18 +19,14 @@ export class Session {
   /** Largest message this side may start (spec/sessions.md#message-size-and-the-window). */
   sendMax: number;
   queue: Outgoing[] = [];
-  queuedBytes = 0;
   finQueued = false;
   finSent = false;
   finReceived = false;
   /** CLOSE to send once the queue drains (graceful close). */
   closeAfter: { code: number; reason: string } | null = null;
-  /** The receive window and what is left of it to the peer. */
-  readonly recvWinMsgs: number;
-  readonly recvWinBytes: number;
+  /** What is left of the receive window (`own`'s initial credit) to the peer. */
   peerMsgs: number;
   peerBytes: number;
-  recvMax: number;
   /** The message being reassembled, and messages delivered but not yet consumed. */
   partial: Uint8Array[] = [];
   partialLen = 0;
@@ -43,13 +40,12 @@ export class Session {
   midTurn = false;
 
   /** Windows from each side's SETTINGS: `peer`'s for sending, `own` for receiving. */
-  constructor(readonly id: number, readonly kind: string, peer: Settings, own: Settings, openDeadline: number) {
+  constructor(readonly id: number, peer: Settings, readonly own: Settings, openDeadline: number) {
     this.sendMsgs = peer.initial_credit_messages;
     this.sendBytes = peer.initial_credit_bytes;
     this.sendMax = Math.min(peer.max_message_size, this.sendBytes);
-    this.peerMsgs = this.recvWinMsgs = own.initial_credit_messages;
-    this.peerBytes = this.recvWinBytes = own.initial_credit_bytes;
-    this.recvMax = Math.min(own.max_message_size, this.recvWinBytes);
+    this.peerMsgs = own.initial_credit_messages;
+    this.peerBytes = own.initial_credit_bytes;
     this.openDeadline = openDeadline;
   }
 
@@ -57,15 +53,19 @@ export class Session {
     return this.state !== "draining" && (this.grant === null || this.grant.send);
   }
 
+  /** Credit read but not yet announced, on a session that still receives. */
+  get hasCreditToAnnounce(): boolean {
+    return (this.unannouncedMsgs > 0 || this.unannouncedBytes > 0) && !this.finReceived && this.state !== "draining";
+  }
+
   /**
    * spec/sessions.md#return-and-announcement: whether the unannounced credit should be
    * announced now (a quarter window reached, or the peer low while nothing is held).
    */
   shouldAnnounce(): boolean {
-    if (this.unannouncedMsgs === 0 && this.unannouncedBytes === 0) return false;
-    if (this.finReceived || this.state === "draining") return false;
-    const qm = Math.max(1, Math.floor(this.recvWinMsgs / 4));
-    const qb = Math.floor(this.recvWinBytes / 4);
+    if (!this.hasCreditToAnnounce) return false;
+    const qm = Math.max(1, Math.floor(this.own.initial_credit_messages / 4));
+    const qb = Math.floor(this.own.initial_credit_bytes / 4);
     if (this.unannouncedMsgs >= qm || this.unannouncedBytes >= qb) return true;
     return this.heldMsgs === 0 && (this.peerMsgs < qm || this.peerBytes < Math.max(qb, 1024));
   }

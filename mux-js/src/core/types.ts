@@ -64,5 +64,5 @@ export const DEFAULT_CONFIG: CoreConfig = {
   tombstoneMs: 10_000,
   maxTombstones: 256,
   maxQueuedMessages: 64,
-  sendBufferBytes: 4 * 1024 * 1024,
+  sendBufferBytes: 1 << 22, // 4 MiB
 };

@@ -54,6 +54,7 @@ export class MuxCloseError extends Error {
 interface Pending { resolve: () => void; reject: (e: unknown) => void }
 
 const utf8d = new TextDecoder();
+const toBytes = (data: Uint8Array | string): Uint8Array => (typeof data === "string" ? utf8.encode(data) : data);
 
 /** @internal Dispatches a CustomEvent. */
 export const emit = (t: EventTarget, type: string, detail?: unknown): void => { t.dispatchEvent(new CustomEvent(type, { detail })); };
@@ -71,14 +72,15 @@ export class MuxSession extends EventTarget {
   /** @internal */ ended = false;
   /** @internal While the OPEN awaits its answer. */ opening: { resolve: (s: MuxSession) => void; reject: (e: unknown) => void } | null = null;
   #stream: ReadableStream<Uint8Array> | null = null;
+  readonly #client: MuxClient;
 
-  constructor(private readonly client: MuxClient, readonly id: number, readonly kind: string) { super(); }
+  constructor(client: MuxClient, readonly id: number, readonly kind: string) { super(); this.#client = client; }
 
   /** Resolves once the message has been written to the socket, which needs the server's credit. */
   send(data: Uint8Array | string): Promise<void> {
-    const bytes = typeof data === "string" ? utf8.encode(data) : data;
-    if (this.closeInfo) return Promise.reject(this.closeInfo);
-    return new Promise((resolve, reject) => this.client.write(this, bytes, { resolve, reject }));
+    return this.closeInfo
+      ? Promise.reject(this.closeInfo)
+      : new Promise((resolve, reject) => this.#client.write(this, toBytes(data), { resolve, reject }));
   }
   sendText(text: string): Promise<void> { return this.send(text); }
   sendJson(value: unknown): Promise<void> { return this.send(JSON.stringify(value)); }
@@ -86,7 +88,7 @@ export class MuxSession extends EventTarget {
   /** The next message, or null at the end. Reading returns its credit to the server. */
   next(): Promise<Uint8Array | null> {
     const m = this.inbox.shift();
-    if (m) { this.client.consumed(this, m); return Promise.resolve(m); }
+    if (m) { this.#client.consumed(this, m); return Promise.resolve(m); }
     if (this.ended) return this.closeInfo && this.closeInfo.code !== 1000 ? Promise.reject(this.closeInfo) : Promise.resolve(null);
     return new Promise((resolve) => this.waiters.push(resolve));
   }
@@ -95,7 +97,7 @@ export class MuxSession extends EventTarget {
     for (let m = await this.next(); m; m = await this.next()) yield m;
   }
   async *texts(): AsyncGenerator<string> { for await (const m of this) yield utf8d.decode(m); }
-  async *json<T = unknown>(): AsyncGenerator<T> { for await (const m of this) yield JSON.parse(utf8d.decode(m)) as T; }
+  async *json<T = unknown>(): AsyncGenerator<T> { for await (const t of this.texts()) yield JSON.parse(t) as T; }
 
   /** A ReadableStream whose pulls grant credit: the server never runs ahead of the reader. */
   get readable(): ReadableStream<Uint8Array> {
@@ -114,15 +116,15 @@ export class MuxSession extends EventTarget {
   get writable(): WritableStream<Uint8Array> {
     return new WritableStream<Uint8Array>({
       write: (chunk) => this.send(chunk),
-      close: () => { this.client.finish(this); },
+      close: () => { this.#client.finish(this); },
       abort: () => this.close(4010, "aborted"),
     });
   }
 
   /** Graceful close: queued messages are sent first. */
-  close(code = 1000, reason = ""): void { this.client.closeSession(this, code, reason); }
+  close(code = 1000, reason = ""): void { this.#client.closeSession(this, code, reason); }
   /** Half-close: FIN after the queued messages. */
-  finish(): void { this.client.finish(this); }
+  finish(): void { this.#client.finish(this); }
 }
 
 export class MuxClient extends EventTarget {
@@ -159,30 +161,28 @@ export class MuxClient extends EventTarget {
     this.#core = new Connection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
     this.ready = new Promise((resolve, reject) => { this.#readyWaiter = { resolve, reject }; });
     this.ready.catch(() => undefined);
-    const protocols = ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])];
-    this.#ws = new WS(url, protocols);
-    this.#ws.binaryType = "arraybuffer";
-    this.#ws.onopen = () => this.pump();
-    this.#ws.onmessage = (ev) => {
+    const ws = (this.#ws = new WS(url, ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])]));
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => this.pump();
+    ws.onmessage = (ev) => {
       const now = this.#clock();
       if (typeof ev.data === "string") this.#core.handleText(now);
       else this.#core.handleMessage(new Uint8Array(ev.data as ArrayBuffer), now);
       this.pump();
     };
-    this.#ws.onclose = (ev) => {
+    ws.onclose = (ev) => {
       this.#wsClosed = true;
       this.#core.handleTransportClosed(this.#clock(), ev.code === 1005 ? 1006 : ev.code, ev.reason);
       this.pump();
     };
-    this.#ws.onerror = () => undefined; // a close event follows
+    ws.onerror = () => undefined; // a close event follows
   }
 
   /** Opens a session; rejects with MuxCloseError (e.g. 4001) if the server refuses it. */
   async open(kind: string, opts: { auth?: Uint8Array | string } = {}): Promise<MuxSession> {
     await this.ready;
     while (this.#opening >= this.#maxPending) await new Promise<void>((r) => this.#openQueue.push(r));
-    const auth = typeof opts.auth === "string" ? utf8.encode(opts.auth) : opts.auth;
-    const id = this.#core.open(kind, auth ? { auth } : {}, this.#clock());
+    const id = this.#core.open(kind, opts.auth ? { auth: toBytes(opts.auth) } : {}, this.#clock());
     const s = new MuxSession(this, id, kind);
     this.#sessions.set(id, s);
     this.#opening++;
@@ -237,19 +237,21 @@ export class MuxClient extends EventTarget {
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
   #flush(): void {
-    if (this.#wsClosed || (this.#ws as { readyState?: number }).readyState === 0) return;
-    if (this.#ws.bufferedAmount > this.#high) this.#blockedOnBuffer = true;
-    if (this.#blockedOnBuffer && this.#ws.bufferedAmount > this.#low) return;
+    const ws = this.#ws;
+    const core = this.#core;
+    if (this.#wsClosed || (ws as { readyState?: number }).readyState === 0) return;
+    if (ws.bufferedAmount > this.#high) this.#blockedOnBuffer = true;
+    if (this.#blockedOnBuffer && ws.bufferedAmount > this.#low) return;
     this.#blockedOnBuffer = false;
     const now = this.#clock();
-    for (let m = this.#core.pollTransmit(now); m; m = this.#core.pollTransmit(now)) {
-      this.#ws.send(m);
-      if (this.#ws.bufferedAmount > this.#high) { this.#blockedOnBuffer = true; break; }
+    for (let m = core.pollTransmit(now); m; m = core.pollTransmit(now)) {
+      ws.send(m);
+      if (ws.bufferedAmount > this.#high) { this.#blockedOnBuffer = true; break; }
     }
-    if (this.#core.isClosed && !this.#blockedOnBuffer && !this.#wsClosed) {
-      const c = this.#core.closeCode ?? 1000;
+    if (core.isClosed && !this.#blockedOnBuffer) {
+      const c = core.closeCode!;
       // Browsers let an application close with 1000 or 3000–4999 only.
-      this.#ws.close(c === 1000 || (c >= 3000 && c <= 4999) ? c : 1000);
+      ws.close(c === 1000 || (c >= 3000 && c <= 4999) ? c : 1000);
       this.#wsClosed = true;
     }
   }
@@ -272,67 +274,63 @@ export class MuxClient extends EventTarget {
     }, Math.max(0, at - this.#clock()));
   }
 
-  /** The OPEN of `s` has its answer: the next waiting open() may go. */
-  #answered(s: MuxSession): void {
-    if (!s.opening) return;
+  /** The OPEN of `s` has its answer (`err` for a refusal): the next waiting open() may go. */
+  #answered(s: MuxSession, err?: MuxCloseError): void {
+    const o = s.opening;
+    if (!o) return;
     s.opening = null;
+    if (err) o.reject(err); else o.resolve(s);
     this.#opening--;
     this.#openQueue.shift()?.();
   }
 
   #dispatch(e: CoreEvent): void {
-    const s = "id" in e ? this.#sessions.get(e.id) : undefined;
+    if (e.type === "ready") {
+      this.state = "open";
+      this.#readyWaiter.resolve();
+      return emit(this, "open");
+    }
+    if (e.type === "goaway") return emit(this, "goaway", e);
+    if (e.type === "connection_closed") {
+      this.state = "closed";
+      const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
+      this.#readyWaiter.reject(err);
+      for (const r of this.#openQueue.splice(0)) r();
+      return emit(this, "close", err);
+    }
+    const s = this.#sessions.get(e.id);
+    if (!s) return;
     switch (e.type) {
-      case "ready":
-        this.state = "open";
-        this.#readyWaiter.resolve();
-        emit(this, "open");
-        return;
       case "opened":
-        if (!s) return;
         s.grant = e.grant;
         s.state = "open";
-        s.opening?.resolve(s);
         this.#answered(s);
-        emit(s, "open", e.grant);
-        return;
-      case "message":
-        if (!s) return;
-        { const w = s.waiters.shift(); if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data); }
-        emit(s, "message", e.data);
-        return;
-      case "sent": s?.inCore.shift()?.resolve(); return;
-      case "fin":
-        if (!s) return;
-        s.ended = true;
-        for (const w of s.waiters.splice(0)) w(null);
-        return;
+        return emit(s, "open", e.grant);
+      case "message": {
+        const w = s.waiters.shift();
+        if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data);
+        return emit(s, "message", e.data);
+      }
+      case "sent": s.inCore.shift()?.resolve(); return;
+      case "fin": return ended(s);
       case "closed": {
-        if (!s) return;
         const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
         s.closeInfo = err;
         s.state = "closed";
-        s.ended = true;
         this.#sessions.delete(e.id);
-        s.opening?.reject(err);
-        this.#answered(s);
+        this.#answered(s, err);
         for (const p of s.inCore.splice(0)) p.reject(err);
-        for (const w of s.waiters.splice(0)) w(null);
+        ended(s);
         emit(s, "close", err);
-        return;
-      }
-      case "goaway":
-        emit(this, "goaway", e);
-        return;
-      case "connection_closed": {
-        this.state = "closed";
-        const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
-        this.#readyWaiter.reject(err);
-        for (const r of this.#openQueue.splice(0)) r();
-        emit(this, "close", err);
       }
     }
   }
+}
+
+/** No more messages: waiting reads get null. */
+function ended(s: MuxSession): void {
+  s.ended = true;
+  for (const w of s.waiters.splice(0)) w(null);
 }
 
 /** Connects to a mux server: `const client = connect(url, { token })`. */

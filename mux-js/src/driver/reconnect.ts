@@ -44,13 +44,14 @@ export class DurableSession extends EventTarget {
   closed: MuxCloseError | null = null;
   /** @internal */ queue: Queued[] = [];
   /** @internal */ queuedBytes = 0;
-  constructor(private readonly owner: ReconnectingClient, readonly kind: string, readonly auth?: Uint8Array | string) { super(); }
+  readonly #owner: ReconnectingClient;
+  constructor(owner: ReconnectingClient, readonly kind: string, readonly auth?: Uint8Array | string) { super(); this.#owner = owner; }
 
   /** Sends now if connected; otherwise queues, within the bounds, until the session is re-opened. */
   send(data: Uint8Array): Promise<void> {
     if (this.closed) return Promise.reject(this.closed);
     if (this.current && this.current.state === "open" && !this.queue.length) return this.current.send(data);
-    const o = this.owner.limits;
+    const o = this.#owner.limits;
     if (this.queue.length >= o.messages || this.queuedBytes + data.length > o.bytes) {
       return Promise.reject(new QueueOverflowError(this.queue.length, this.queuedBytes));
     }
@@ -73,7 +74,7 @@ export class DurableSession extends EventTarget {
     this.closed = new MuxCloseError(code, reason);
     this.current?.close(code, reason);
     for (const q of this.queue.splice(0)) q.reject(this.closed);
-    this.owner.forget(this);
+    this.#owner.forget(this);
   }
 }
 
@@ -131,7 +132,7 @@ export class ReconnectingClient extends EventTarget {
       try { token = await this.#o.getToken(reason); } catch { return this.#retry(); }
     }
     if ((this.state as ReconnectState) === "closed") return;
-    const client = connect(this.#url, { ...this.#o, ...(token !== undefined ? { token } : {}) });
+    const client = connect(this.#url, { ...this.#o, token });
     this.client = client;
     const timers = this.#timers;
     const timeout = timers.set(() => client.abort(), this.#o.connectTimeoutMs ?? 5000);
@@ -170,7 +171,7 @@ export class ReconnectingClient extends EventTarget {
   #reopen(d: DurableSession): void {
     const client = this.client;
     if (!client) return;
-    client.open(d.kind, d.auth !== undefined ? { auth: d.auth } : {}).then((s) => {
+    client.open(d.kind, { auth: d.auth }).then((s) => {
       if (d.closed || this.client !== client) { s.close(); return; }
       d.attach(s);
     }, (e: unknown) => {
