@@ -130,6 +130,11 @@ pub struct Timeouts {
     pub open_timeout: Duration,
     /// Reset a session with 4006 after this long without DATA either way. Default 5 min.
     pub session_idle: Option<Duration>,
+    /// Reset a session with 4006 when a message the peer sent in several frames is not
+    /// complete this long after its first frame, however its fragments trickle in (each
+    /// would otherwise restart the idle timer). Default 30 s: a whole 64 KiB message at
+    /// about 2 KB/s.
+    pub message_assembly: Option<Duration>,
     /// After GOAWAY, close with 1001 when sessions have not finished by then. Default 30 s.
     pub shutdown_grace: Duration,
     /// How long a closed session's tombstone absorbs late frames. Default 10 s.
@@ -145,6 +150,7 @@ impl Default for Timeouts {
             authorization: Duration::from_secs(5),
             open_timeout: Duration::from_secs(10),
             session_idle: Some(Duration::from_secs(300)),
+            message_assembly: Some(Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(30),
             tombstone_ttl: Duration::from_secs(10),
         }

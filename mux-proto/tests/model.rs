@@ -151,6 +151,9 @@ impl SideCfg {
         let t = &mut c.timeouts;
         t.authorization = Duration::from_millis(self.authorization_ms);
         t.session_idle = self.idle_ms.map(Duration::from_millis);
+        // The assembly deadline has its own test (timers.rs); here it would make every
+        // partial message a timer the model does not predict.
+        t.message_assembly = None;
         t.keepalive_interval = self.keepalive_ms.map(Duration::from_millis);
         t.keepalive_timeout = Duration::from_millis(self.keepalive_timeout_ms);
         t.tombstone_ttl = Duration::from_millis(self.tombstone_ttl_ms);
@@ -1426,6 +1429,7 @@ fn quiet_pair(client: Config, server: Config) -> Pair {
     let quiet = |mut c: Config| {
         c.timeouts.keepalive_interval = None;
         c.timeouts.session_idle = None;
+        c.timeouts.message_assembly = None;
         c
     };
     Pair::connected_with(quiet(client), quiet(server))

@@ -249,6 +249,53 @@ fn an_idle_session_is_reset_with_4006_and_a_busy_one_is_not() {
     assert_alive(&peer);
 }
 
+/// spec/sessions.md#timers, assembly: a message trickled in 1 KiB fragments, one every
+/// 5 s, is reset with 4006 between 30 s and 37.5 s after its first fragment (each fragment
+/// keeps the session from being idle, but not the message from being late); a neighbour
+/// that completes its messages is untouched, and so is one that finishes a message in 25 s.
+#[test]
+fn a_message_that_takes_too_long_to_complete_is_reset_with_4006() {
+    let mut peer = RawPeer::server(quiet(|c| {
+        c.timeouts.message_assembly = Some(ms(30_000));
+        c.timeouts.session_idle = Some(ms(60_000));
+    }));
+    let slow = peer.open_accepted(1, Grant::full());
+    let steady = peer.open_accepted(3, Grant::full());
+    let on_time = peer.open_accepted(5, Grant::full());
+    let started = peer.now;
+    let fragment = vec![7u8; 1024];
+    let mut reset_at = None;
+    for step in 0..10u64 {
+        peer.send([
+            frames::data(1, &fragment, false),
+            frames::data(3, b"whole", true),
+        ]);
+        // Session 5 sends 6 fragments over 25 s, then its END.
+        if step <= 5 {
+            peer.send([frames::data(5, &fragment, step == 5)]);
+        }
+        while peer.conn.recv(peer.now, steady).is_some() {}
+        while peer.conn.recv(peer.now, on_time).is_some() {}
+        peer.advance(ms(5_000));
+        if reset_at.is_none() {
+            if let Some(r) = peer.take_reset(slow) {
+                assert_eq!(r.code, CloseCode::TIMEOUT);
+                reset_at = Some(peer.now.saturating_duration_since(started));
+            }
+        }
+    }
+    let after = reset_at.expect("the slow message was never reset");
+    assert!(
+        after >= ms(30_000) && after <= ms(37_500),
+        "reset after {after:?}"
+    );
+    assert!(peer.take_reset(steady).is_none());
+    assert!(peer.take_reset(on_time).is_none());
+    assert!(peer.conn.session_phase(steady).is_some());
+    assert!(peer.conn.session_phase(on_time).is_some());
+    assert_alive(&peer);
+}
+
 #[test]
 fn sending_counts_as_activity_too() {
     let mut peer = RawPeer::server(quiet(|c| c.timeouts.session_idle = Some(ms(60_000))));

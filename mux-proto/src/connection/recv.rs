@@ -591,6 +591,15 @@ impl Connection {
         }
         let announce_fin = fin && session.phase == Phase::Open;
         let partial_held = session.recv.partial.is_some();
+        let began = partial_held && session.recv.partial_since.is_none();
+        session.recv.partial_since = if partial_held {
+            session.recv.partial_since.or(Some(now))
+        } else {
+            None
+        };
+        if began {
+            self.timers.arm_assembly(&self.config.timeouts, now);
+        }
         self.recv_buffered = self.recv_buffered.saturating_add(charged);
         self.stats.bytes_received = self.stats.bytes_received.saturating_add(u64::from(len));
         if partial_held {

@@ -31,6 +31,9 @@ pub(super) struct Timers {
     shutdown: Timestamp,
     /// Next idle sweep over the sessions.
     idle_sweep: Timestamp,
+    /// Next sweep for messages that take too long to complete; armed only while some
+    /// session holds a message in part, so idle connections get no wake-ups from it.
+    assembly_sweep: Timestamp,
     /// Next re-check of throttled sessions.
     throttle: Timestamp,
     /// When paced CREDITs may go out again.
@@ -54,6 +57,7 @@ impl Timers {
             idle_sweep: t
                 .session_idle
                 .map_or(Timestamp::NEVER, |i| now.saturating_add(sweep_period(i))),
+            assembly_sweep: Timestamp::NEVER,
             throttle: Timestamp::NEVER,
             pace: Timestamp::NEVER,
             data_pace: Timestamp::NEVER,
@@ -102,6 +106,15 @@ impl Timers {
         }
     }
 
+    /// A message began arriving in part: sweep for late ones from now on.
+    pub(super) fn arm_assembly(&mut self, t: &Timeouts, now: Timestamp) {
+        if let Some(limit) = t.message_assembly {
+            if self.assembly_sweep == Timestamp::NEVER {
+                self.assembly_sweep = now.saturating_add(sweep_period(limit));
+            }
+        }
+    }
+
     pub(super) fn start_shutdown(&mut self, t: &Timeouts, now: Timestamp) {
         self.shutdown = now.saturating_add(t.shutdown_grace);
     }
@@ -134,7 +147,7 @@ impl Connection {
         if self.state == State::Open {
             next = next.min(t.keepalive).min(t.send_idle);
             if self.sessions.len() > 0 {
-                next = next.min(t.idle_sweep);
+                next = next.min(t.idle_sweep).min(t.assembly_sweep);
             }
         }
         if let Some((_, deadline)) = self.pending.front() {
@@ -207,6 +220,9 @@ impl Connection {
         if now >= self.timers.idle_sweep {
             self.sweep_idle(now);
         }
+        if now >= self.timers.assembly_sweep {
+            self.sweep_assembly(now);
+        }
         if now >= self.timers.throttle {
             self.recheck_throttled(now);
         }
@@ -259,6 +275,39 @@ impl Connection {
             .collect();
         for id in expired {
             let close = SessionClose::new(id, CloseCode::TIMEOUT, "session idle");
+            self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
+        }
+    }
+
+    /// Resets sessions whose message in progress began more than `message_assembly` ago:
+    /// a fragmented message has a completion deadline that trickled fragments do not
+    /// extend (spec/sessions.md#timers).
+    fn sweep_assembly(&mut self, now: Timestamp) {
+        let Some(limit) = self.config.timeouts.message_assembly else {
+            self.timers.assembly_sweep = Timestamp::NEVER;
+            return;
+        };
+        let mut still_partial = false;
+        let expired: Vec<_> = self
+            .sessions
+            .iter()
+            .filter(|s| {
+                let Some(t) = s.recv.partial_since else {
+                    return false;
+                };
+                let late = now.saturating_duration_since(t) >= limit;
+                still_partial |= !late;
+                late
+            })
+            .map(|s| s.id)
+            .collect();
+        self.timers.assembly_sweep = if still_partial {
+            now.saturating_add(sweep_period(limit))
+        } else {
+            Timestamp::NEVER
+        };
+        for id in expired {
+            let close = SessionClose::new(id, CloseCode::TIMEOUT, "message not completed in time");
             self.end_session(now, id, close, Initiator::Local, Some(Frame::Reset));
         }
     }

@@ -148,6 +148,8 @@ pub(crate) struct RecvHalf {
     pub(crate) queued_bytes: u64,
     /// The message being reassembled from several frames.
     pub(crate) partial: Option<BytesMut>,
+    /// When the first frame of `partial` arrived (spec/sessions.md#timers: assembly).
+    pub(crate) partial_since: Option<Timestamp>,
     /// Largest message the peer may send.
     pub(crate) max_message: u32,
     /// The peer half-closed.
@@ -172,6 +174,7 @@ impl RecvHalf {
             queue: VecDeque::new(),
             queued_bytes: 0,
             partial: None,
+            partial_since: None,
             max_message,
             fin: false,
             messages_bucket: TokenBucket::unlimited(),
