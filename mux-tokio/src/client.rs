@@ -467,6 +467,7 @@ impl Supervisor {
                 principal: None,
                 authorizer: self.authorizer.clone(),
                 accepted: self.incoming.clone(),
+                quotas: None,
             };
             let options = DriverOptions {
                 write_timeout: self.config.write_timeout,

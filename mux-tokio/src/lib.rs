@@ -24,6 +24,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod observe;
+pub mod quota;
 mod server;
 mod session;
 mod signal;
@@ -60,6 +61,7 @@ pub fn serve_transport<T: Transport>(
         principal: Some(principal),
         authorizer: std::sync::Arc::new(authorizer),
         accepted,
+        quotas: None,
     };
     driver::spawn_connection(
         transport,
@@ -85,6 +87,7 @@ pub fn connect_transport<T: Transport>(
         principal: None,
         authorizer: std::sync::Arc::new(authorizer),
         accepted: incoming,
+        quotas: None,
     };
     driver::spawn_connection(
         transport,

@@ -83,6 +83,12 @@ async fn ten_thousand_half_open_handshakes_do_not_keep_honest_clients_out() {
         honest += 1;
     }
     let sockets = attack.await.expect("the attack");
+    // Every attacking socket is either in a place or was evicted from one.
+    wait_until("the server has taken every attacking socket", || {
+        let s = handle.stats();
+        s.handshakes_evicted + s.unauthenticated as u64 >= 10_000
+    })
+    .await;
     let stats = handle.stats();
     println!("after {honest} honest upgrades: {stats:?}");
     assert_eq!((stats.refused_429, stats.refused_503), (0, 0), "{stats:?}");

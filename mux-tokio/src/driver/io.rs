@@ -21,6 +21,7 @@ use super::state::{IncomingOpen, Inner};
 use super::{Acceptor, ConnectionOutcome, DriverOptions};
 use crate::auth::{Principal, Rejection};
 use crate::budget::Part;
+use crate::quota::{QuotaDecision, QuotaKey, QuotaKind, QuotaPolicy, MESSAGE_LEASE};
 use crate::session::{OpenInfo, Session};
 use crate::transport::{Transport, WsMessage};
 
@@ -99,6 +100,54 @@ pub(crate) struct Driver<T> {
     /// even see its peer leave.
     pause_timer: Option<Pin<Box<Sleep>>>,
     paused: bool,
+    /// The principal's message quota, charged a lease at a time.
+    refill: Option<Refill>,
+}
+
+/// The principal's message quota, refilled by the driver a lease at a time (the
+/// application's `recv` spends it; see `State::quota`).
+struct Refill {
+    policy: QuotaPolicy,
+    key: QuotaKey,
+    asking: Option<Pin<Box<dyn Future<Output = QuotaDecision> + Send>>>,
+    /// Over the quota: no asking again before this.
+    retry: Option<Pin<Box<Sleep>>>,
+}
+
+impl Refill {
+    /// Asks the store for another lease; `Some(messages)` once it grants one.
+    fn poll_lease(&mut self, cx: &mut Context<'_>) -> Option<u32> {
+        loop {
+            if let Some(retry) = &mut self.retry {
+                if retry.as_mut().poll(cx).is_pending() {
+                    return None;
+                }
+                self.retry = None;
+            }
+            let asking = self.asking.get_or_insert_with(|| {
+                let (policy, key) = (self.policy.clone(), self.key.clone());
+                Box::pin(async move {
+                    policy
+                        .charge(QuotaKind::Messages, &key, MESSAGE_LEASE)
+                        .await
+                })
+            });
+            let decision = match asking.as_mut().poll(cx) {
+                Poll::Pending => return None,
+                Poll::Ready(decision) => decision,
+            };
+            self.asking = None;
+            match decision {
+                QuotaDecision::Allowed => return Some(MESSAGE_LEASE),
+                QuotaDecision::Limited { retry_after } => {
+                    let at = Instant::now()
+                        .checked_add(retry_after)
+                        .unwrap_or_else(far_future);
+                    self.retry = Some(Box::pin(sleep_until(at)));
+                }
+            }
+        }
+    }
 }
 
 impl<T: Transport> Driver<T> {
@@ -109,6 +158,18 @@ impl<T: Transport> Driver<T> {
         acceptor: Acceptor,
     ) -> Self {
         let now = Instant::now();
+        let refill = acceptor.quotas.as_ref().and_then(|policy| {
+            let principal = acceptor.principal.as_ref()?;
+            policy.kinds.messages.then(|| Refill {
+                policy: policy.clone(),
+                key: QuotaKey::Principal(principal.id.clone()),
+                asking: None,
+                retry: None,
+            })
+        });
+        if refill.is_some() {
+            inner.lock().quota = Some(super::state::MessageQuota::default());
+        }
         Driver {
             inner,
             transport,
@@ -129,6 +190,7 @@ impl<T: Transport> Driver<T> {
             shed: false,
             pause_timer: None,
             paused: false,
+            refill,
         }
     }
 
@@ -169,6 +231,7 @@ impl<T: Transport> Driver<T> {
                 Err(stop) => return Poll::Ready(stop),
             }
             progress |= self.timers(cx);
+            progress |= self.refill_quota(cx);
             if self.write_stalled && self.write_timer.as_mut().poll(cx).is_ready() {
                 warn!(
                     reason = "peer did not read within the write deadline",
@@ -260,6 +323,33 @@ impl<T: Transport> Driver<T> {
         Ok(())
     }
 
+    /// Refills the principal's message quota when readers wait for it. Over the quota the
+    /// application's `recv` waits, so credit is not returned and the peer is held back by
+    /// flow control while the connection itself (pings, other frames) carries on.
+    fn refill_quota(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(refill) = &mut self.refill else {
+            return false;
+        };
+        if !self
+            .inner
+            .lock()
+            .quota
+            .as_ref()
+            .is_some_and(|q| q.wants_lease())
+        {
+            return false;
+        }
+        let Some(messages) = refill.poll_lease(cx) else {
+            return false;
+        };
+        self.inner.with(|state, wakers| {
+            if let Some(quota) = &mut state.quota {
+                quota.grant(messages, wakers);
+            }
+        });
+        true
+    }
+
     /// Arms the pause deadline when the budget first stops this connection's reads, and
     /// disarms it when they resume.
     fn set_paused(&mut self, paused: bool, cx: &mut Context<'_>) {
@@ -291,6 +381,7 @@ impl<T: Transport> Driver<T> {
                 self.set_paused(!wants_read, cx);
             }
         }
+
         for _ in 0..READ_BATCH {
             if !wants_read {
                 break;
@@ -334,7 +425,19 @@ impl<T: Transport> Driver<T> {
                     }
                 }
                 state.process_events(wakers);
-                self.reading && state.conn.wants_read()
+                let mut more = self.reading && state.conn.wants_read();
+                // Each message is charged as it lands, so a batch cannot carry the server
+                // past its budget between two looks.
+                if let Some(charge) = &self.options.charge {
+                    let (recv, send) = state.conn.buffered();
+                    let sessions = state.conn.session_count();
+                    let protocol = usize::try_from(recv.saturating_add(send))
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(sessions.saturating_mul(crate::budget::SESSION_STATE));
+                    charge.set(Part::Protocol, protocol);
+                    more = more && charge.may_read(cx.waker());
+                }
+                more
             });
             if self.peer_gone {
                 return Err(if answer_close {
@@ -397,7 +500,24 @@ impl<T: Transport> Driver<T> {
             kind: kind.clone(),
             auth,
         };
+        let quota = self
+            .acceptor
+            .quotas
+            .clone()
+            .filter(|q| q.kinds.opens && self.acceptor.principal.is_some());
         let task = self.authorizing.spawn(async move {
+            // Opens per principal, over all its connections, before the application's hook.
+            if let Some(quota) = quota {
+                let key = QuotaKey::Principal(principal.id.clone());
+                if let QuotaDecision::Limited { .. } = quota.charge(QuotaKind::Opens, &key, 1).await
+                {
+                    let refused = Rejection {
+                        code: CloseCode::RATE_LIMITED,
+                        reason: "open quota".into(),
+                    };
+                    return (id, kind, Err(Some(refused)), None);
+                }
+            }
             let decision = match timeout(deadline, authorizer.authorize(&principal, &info)).await {
                 Ok(Ok(grant)) => Ok(grant),
                 Ok(Err(rejection)) => Err(Some(rejection)),

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::auth::{Authorizer, Principal};
 use crate::budget::Charge;
 use crate::error::OpenError;
+use crate::quota::QuotaPolicy;
 use crate::session::Session;
 use crate::transport::Transport;
 pub(crate) use state::random_seed;
@@ -56,6 +57,8 @@ pub(crate) struct Acceptor {
     pub(crate) principal: Option<Principal>,
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) accepted: mpsc::Sender<Session>,
+    /// Quotas per principal (server side only).
+    pub(crate) quotas: Option<QuotaPolicy>,
 }
 
 /// How a connection ended.

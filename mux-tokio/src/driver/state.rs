@@ -54,6 +54,7 @@ impl Inner {
                 ended: false,
                 charge: None,
                 accounted_send: 0,
+                quota: None,
             }),
             ended: Notify::new(),
         }
@@ -133,6 +134,48 @@ pub(crate) struct State {
     /// The server's memory budget account, and the send buffer level last reported to it.
     pub(crate) charge: Option<Arc<Charge>>,
     pub(crate) accounted_send: u64,
+    /// The principal's message quota, when one applies: `recv` spends it.
+    pub(crate) quota: Option<MessageQuota>,
+}
+
+/// Messages the application may still read under its principal's quota; readers that
+/// found it empty wait here until the driver has a new lease from the store.
+#[derive(Default)]
+pub(crate) struct MessageQuota {
+    left: u32,
+    waiting: Vec<Waker>,
+}
+
+impl MessageQuota {
+    /// Whether a reader waits for a lease.
+    pub(crate) fn wants_lease(&self) -> bool {
+        self.left == 0 && !self.waiting.is_empty()
+    }
+
+    /// A new lease: every waiting reader tries again.
+    pub(crate) fn grant(&mut self, messages: u32, wakers: &mut WakeList) {
+        self.left = self.left.saturating_add(messages);
+        for w in self.waiting.drain(..) {
+            wakers.push(w);
+        }
+    }
+
+    /// Takes one message of the lease, or registers `waker` for the next one.
+    fn take(&mut self, waker: &Waker) -> bool {
+        if self.left > 0 {
+            self.left = self.left.saturating_sub(1);
+            return true;
+        }
+        if !self.waiting.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.push(waker.clone());
+        }
+        false
+    }
+
+    /// A message taken but not there to read gives its unit back.
+    fn give_back(&mut self) {
+        self.left = self.left.saturating_add(1);
+    }
 }
 
 impl State {
@@ -281,7 +324,20 @@ impl State {
         wakers: &mut WakeList,
     ) -> Poll<Option<Bytes>> {
         let now = self.now();
-        if let Some(message) = self.conn.recv(now, id) {
+        // Over the principal's message quota, reading waits for the driver's next lease.
+        if let Some(quota) = &mut self.quota {
+            if !quota.take(cx.waker()) {
+                self.wake_driver(wakers);
+                return Poll::Pending;
+            }
+        }
+        let message = self.conn.recv(now, id);
+        if message.is_none() {
+            if let Some(quota) = &mut self.quota {
+                quota.give_back();
+            }
+        }
+        if let Some(message) = message {
             // Reading may queue a CREDIT, complete the session, or let a stopped read resume.
             self.process_events(wakers);
             self.wake_driver(wakers);

@@ -27,14 +27,15 @@ pub use handshake::{
 };
 
 pub use rate::HandshakeRate;
+pub(crate) use rate::KeyedRate;
 
 use crate::auth::{Authenticator, Authorizer};
 use crate::budget::{Budget, BudgetStats};
 use crate::driver::{ConnectionHandle, DriverOptions};
+use crate::quota::QuotaPolicy;
 use crate::session::Session;
 use limits::Registry;
 use preauth::PreAuth;
-use rate::KeyedRate;
 
 /// The upgrade head parser, for the fuzz body: (target, header count, accept key).
 #[cfg(feature = "fuzzing")]
@@ -108,6 +109,11 @@ pub struct ServerConfig {
     /// Handshakes per second from one IP address, with a burst; past it, 429 with
     /// `Retry-After`, before anything is read. Default 32/s, bursts of 128.
     pub handshake_rate_per_ip: HandshakeRate,
+    /// Quotas per principal that outlive a connection: handshakes (429 past it), session
+    /// opens (refused with 4002) and messages (reading waits), summed over all of the
+    /// principal's connections, in memory or in a shared [`QuotaStore`](crate::quota::QuotaStore).
+    /// Default: handshakes 16/s with bursts of 64, in memory.
+    pub quotas: QuotaPolicy,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +138,7 @@ impl Default for ServerConfig {
                 per_second: 32,
                 burst: 128,
             },
+            quotas: QuotaPolicy::default(),
         }
     }
 }
@@ -195,6 +202,12 @@ impl ServerConfig {
     /// [`ServerConfig::handshake_rate_per_ip`]).
     pub fn handshake_rate(mut self, rate: HandshakeRate) -> Self {
         self.handshake_rate_per_ip = rate;
+        self
+    }
+
+    /// Builder: per-principal quotas (see [`ServerConfig::quotas`]).
+    pub fn quotas(mut self, quotas: QuotaPolicy) -> Self {
+        self.quotas = quotas;
         self
     }
 

@@ -38,7 +38,7 @@ pub(crate) struct KeyedRate<K> {
     max_keys: usize,
 }
 
-impl<K: Hash + Eq + Copy> KeyedRate<K> {
+impl<K: Hash + Eq + Clone> KeyedRate<K> {
     pub(crate) fn new(rate: HandshakeRate, max_keys: usize) -> Self {
         let interval = Duration::from_secs(1)
             .checked_div(rate.per_second)
@@ -53,22 +53,33 @@ impl<K: Hash + Eq + Copy> KeyedRate<K> {
 
     /// Admits one request from `key` at `now`, or says how long until one would be.
     pub(crate) fn check(&mut self, key: K, now: Instant) -> Result<(), Duration> {
-        if self.interval.is_zero() {
+        self.check_n(&key, 1, now)
+    }
+
+    /// Admits `n` units at once (GCRA with an increment of `n` intervals): all or none.
+    pub(crate) fn check_n(&mut self, key: &K, n: u32, now: Instant) -> Result<(), Duration> {
+        if self.interval.is_zero() || n == 0 {
             return Ok(());
         }
-        if !self.tat.contains_key(&key) && self.tat.len() >= self.max_keys {
+        if !self.tat.contains_key(key) && self.tat.len() >= self.max_keys {
             self.tat.retain(|_, tat| *tat > now);
             if self.tat.len() >= self.max_keys {
                 return Ok(());
             }
         }
-        let tat = self.tat.get(&key).copied().unwrap_or(now).max(now);
-        let ahead = tat.saturating_duration_since(now);
+        let tat = self.tat.get(key).copied().unwrap_or(now).max(now);
+        let increment = self.interval.saturating_mul(n);
+        // The last of the n units arrives at tat + (n − 1)·T; it must be within the
+        // tolerance of now.
+        let last = tat
+            .checked_add(increment.saturating_sub(self.interval))
+            .unwrap_or(tat);
+        let ahead = last.saturating_duration_since(now);
         if ahead > self.tolerance {
             return Err(ahead.saturating_sub(self.tolerance));
         }
         self.tat
-            .insert(key, tat.checked_add(self.interval).unwrap_or(tat));
+            .insert(key.clone(), tat.checked_add(increment).unwrap_or(tat));
         Ok(())
     }
 
@@ -123,6 +134,18 @@ mod tests {
         let later = t + Duration::from_secs(1);
         assert_eq!(r.check(1000, later), Ok(()));
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn several_units_at_once_are_all_or_nothing() {
+        let mut r = KeyedRate::new(TEN_BURST_FOUR, 16);
+        let t = Instant::now();
+        assert_eq!(r.check_n(&1u8, 3, t), Ok(()));
+        // One unit is left of the burst: two are refused whole, one is admitted.
+        assert!(r.check_n(&1, 2, t).is_err());
+        assert_eq!(r.check_n(&1, 1, t), Ok(()));
+        // More than the burst is never admitted at once.
+        assert!(r.check_n(&2, 5, t).is_err());
     }
 
     #[test]

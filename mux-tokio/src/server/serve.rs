@@ -23,6 +23,7 @@ use super::{lock, Shared};
 use crate::auth::{HandshakeRequest, Principal};
 use crate::budget::{Pressure, CONNECTION_STATE};
 use crate::driver::{connection, Acceptor};
+use crate::quota::{QuotaDecision, QuotaKey, QuotaKind};
 use crate::transport::TungsteniteTransport;
 
 /// How long a refusal may take to write before the socket is simply closed.
@@ -77,17 +78,20 @@ pub(super) fn admit(shared: &Shared, peer: SocketAddr) -> Result<IpPermit, (u16,
     }
     let rate = lock(&shared.handshake_rate).check(peer.ip(), tokio::time::Instant::now());
     if let Err(wait) = rate {
-        // Whole seconds, rounded up (RFC 9110's `Retry-After` has no fractions).
-        let secs = wait
-            .as_secs()
-            .saturating_add(u64::from(wait.subsec_nanos() > 0));
-        return refused(429, secs.max(1));
+        return refused(429, whole_seconds(wait));
     }
     match shared.registry.admit(peer.ip()) {
         Ok(permit) => Ok(permit),
         Err(Refusal::Global) => refused(503, 1),
         Err(Refusal::TooMany) => refused(429, 1),
     }
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, at least 1 (RFC 9110 has no fractions).
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
 }
 
 /// Answers a connection that was not admitted, without reading its request.
@@ -116,6 +120,8 @@ enum Stage {
 enum Refused {
     /// Answer with this status (counted under it).
     Status(u16),
+    /// Over the principal's handshake quota: 429 with this `Retry-After`.
+    Quota(u64),
     /// Malformed or oversized head: answer, counted as a failed handshake.
     Head(HeadError),
 }
@@ -166,7 +172,13 @@ where
             return;
         }
         Some(Ok(Err(refused))) => {
+            let mut retry_after = 1;
             let status = match refused {
+                Refused::Quota(secs) => {
+                    counters.refused_429.fetch_add(1, Ordering::Relaxed);
+                    retry_after = secs;
+                    Some(429)
+                }
                 Refused::Status(status) => {
                     let counter = match status {
                         403 => &counters.refused_403,
@@ -186,7 +198,7 @@ where
             crate::observe::handshake_refused(status.unwrap_or(0));
             debug!(%peer, ?status, "handshake refused");
             if let Some(status) = status {
-                refuse_unread(stream.get_mut(), status, 1).await;
+                refuse_unread(stream.get_mut(), status, retry_after).await;
             }
             return;
         }
@@ -226,6 +238,15 @@ where
         .authenticate(&hs)
         .await
         .map_err(|_| Refused::Status(401))?;
+    // Per principal across connections and reconnects (and nodes, with a shared store).
+    if config.quotas.kinds.handshakes {
+        let key = QuotaKey::Principal(principal.id.clone());
+        if let QuotaDecision::Limited { retry_after } =
+            config.quotas.charge(QuotaKind::Handshakes, &key, 1).await
+        {
+            return Err(Refused::Quota(whole_seconds(retry_after)));
+        }
+    }
     let permit = shared
         .registry
         .admit_principal(&principal.id)
@@ -311,6 +332,7 @@ async fn run<S>(
         principal: Some(principal),
         authorizer: shared.authorizer.clone(),
         accepted,
+        quotas: Some(config.quotas.clone()),
     };
     let mut options = config.driver_options();
     options.charge = Some(charge);
