@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use mux_proto::{CloseCode, Side};
+use mux_proto::{CloseCode, Credential, Side};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -94,7 +93,7 @@ pub struct ClientConfig {
     /// after every reconnect, delivering them through [`Client::accept`] and reporting each
     /// with [`ClientEvent::Reopened`]. Default empty: the application re-opens what it needs
     /// on [`ClientEvent::Connected`].
-    pub reopen: Vec<(String, Bytes)>,
+    pub reopen: Vec<(String, Credential)>,
 }
 
 impl Default for ClientConfig {
@@ -146,8 +145,12 @@ impl ClientConfig {
 
     /// Builder: re-open a session of `kind` with `auth` after every reconnect (the re-open
     /// policy; see [`ClientConfig::reopen`]).
-    pub fn reopen_on_reconnect(mut self, kind: impl Into<String>, auth: Bytes) -> Self {
-        self.reopen.push((kind.into(), auth));
+    pub fn reopen_on_reconnect(
+        mut self,
+        kind: impl Into<String>,
+        auth: impl Into<Credential>,
+    ) -> Self {
+        self.reopen.push((kind.into(), auth.into()));
         self
     }
 }
@@ -277,7 +280,11 @@ impl Client {
     }
 
     /// Opens a session of `kind` with per-session credentials `auth`.
-    pub async fn open(&mut self, kind: &str, auth: Bytes) -> Result<Session, OpenError> {
+    pub async fn open(
+        &mut self,
+        kind: &str,
+        auth: impl Into<Credential>,
+    ) -> Result<Session, OpenError> {
         let handle = self.connection().await.ok_or(OpenError::ConnectionClosed)?;
         handle.open(kind, auth).await
     }

@@ -8,33 +8,20 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use mux_proto::{CloseCode, SessionId, SessionStats};
+use mux_proto::{CloseCode, Credential, SessionId, SessionStats};
 
 use crate::driver::state::Inner;
 use crate::error::{SendError, SessionClosed, TrySendError};
 
 /// Facts about a session the peer opened, for the authorization hook.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct OpenInfo {
     /// The session.
     pub id: SessionId,
     /// What it is for: a topic, channel or service name.
     pub kind: String,
-    /// Per-session credentials from the OPEN. Never logged; redacted in `Debug`.
-    pub auth: Bytes,
-}
-
-impl fmt::Debug for OpenInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenInfo")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field(
-                "auth",
-                &format_args!("<{} bytes redacted>", self.auth.len()),
-            )
-            .finish()
-    }
+    /// Per-session credentials from the OPEN; redacted in `Debug`.
+    pub auth: Credential,
 }
 
 /// One logical session over a shared WebSocket connection.

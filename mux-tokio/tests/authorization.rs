@@ -195,7 +195,7 @@ async fn data_on_a_receive_only_session_closes_it_with_1008() {
             session_id: SessionId(id),
             request: OpenRequest::default(),
             kind: Text::from_static(kind),
-            auth: Bytes::new(),
+            auth: mux_proto::Credential::EMPTY,
         })
     };
     let data = |id: u32, payload: &'static [u8]| {

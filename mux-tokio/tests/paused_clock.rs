@@ -166,7 +166,7 @@ async fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
         session_id: SessionId(1),
         request: OpenRequest::default(),
         kind: Text::from_static("sink"),
-        auth: Bytes::new(),
+        auth: mux_proto::Credential::EMPTY,
     })
     .encode(&mut frames);
     peer.send(Message::Binary(frames.freeze())).await.unwrap();
