@@ -29,6 +29,16 @@ mod signal;
 pub mod topic;
 mod transport;
 
+/// The protocol crate this driver runs, for the types not re-exported at the root (frames,
+/// [`proto::Connection`], its own errors).
+pub use mux_proto as proto;
+/// The protocol types that appear in this crate's API, so an application needs no direct
+/// dependency on `mux-proto` (and cannot end up with a second version of it).
+pub use mux_proto::{
+    CloseCode, Config, ConnectionStats, Credential, Grant, Limits, Permissions, RateLimits,
+    RatePolicy, SessionId, SessionStats, Timeouts,
+};
+
 pub use auth::{
     AllowAll, AuthError, Authenticator, AuthorizeFuture, Authorizer, HandshakeRequest, Principal,
     Rejection, Token,
