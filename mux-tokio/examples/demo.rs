@@ -114,12 +114,11 @@ async fn main() {
 async fn run() {
     let config = ServerConfig::default()
         .origins(OriginPolicy::allow(["https://app.example.com"]).allow_missing(true));
-    let authorizer = |p: &Principal, o: &OpenInfo| authorize(p.clone(), o.clone());
     let mut server = Server::bind(
         "127.0.0.1:0".parse().unwrap(),
         config,
         authenticate,
-        authorizer,
+        authorize,
     )
     .await
     .expect("bind");

@@ -49,7 +49,7 @@ async fn main() -> std::io::Result<()> {
         "127.0.0.1:0".parse().expect("loopback address"),
         config,
         authenticate,
-        |_: &Principal, open: &OpenInfo| authorize(open.clone()),
+        |_: Principal, open: OpenInfo| authorize(open),
     )
     .await?;
     println!("{}", server.local_addr().port());

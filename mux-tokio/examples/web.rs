@@ -381,7 +381,7 @@ async fn main() -> std::io::Result<()> {
         TcpListener::bind(loopback(port_arg(&args, "--mux-port", 0))).await?,
         config,
         authenticate,
-        |_: &Principal, open: &OpenInfo| authorize(open.clone()),
+        |_: Principal, open: OpenInfo| authorize(open),
     )?;
     let mux_port = server.local_addr().port();
     let handle = server.handle();

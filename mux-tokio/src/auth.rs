@@ -160,17 +160,34 @@ pub type AuthorizeFuture = Pin<Box<dyn Future<Output = Result<Grant, Rejection>>
 
 /// Decides, for every session a peer opens, whether that principal may have it and with
 /// which permissions and limits. Runs under a deadline; a slow decision refuses with 4006.
+///
+/// Any `Fn(Principal, OpenInfo) -> impl Future<Output = Result<Grant, Rejection>>` is an
+/// authorizer, an `async fn` or a closure alike. It gets both by value (the driver makes
+/// them for this one decision), so the future can keep them without cloning:
+///
+/// ```
+/// use mux_tokio::{Grant, OpenInfo, Principal, Rejection};
+///
+/// let authorizer = |principal: Principal, open: OpenInfo| async move {
+///     match open.kind.as_str() {
+///         "admin" if principal.id != "root" => Err(Rejection::forbidden("admins only")),
+///         _ => Ok(Grant::full()),
+///     }
+/// };
+/// # fn is_authorizer(_: impl mux_tokio::Authorizer) {}
+/// # is_authorizer(authorizer);
+/// ```
 pub trait Authorizer: Send + Sync + 'static {
     /// The grant for `open`, or a rejection.
-    fn authorize(&self, principal: &Principal, open: &OpenInfo) -> AuthorizeFuture;
+    fn authorize(&self, principal: Principal, open: OpenInfo) -> AuthorizeFuture;
 }
 
 impl<F, Fut> Authorizer for F
 where
-    F: Fn(&Principal, &OpenInfo) -> Fut + Send + Sync + 'static,
+    F: Fn(Principal, OpenInfo) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Grant, Rejection>> + Send + 'static,
 {
-    fn authorize(&self, principal: &Principal, open: &OpenInfo) -> AuthorizeFuture {
+    fn authorize(&self, principal: Principal, open: OpenInfo) -> AuthorizeFuture {
         Box::pin(self(principal, open))
     }
 }
@@ -180,7 +197,7 @@ where
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, _: &Principal, _: &OpenInfo) -> AuthorizeFuture {
+    fn authorize(&self, _: Principal, _: OpenInfo) -> AuthorizeFuture {
         Box::pin(async { Ok(Grant::full()) })
     }
 }

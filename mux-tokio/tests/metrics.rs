@@ -94,14 +94,11 @@ fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> 
 async fn counters_reach_the_installed_recorder() {
     let recorded = Arc::new(Recorded::default());
     metrics::set_global_recorder(Recording(recorded.clone())).unwrap();
-    let authorizer = |_: &Principal, open: &mux_tokio::OpenInfo| {
-        let kind = open.kind.clone();
-        async move {
-            if kind == "admin" {
-                Err(Rejection::forbidden("no"))
-            } else {
-                Ok(mux_proto::Grant::full())
-            }
+    let authorizer = |_: Principal, open: mux_tokio::OpenInfo| async move {
+        if open.kind == "admin" {
+            Err(Rejection::forbidden("no"))
+        } else {
+            Ok(mux_proto::Grant::full())
         }
     };
     let config = ServerConfig::default().origins(OriginPolicy::default().allow_missing(true));

@@ -86,10 +86,7 @@ fn within_a_tick(elapsed: Duration, deadline: Duration) {
 async fn an_undecided_open_is_refused_with_4006_at_the_authorization_deadline() {
     let mut server = quiet();
     server.timeouts.authorization = Duration::from_secs(2);
-    let ((_server, _), mut accepted, (client, _)) = pair(server, |p: &Principal, o: &OpenInfo| {
-        stalling(p.clone(), o.clone())
-    })
-    .await;
+    let ((_server, _), mut accepted, (client, _)) = pair(server, stalling).await;
     let started = Instant::now();
     let stalled = {
         let client = client.clone();

@@ -81,8 +81,7 @@ async fn start() -> Seed {
     let config = ServerConfig::default()
         .origins(OriginPolicy::default().allow_missing(true))
         .connection_limits(10_000, 1_000, 100);
-    let authorizer = |p: &Principal, o: &OpenInfo| authorize(p.clone(), o.clone());
-    let mut server = Server::bind(common::loopback(), config, authenticate, authorizer)
+    let mut server = Server::bind(common::loopback(), config, authenticate, authorize)
         .await
         .expect("bind");
     let addr = server.local_addr();

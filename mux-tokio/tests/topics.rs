@@ -67,12 +67,11 @@ async fn setup_with(options: SubscribeOptions, protocol: mux_proto::Config) -> S
         .origins(OriginPolicy::default().allow_missing(true))
         .protocol(protocol)
         .connection_limits(10_000, 1_000, 1_000);
-    let authorizer = |p: &Principal, o: &OpenInfo| authorize(p.clone(), o.clone());
     let mut server = Server::bind(
         "127.0.0.1:0".parse().unwrap(),
         config,
         authenticate,
-        authorizer,
+        authorize,
     )
     .await
     .unwrap();

@@ -274,7 +274,7 @@ impl<T: Transport> Driver<T> {
             auth,
         };
         let task = self.authorizing.spawn(async move {
-            let decision = match timeout(deadline, authorizer.authorize(&principal, &info)).await {
+            let decision = match timeout(deadline, authorizer.authorize(principal, info)).await {
                 Ok(Ok(grant)) => Ok(grant),
                 Ok(Err(rejection)) => Err(Some(rejection)),
                 Err(_) => Err(None),
