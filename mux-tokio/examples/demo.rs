@@ -25,7 +25,7 @@ fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> 
     match request.token.as_ref().map(|t| t.expose()) {
         Some("alice-token") => Ok(Principal::new("alice")),
         Some("bob-token") => Ok(Principal::new("bob")),
-        _ => Err(AuthError("unknown token".into())),
+        _ => Err(AuthError::Invalid),
     }
 }
 

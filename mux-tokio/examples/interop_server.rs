@@ -26,7 +26,7 @@ const BIG: u32 = 256 * 1024;
 fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
     match &request.token {
         Some(token) if token.expose() == "interop-token" => Ok(Principal::new("interop")),
-        _ => Err(AuthError("bad token".into())),
+        _ => Err(AuthError::Invalid),
     }
 }
 

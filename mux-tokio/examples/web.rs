@@ -100,7 +100,7 @@ fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> 
     if valid {
         Ok(Principal::new(name))
     } else {
-        Err(AuthError("a user name of letters, digits, - and _".into()))
+        Err(AuthError::other("a user name of letters, digits, - and _"))
     }
 }
 

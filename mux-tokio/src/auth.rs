@@ -105,10 +105,43 @@ impl fmt::Debug for HandshakeRequest<'_> {
     }
 }
 
-/// Why authentication failed: the handshake is answered with 401.
+/// Why authentication failed. Every variant is answered alike, with HTTP 401 and no body
+/// (spec/http.md): the peer is not told which check failed. The variant is for the server's
+/// own logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unauthorized: {0}")]
-pub struct AuthError(pub String);
+#[non_exhaustive]
+pub enum AuthError {
+    /// The request carried no credentials.
+    #[error("no credentials")]
+    Missing,
+    /// The credentials are not valid: unknown, malformed, or their signature does not check.
+    #[error("invalid credentials")]
+    Invalid,
+    /// The credentials were valid but have expired (or were revoked).
+    #[error("expired credentials")]
+    Expired,
+    /// Any other refusal, with a reason for the server's logs; never sent to the peer, and
+    /// never a place for the credential itself.
+    #[error("unauthorized: {reason}")]
+    Other {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl AuthError {
+    /// A refusal with a reason for the logs (see [`AuthError::Other`]).
+    pub fn other(reason: impl Into<String>) -> Self {
+        AuthError::Other {
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP status the handshake is answered with: 401 for every variant.
+    pub fn status(&self) -> u16 {
+        401
+    }
+}
 
 /// Authenticates a connection during the WebSocket handshake, before the 101.
 ///

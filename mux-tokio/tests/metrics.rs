@@ -86,7 +86,7 @@ impl Recorder for Recording {
 fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> {
     match request.token.as_ref().map(|t| t.expose()) {
         Some("secret-canary-token") => Ok(Principal::new("alice-principal")),
-        _ => Err(AuthError("no".into())),
+        _ => Err(AuthError::Invalid),
     }
 }
 

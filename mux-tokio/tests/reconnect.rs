@@ -356,7 +356,7 @@ async fn a_reconnect_refused_with_401_is_not_retried() {
         if counted.fetch_add(1, Ordering::SeqCst) == 0 {
             Ok(Principal::new("once"))
         } else {
-            Err(AuthError("revoked".into()))
+            Err(AuthError::Expired)
         }
     };
     let mut server = Server::bind(common::loopback(), open_config(), authenticate, AllowAll)

@@ -37,7 +37,7 @@ fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> 
     let token = request.token.as_ref().map(|t| t.expose().to_owned());
     match token.as_deref().and_then(|t| t.strip_prefix("user:")) {
         Some(name) => Ok(Principal::new(name)),
-        None => Err(AuthError("no token".into())),
+        None => Err(AuthError::Missing),
     }
 }
 

@@ -31,7 +31,7 @@ fn authenticate(request: &HandshakeRequest<'_>) -> Result<Principal, AuthError> 
         .unwrap_or_default();
     match token.strip_prefix("user:") {
         Some(name) => Ok(Principal::new(name)),
-        None => Err(AuthError("no token".into())),
+        None => Err(AuthError::Missing),
     }
 }
 
