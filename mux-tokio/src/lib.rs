@@ -52,7 +52,9 @@ pub use server::{
 };
 pub use session::{OpenInfo, Session, SessionSender};
 pub use signal::{shutdown_signal, ShutdownSignal};
-pub use transport::{Transport, TransportError, TungsteniteTransport, WsMessage};
+pub use transport::{
+    Transport, TransportError, TransportErrorKind, TungsteniteTransport, WsMessage,
+};
 
 /// Runs the protocol over an already upgraded WebSocket (for example axum's, through an
 /// adapter implementing [`Transport`]), as the server side, and returns the connection handle
