@@ -196,9 +196,25 @@ pub enum ClientEvent {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The handshake failed (a network or protocol error).
-    #[error("handshake failed: {0}")]
-    Handshake(String),
+    /// The URL is not `ws://host[:port][/path]` or `wss://…`.
+    #[error("invalid URL: expected ws://host[:port][/path] or wss://…")]
+    InvalidUrl,
+    /// A `wss://` URL, but mux-tokio was built without its `tls` feature.
+    #[error("wss:// needs mux-tokio's `tls` feature")]
+    TlsNotEnabled,
+    /// The token or the origin cannot be sent as an HTTP header value (the value itself is
+    /// never part of the error).
+    #[error("the {field} is not a valid HTTP header value")]
+    InvalidHeader {
+        /// Which setting: `"token"` or `"origin"`.
+        field: &'static str,
+    },
+    /// The TCP connection failed, or broke during the handshake.
+    #[error("connection failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The server's answer is not a valid WebSocket upgrade.
+    #[error("invalid WebSocket upgrade: {0}")]
+    Upgrade(#[source] InvalidUpgrade),
     /// The server refused the handshake with an HTTP status (spec/http.md): 400, 401 and
     /// 403 are not retried with the same request; 429 and 503 not before `retry_after`.
     #[error("handshake refused with HTTP {status}")]
@@ -215,6 +231,12 @@ pub enum ConnectError {
     #[error("connect timed out")]
     Timeout,
 }
+
+/// How the server's answer broke RFC 6455 (a wrong `Sec-WebSocket-Accept`, a missing
+/// `Upgrade` header), as the WebSocket library reported it.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct InvalidUpgrade(tokio_tungstenite::tungstenite::Error);
 
 /// A client connection that reconnects. Open sessions with [`Client::open`].
 ///
@@ -326,36 +348,41 @@ type Ws =
 async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectError> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+        .map_err(|_| ConnectError::InvalidUrl)?;
+    let secure = match request.uri().scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(ConnectError::InvalidUrl),
+    };
+    if secure {
+        return Err(ConnectError::TlsNotEnabled);
+    }
+    let invalid_token = ConnectError::InvalidHeader { field: "token" };
     let mut protocols = SUBPROTOCOL.to_owned();
     if let Some(token) = &config.token {
         if config.token_in_protocol {
             protocols = format!("{SUBPROTOCOL}, {TOKEN_PROTOCOL_PREFIX}{}", token.expose());
         } else {
             let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| ConnectError::Handshake("token is not a valid header value".into()))?;
+                .map_err(|_| invalid_token)?;
             request.headers_mut().insert("authorization", value);
         }
     }
     let value = HeaderValue::from_str(&protocols)
-        .map_err(|_| ConnectError::Handshake("invalid token characters".into()))?;
+        .map_err(|_| ConnectError::InvalidHeader { field: "token" })?;
     request
         .headers_mut()
         .insert("sec-websocket-protocol", value);
     if let Some(origin) = &config.origin {
         let value = HeaderValue::from_str(origin)
-            .map_err(|_| ConnectError::Handshake("invalid origin".into()))?;
+            .map_err(|_| ConnectError::InvalidHeader { field: "origin" })?;
         request.headers_mut().insert("origin", value);
     }
     let ws_config = websocket_config(&config.protocol);
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
     let (ws, response) = match tokio::time::timeout(config.connect_timeout, connect).await {
         Ok(Ok(pair)) => pair,
-        // The error names the HTTP status for a refused handshake; it never contains the token.
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            return Err(refusal(&response));
-        }
-        Ok(Err(e)) => return Err(ConnectError::Handshake(describe(&e))),
+        Ok(Err(e)) => return Err(connect_error(e)),
         Err(_) => return Err(ConnectError::Timeout),
     };
     let selected = response
@@ -407,12 +434,19 @@ fn retry_for(error: &ConnectError) -> Retry {
     }
 }
 
-fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
+/// What a failed handshake means. A refusal keeps its status and `Retry-After`; nothing
+/// here contains the token.
+fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> ConnectError {
+    use tokio_tungstenite::tungstenite::error::{Error as WsError, UrlError};
     match e {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            format!("HTTP {}", response.status().as_u16())
+        WsError::Http(response) => refusal(&response),
+        WsError::Url(UrlError::TlsFeatureNotEnabled) => ConnectError::TlsNotEnabled,
+        WsError::Url(_) | WsError::HttpFormat(_) => ConnectError::InvalidUrl,
+        WsError::Io(io) => ConnectError::Io(io),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into())
         }
-        other => other.to_string(),
+        other => ConnectError::Upgrade(InvalidUpgrade(other)),
     }
 }
 
@@ -600,6 +634,35 @@ mod tests {
         assert!(matches!(
             refusal(&response),
             ConnectError::Refused { status: 429, retry_after: Some(d) } if d == Duration::from_secs(7)
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_fail_before_any_connection_and_never_show_the_token() {
+        let config = ClientConfig::default().reconnect(false);
+        for url in ["not a url", "http://127.0.0.1:1/", "ws:///"] {
+            assert!(
+                matches!(
+                    connect_once(url, &config).await,
+                    Err(ConnectError::InvalidUrl)
+                ),
+                "{url}"
+            );
+        }
+        let bad_token = ClientConfig::default().token("canary\n-token");
+        let error = connect_once("ws://127.0.0.1:1/", &bad_token)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(
+            error,
+            ConnectError::InvalidHeader { field: "token" }
+        ));
+        assert!(!format!("{error} {error:?}").contains("canary"));
+        let bad_origin = ClientConfig::default().origin("https://a\r\nb");
+        assert!(matches!(
+            connect_once("ws://127.0.0.1:1/", &bad_origin).await,
+            Err(ConnectError::InvalidHeader { field: "origin" })
         ));
     }
 

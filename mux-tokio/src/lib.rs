@@ -43,7 +43,7 @@ pub use auth::{
     AllowAll, AuthError, Authenticator, AuthorizeFuture, Authorizer, HandshakeRequest, Principal,
     Rejection, Token,
 };
-pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError};
+pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError, InvalidUpgrade};
 pub use driver::{ConnectionHandle, ConnectionOutcome};
 pub use error::{OpenError, SendError, SessionClosed, TrySendError};
 pub use server::{

@@ -291,6 +291,7 @@ mod tungstenite_adapter {
     }
 }
 
+#[cfg(feature = "axum")]
 pub(crate) use tungstenite_adapter::from_tungstenite;
 pub use tungstenite_adapter::TungsteniteTransport;
 
@@ -313,6 +314,7 @@ mod tests {
 
     use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 
+    use super::tungstenite_adapter::from_tungstenite;
     use super::*;
 
     #[test]
