@@ -1,6 +1,7 @@
 //! The client: connect, open sessions, and reconnect with exponential backoff and full
 //! jitter when the connection drops.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +70,9 @@ impl Backoff {
 }
 
 /// Client configuration.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` never shows the token or the re-open credentials.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
     /// The protocol's limits and timeouts.
@@ -94,6 +97,32 @@ pub struct ClientConfig {
     /// with [`ClientEvent::Reopened`]. Default empty: the application re-opens what it needs
     /// on [`ClientEvent::Connected`].
     pub reopen: Vec<(String, Credential)>,
+    /// The TLS configuration for `wss://` URLs (feature `tls`): a custom root, a client
+    /// certificate, ALPN. `None` trusts the Mozilla roots of `webpki-roots`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("ClientConfig");
+        s.field("protocol", &self.protocol)
+            .field("token", &self.token)
+            .field("token_in_protocol", &self.token_in_protocol)
+            .field("origin", &self.origin)
+            .field("reconnect", &self.reconnect)
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("reopen", &self.reopen);
+        // Only whether there is one: a rustls config may hold a client certificate's key.
+        #[cfg(feature = "tls")]
+        s.field(
+            "tls",
+            &self.tls.as_ref().map(|_| "<custom rustls::ClientConfig>"),
+        );
+        s.finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -108,6 +137,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             reopen: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -140,6 +171,14 @@ impl ClientConfig {
     /// Builder: the protocol configuration.
     pub fn protocol(mut self, protocol: mux_proto::Config) -> Self {
         self.protocol = protocol;
+        self
+    }
+
+    /// Builder: the TLS configuration for `wss://` URLs, for example one that trusts a
+    /// private CA (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -212,6 +251,11 @@ pub enum ConnectError {
     /// The TCP connection failed, or broke during the handshake.
     #[error("connection failed: {0}")]
     Io(#[source] std::io::Error),
+    /// The TLS handshake failed: most often the server's certificate is not trusted
+    /// ([`rustls::Error::InvalidCertificate`]) or not valid for the URL's host.
+    #[cfg(feature = "tls")]
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] rustls::Error),
     /// The server's answer is not a valid WebSocket upgrade.
     #[error("invalid WebSocket upgrade: {0}")]
     Upgrade(#[source] InvalidUpgrade),
@@ -354,9 +398,7 @@ async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectErr
         Some("wss") => true,
         _ => return Err(ConnectError::InvalidUrl),
     };
-    if secure {
-        return Err(ConnectError::TlsNotEnabled);
-    }
+
     let invalid_token = ConnectError::InvalidHeader { field: "token" };
     let mut protocols = SUBPROTOCOL.to_owned();
     if let Some(token) = &config.token {
@@ -379,10 +421,9 @@ async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectErr
         request.headers_mut().insert("origin", value);
     }
     let ws_config = websocket_config(&config.protocol);
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connect = handshake(request, ws_config, secure, config);
     let (ws, response) = match tokio::time::timeout(config.connect_timeout, connect).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return Err(connect_error(e)),
+        Ok(result) => result?,
         Err(_) => return Err(ConnectError::Timeout),
     };
     let selected = response
@@ -393,6 +434,55 @@ async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectErr
         return Err(ConnectError::NoSubprotocol);
     }
     Ok(ws)
+}
+
+type Request = tokio_tungstenite::tungstenite::handshake::client::Request;
+type Response = tokio_tungstenite::tungstenite::handshake::client::Response;
+type WebSocketConfig = tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// TCP, TLS for a `wss://` URL (the application's rustls configuration or the default
+/// one), then the WebSocket handshake.
+#[cfg(feature = "tls")]
+async fn handshake(
+    request: Request,
+    ws_config: WebSocketConfig,
+    secure: bool,
+    config: &ClientConfig,
+) -> Result<(Ws, Response), ConnectError> {
+    let connector = if secure {
+        let tls = match &config.tls {
+            Some(tls) => tls.clone(),
+            None => crate::tls::default_config().map_err(ConnectError::Tls)?,
+        };
+        tokio_tungstenite::Connector::Rustls(tls)
+    } else {
+        tokio_tungstenite::Connector::Plain
+    };
+    tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(ws_config),
+        true,
+        Some(connector),
+    )
+    .await
+    .map_err(connect_error)
+}
+
+/// TCP, then the WebSocket handshake; without the `tls` feature a `wss://` URL is refused
+/// before connecting.
+#[cfg(not(feature = "tls"))]
+async fn handshake(
+    request: Request,
+    ws_config: WebSocketConfig,
+    secure: bool,
+    _: &ClientConfig,
+) -> Result<(Ws, Response), ConnectError> {
+    if secure {
+        return Err(ConnectError::TlsNotEnabled);
+    }
+    tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
+        .await
+        .map_err(connect_error)
 }
 
 /// A refused handshake's status and `Retry-After` (delta-seconds; an HTTP date is ignored).
@@ -434,15 +524,36 @@ fn retry_for(error: &ConnectError) -> Retry {
     }
 }
 
+/// An I/O error, or the TLS failure that tokio-rustls reports as one.
+fn io_error(io: std::io::Error) -> ConnectError {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = crate::tls::tls_error(&io) {
+        return ConnectError::Tls(tls.clone());
+    }
+    ConnectError::Io(io)
+}
+
 /// What a failed handshake means. A refusal keeps its status and `Retry-After`; nothing
 /// here contains the token.
 fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> ConnectError {
-    use tokio_tungstenite::tungstenite::error::{Error as WsError, UrlError};
+    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError, UrlError};
     match e {
         WsError::Http(response) => refusal(&response),
+        // tungstenite checks the answer against the offered subprotocols itself.
+        WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(_)) => {
+            ConnectError::NoSubprotocol
+        }
         WsError::Url(UrlError::TlsFeatureNotEnabled) => ConnectError::TlsNotEnabled,
         WsError::Url(_) | WsError::HttpFormat(_) => ConnectError::InvalidUrl,
-        WsError::Io(io) => ConnectError::Io(io),
+        #[cfg(feature = "tls")]
+        WsError::Tls(tokio_tungstenite::tungstenite::error::TlsError::Rustls(tls)) => {
+            ConnectError::Tls(*tls)
+        }
+        #[cfg(feature = "tls")]
+        WsError::Tls(tokio_tungstenite::tungstenite::error::TlsError::InvalidDnsName) => {
+            ConnectError::InvalidUrl
+        }
+        WsError::Io(io) => io_error(io),
         WsError::ConnectionClosed | WsError::AlreadyClosed => {
             ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into())
         }

@@ -26,6 +26,7 @@ mod observe;
 mod server;
 mod session;
 mod signal;
+mod tls;
 pub mod topic;
 mod transport;
 
@@ -38,6 +39,10 @@ pub use mux_proto::{
     CloseCode, Config, ConnectionStats, Credential, Grant, Limits, Permissions, RateLimits,
     RatePolicy, SessionId, SessionStats, Timeouts,
 };
+
+/// The rustls version the client's TLS configuration is built with (feature `tls`).
+#[cfg(feature = "tls")]
+pub use rustls;
 
 pub use auth::{
     AllowAll, AuthError, Authenticator, AuthorizeFuture, Authorizer, HandshakeRequest, Principal,

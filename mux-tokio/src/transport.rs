@@ -220,6 +220,8 @@ mod tungstenite_adapter {
             TransportErrorKind::Violation { code: 1009 }
         } else if inner.is::<MessageTooSlow>() {
             TransportErrorKind::Violation { code: 1008 }
+        } else if crate::tls::is_tls_error(inner) {
+            TransportErrorKind::Tls
         } else {
             TransportErrorKind::Io
         }
@@ -351,6 +353,15 @@ mod tests {
         assert_eq!(io.kind(), TransportErrorKind::Io);
         assert_eq!(io.close_code(), None);
         assert!(io.source().is_some(), "the library's error is the source");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_failure_under_the_websocket_is_tls() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        let e = from_tungstenite(WsError::Io(io), true);
+        assert_eq!(e.kind(), TransportErrorKind::Tls);
+        assert_eq!(e.close_code(), None);
     }
 
     #[test]
