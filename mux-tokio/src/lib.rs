@@ -55,7 +55,7 @@ pub use server::{
     bearer_token, parse_protocols, Origin, OriginPolicy, Protocols, Server, ServerConfig,
     ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
 };
-pub use session::{OpenInfo, Session, SessionSender};
+pub use session::{OpenInfo, Session, SessionReceiver, SessionSender};
 pub use signal::{shutdown_signal, ShutdownSignal};
 pub use transport::{
     Transport, TransportError, TransportErrorKind, TungsteniteTransport, WsMessage,
