@@ -11,6 +11,42 @@
 //!
 //! The driver runs over any [`Transport`] (a `Stream` + `Sink` of binary WebSocket
 //! messages), so it works over axum's `WebSocket` too; tungstenite types stay inside.
+//! With the `tls` feature the client connects to `wss://` URLs (rustls; see
+//! [`ClientConfig`]).
+//!
+//! A server on a free loopback port, a client, one session, one echo:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use mux_tokio::{AllowAll, Client, ClientConfig, OriginPolicy, Server, ServerConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Services send no Origin header; a browser-facing server lists its origins instead.
+//! let config = ServerConfig::default().origins(OriginPolicy::default().allow_missing(true));
+//! // AllowAll authenticates and authorizes everyone: replace both in a real server.
+//! let mut server = Server::bind("127.0.0.1:0".parse()?, config, AllowAll, AllowAll).await?;
+//! let url = format!("ws://{}/", server.local_addr());
+//! tokio::spawn(async move {
+//!     while let Some(mut session) = server.accept().await {
+//!         tokio::spawn(async move {
+//!             // Echo until the peer finishes; `send` waits for credit.
+//!             while let Some(message) = session.recv().await {
+//!                 if session.send(message).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!     }
+//! });
+//!
+//! let mut client = Client::connect(&url, ClientConfig::default()).await?;
+//! let mut session = client.open("echo", Bytes::new()).await?;
+//! session.send(Bytes::from_static(b"hello")).await?;
+//! assert_eq!(session.recv().await.as_deref(), Some(&b"hello"[..]));
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 mod auth;
