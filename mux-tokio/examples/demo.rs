@@ -13,11 +13,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mux_proto::{CloseCode, Grant, RateLimits, RatePolicy};
 use mux_tokio::topic::{decode, LocalHub, SubscribeOptions, TopicEvent, TopicOptions};
 use mux_tokio::{
-    AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
-    Principal, Rejection, Server, ServerConfig, ServerHandle, Session,
+    AuthError, Client, ClientConfig, CloseCode, Grant, HandshakeRequest, OpenError, OpenInfo,
+    OriginPolicy, Principal, RateLimits, RatePolicy, Rejection, Server, ServerConfig, ServerHandle,
+    Session,
 };
 
 /// Tokens map to principals; a real server would verify a signed token here.

@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use mux_proto::Grant;
 use mux_tokio::{
-    AuthError, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server, ServerConfig,
+    AuthError, Grant, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server,
+    ServerConfig,
 };
 
 const BIG: u32 = 256 * 1024;

@@ -34,11 +34,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use mux_proto::{Grant, RateLimits, RatePolicy};
 use mux_tokio::topic::{LocalHub, SubscribeOptions, TopicOptions};
 use mux_tokio::{
-    AuthError, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server,
-    ServerConfig, ServerHandle, Session,
+    AuthError, Grant, HandshakeRequest, OpenInfo, OriginPolicy, Principal, RateLimits, RatePolicy,
+    Rejection, Server, ServerConfig, ServerHandle, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
