@@ -777,6 +777,18 @@ mod tests {
         ));
     }
 
+    /// Without the feature a `wss://` URL is refused before any connection is made (port 1
+    /// on loopback has no listener: a connection attempt would fail differently).
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn wss_without_the_tls_feature_is_refused_before_connecting() {
+        let config = ClientConfig::default().reconnect(false);
+        assert!(matches!(
+            connect_once("wss://127.0.0.1:1/", &config).await,
+            Err(ConnectError::TlsNotEnabled)
+        ));
+    }
+
     #[test]
     fn backoff_ceiling_doubles_up_to_the_cap() {
         let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1), None);
