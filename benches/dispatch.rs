@@ -93,7 +93,7 @@ fn server(sessions: usize) -> (Connection, Vec<SessionId>) {
                     session_id,
                     request: OpenRequest::default(),
                     kind: Text::from_static("bench"),
-                    auth: Bytes::new(),
+                    auth: mux_proto::Credential::EMPTY,
                 })
             })
             .collect();

@@ -149,7 +149,7 @@ fn server() -> Connection {
             session_id: SESSION,
             request: OpenRequest::default(),
             kind: Text::from_static("alloc"),
-            auth: Bytes::new(),
+            auth: mux_proto::Credential::EMPTY,
         })]),
     );
     assert!(matches!(conn.poll_event(), Some(Event::Connected { .. })));

@@ -1,10 +1,8 @@
 //! Events: what happened, for the driver to act on and log. mux-proto never logs.
 
-use bytes::Bytes;
-
 use crate::code::CloseCode;
 use crate::config::PeerSettings;
-use crate::frame::{Accept, OpenRequest, Text};
+use crate::frame::{Accept, Credential, OpenRequest, Text};
 use crate::id::SessionId;
 
 /// Who ended a session or connection.
@@ -60,8 +58,8 @@ pub enum Event {
         id: SessionId,
         /// What it is for (topic, service).
         kind: Text,
-        /// Its credentials; never log them.
-        auth: Bytes,
+        /// Its credentials, for the authorization decision; redacted in `Debug`.
+        auth: Credential,
         /// The limits the peer asked for.
         request: OpenRequest,
     },

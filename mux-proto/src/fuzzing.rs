@@ -20,9 +20,9 @@ use arbitrary::{Arbitrary, Result as ArbResult, Unstructured};
 use bytes::{Bytes, BytesMut};
 
 use crate::frame::{
-    decode_message, encode_message, split_frame, Accept, ConnClose, Credit, Data, Frame,
-    FrameError, Frames, GoAway, Header, Open, OpenRequest, Permissions, RateLimits, SessionClose,
-    Setting, Settings, Text, MAX_KIND_LEN, MAX_REASON_LEN,
+    decode_message, encode_message, split_frame, Accept, ConnClose, Credential, Credit, Data,
+    Frame, FrameError, Frames, GoAway, Header, Open, OpenRequest, Permissions, RateLimits,
+    SessionClose, Setting, Settings, Text, MAX_KIND_LEN, MAX_REASON_LEN,
 };
 use crate::testing::Pair;
 use crate::{CloseCode, Config, Event, Grant, RatePolicy, SessionId, Timestamp};
@@ -226,11 +226,11 @@ fn frame(u: &mut Unstructured<'_>, ids: Ids) -> ArbResult<Frame> {
                 bytes_per_sec: u.arbitrary()?,
             },
             kind: text(u, MAX_KIND_LEN)?,
-            auth: if u.ratio(1, 64)? {
+            auth: Credential::new(if u.ratio(1, 64)? {
                 Bytes::from(vec![0xa5; usize::from(u16::MAX)])
             } else {
                 payload(u, 0, usize::from(u16::MAX))?
-            },
+            }),
         }),
         2 => Frame::Accept(Accept {
             session_id: session_id(u, ids)?,

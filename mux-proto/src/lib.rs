@@ -53,7 +53,7 @@ pub use config::{Config, Grant, Limits, PeerSettings, RatePolicy, Timeouts};
 pub use connection::{Connection, MIN_TRANSMIT};
 pub use error::{OpenError, SendError, SessionError};
 pub use event::{Event, Initiator, LimitKind};
-pub use frame::{OpenRequest, Permissions, RateLimits, Text};
+pub use frame::{Credential, OpenRequest, Permissions, RateLimits, Text};
 pub use id::{SessionId, Side};
 pub use session::{Phase, Window};
 pub use stats::{ConnectionStats, SessionStats};

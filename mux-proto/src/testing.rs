@@ -520,8 +520,8 @@ pub mod frames {
     use bytes::Bytes;
 
     use crate::frame::{
-        Accept, ConnClose, Credit, Data, Frame, GoAway, Open, OpenRequest, Permissions, RateLimits,
-        SessionClose, Text,
+        Accept, ConnClose, Credential, Credit, Data, Frame, GoAway, Open, OpenRequest, Permissions,
+        RateLimits, SessionClose, Text,
     };
     use crate::{CloseCode, SessionId};
 
@@ -530,7 +530,7 @@ pub mod frames {
             session_id: SessionId(id),
             request: OpenRequest::default(),
             kind: Text::from_static(kind),
-            auth: Bytes::new(),
+            auth: Credential::EMPTY,
         })
     }
 
@@ -539,7 +539,7 @@ pub mod frames {
             session_id: SessionId(id),
             request: OpenRequest::default(),
             kind: Text::from_static(kind),
-            auth: Bytes::from_static(auth),
+            auth: Credential::from_static(auth),
         })
     }
 
@@ -567,7 +567,7 @@ pub mod frames {
             session_id: SessionId(id),
             request,
             kind: Text::from_static(kind),
-            auth: Bytes::new(),
+            auth: Credential::EMPTY,
         })
     }
 

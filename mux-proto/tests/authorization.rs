@@ -14,7 +14,7 @@ use common::{assert_alive, config, ms, msg, resets};
 use mux_proto::frame::{Frame, OpenRequest, Permissions, Setting, Settings};
 use mux_proto::testing::{frames, Pair, RawPeer};
 use mux_proto::{
-    CloseCode, Event, Grant, Initiator, Phase, SendError, SessionError, SessionId, Side,
+    CloseCode, Credential, Event, Grant, Initiator, Phase, SendError, SessionError, SessionId, Side,
 };
 
 #[test]
@@ -38,7 +38,7 @@ fn incoming_carries_the_kind_the_credentials_and_the_request() {
         }) => {
             assert_eq!(id, SessionId(1));
             assert_eq!(kind.as_str(), "prices.eur");
-            assert_eq!(auth, Bytes::from_static(b"bearer abc"));
+            assert_eq!(auth, Credential::from_static(b"bearer abc"));
             assert_eq!(request, OpenRequest::default());
         }
         other => panic!("{other:?}"),

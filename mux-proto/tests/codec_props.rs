@@ -107,7 +107,7 @@ fn open() -> impl Strategy<Value = Open> {
                 bytes_per_sec: c,
             },
             kind,
-            auth,
+            auth: auth.into(),
         })
 }
 

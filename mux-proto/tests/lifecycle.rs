@@ -108,7 +108,7 @@ fn incoming_carries_kind_auth_and_request() {
         }) => {
             assert_eq!(got, id);
             assert_eq!(kind.as_str(), "orders");
-            assert_eq!(&auth[..], b"token-123");
+            assert_eq!(&auth.expose()[..], b"token-123");
             assert_eq!(got_request, request);
         }
         other => panic!("expected Incoming, got {other:?}"),

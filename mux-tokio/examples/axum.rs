@@ -47,7 +47,7 @@ async fn mux(ws: WebSocketUpgrade, headers: HeaderMap, State(app): State<App>) -
         .on_upgrade(move |socket| async move {
             let (_, done) = mux_tokio::serve_transport(
                 AxumTransport::new(socket),
-                mux_proto::Config::default(),
+                mux_tokio::Config::default(),
                 principal,
                 AllowAll,
                 app.sessions.clone(),

@@ -13,11 +13,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mux_proto::{CloseCode, Grant, RateLimits, RatePolicy};
 use mux_tokio::topic::{decode, LocalHub, SubscribeOptions, TopicEvent, TopicOptions};
 use mux_tokio::{
-    AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
-    Principal, Rejection, Server, ServerConfig, ServerHandle, Session,
+    AuthError, Client, ClientConfig, CloseCode, Grant, HandshakeRequest, OpenError, OpenInfo,
+    OriginPolicy, Principal, RateLimits, RatePolicy, Rejection, Server, ServerConfig, ServerHandle,
+    Session,
 };
 
 /// Tokens map to principals; a real server would verify a signed token here.
@@ -25,7 +25,7 @@ fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     match request.token.as_ref().map(|t| t.expose()) {
         Some("alice-token") => Ok(Principal::new("alice")),
         Some("bob-token") => Ok(Principal::new("bob")),
-        _ => Err(AuthError("unknown token".into())),
+        _ => Err(AuthError::Invalid),
     }
 }
 
@@ -114,12 +114,11 @@ async fn main() {
 async fn run() {
     let config = ServerConfig::default()
         .origins(OriginPolicy::allow(["https://app.example.com"]).allow_missing(true));
-    let authorizer = |p: &Principal, o: &OpenInfo| authorize(p.clone(), o.clone());
     let mut server = Server::bind(
         "127.0.0.1:0".parse().unwrap(),
         config,
         authenticate,
-        authorizer,
+        authorize,
     )
     .await
     .expect("bind");

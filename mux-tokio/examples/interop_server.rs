@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use mux_proto::Grant;
 use mux_tokio::{
-    AuthError, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server, ServerConfig,
+    AuthError, Grant, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server,
+    ServerConfig,
 };
 
 const BIG: u32 = 256 * 1024;
@@ -26,7 +26,7 @@ const BIG: u32 = 256 * 1024;
 fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     match &request.token {
         Some(token) if token.expose() == "interop-token" => Ok(Principal::new("interop")),
-        _ => Err(AuthError("bad token".into())),
+        _ => Err(AuthError::Invalid),
     }
 }
 
@@ -49,7 +49,7 @@ async fn main() -> std::io::Result<()> {
         "127.0.0.1:0".parse().expect("loopback address"),
         config,
         authenticate,
-        |_: &Principal, open: &OpenInfo| authorize(open.clone()),
+        |_: Principal, open: OpenInfo| authorize(open),
     )
     .await?;
     println!("{}", server.local_addr().port());

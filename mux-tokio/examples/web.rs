@@ -34,11 +34,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use mux_proto::{Grant, RateLimits, RatePolicy};
 use mux_tokio::topic::{LocalHub, SubscribeOptions, TopicOptions};
 use mux_tokio::{
-    AuthError, HandshakeRequest, OpenInfo, OriginPolicy, Principal, Rejection, Server,
-    ServerConfig, ServerHandle, Session,
+    AuthError, Grant, HandshakeRequest, OpenInfo, OriginPolicy, Principal, RateLimits, RatePolicy,
+    Rejection, Server, ServerConfig, ServerHandle, Session,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,7 +99,7 @@ fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     if valid {
         Ok(Principal::new(name))
     } else {
-        Err(AuthError("a user name of letters, digits, - and _".into()))
+        Err(AuthError::other("a user name of letters, digits, - and _"))
     }
 }
 
@@ -381,7 +380,7 @@ async fn main() -> std::io::Result<()> {
         TcpListener::bind(loopback(port_arg(&args, "--mux-port", 0))).await?,
         config,
         authenticate,
-        |_: &Principal, open: &OpenInfo| authorize(open.clone()),
+        |_: Principal, open: OpenInfo| authorize(open),
     )?;
     let mux_port = server.local_addr().port();
     let handle = server.handle();

@@ -111,10 +111,43 @@ impl fmt::Debug for HandshakeRequest {
     }
 }
 
-/// Why authentication failed: the handshake is answered with 401.
+/// Why authentication failed. Every variant is answered alike, with HTTP 401 and no body
+/// (spec/http.md): the peer is not told which check failed. The variant is for the server's
+/// own logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unauthorized: {0}")]
-pub struct AuthError(pub String);
+#[non_exhaustive]
+pub enum AuthError {
+    /// The request carried no credentials.
+    #[error("no credentials")]
+    Missing,
+    /// The credentials are not valid: unknown, malformed, or their signature does not check.
+    #[error("invalid credentials")]
+    Invalid,
+    /// The credentials were valid but have expired (or were revoked).
+    #[error("expired credentials")]
+    Expired,
+    /// Any other refusal, with a reason for the server's logs; never sent to the peer, and
+    /// never a place for the credential itself.
+    #[error("unauthorized: {reason}")]
+    Other {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl AuthError {
+    /// A refusal with a reason for the logs (see [`AuthError::Other`]).
+    pub fn other(reason: impl Into<String>) -> Self {
+        AuthError::Other {
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP status the handshake is answered with: 401 for every variant.
+    pub fn status(&self) -> u16 {
+        401
+    }
+}
 
 /// A boxed authentication future.
 pub type AuthenticateFuture = Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send>>;
@@ -197,17 +230,34 @@ pub type AuthorizeFuture = Pin<Box<dyn Future<Output = Result<Grant, Rejection>>
 
 /// Decides, for every session a peer opens, whether that principal may have it and with
 /// which permissions and limits. Runs under a deadline; a slow decision refuses with 4006.
+///
+/// Any `Fn(Principal, OpenInfo) -> impl Future<Output = Result<Grant, Rejection>>` is an
+/// authorizer, an `async fn` or a closure alike. It gets both by value (the driver makes
+/// them for this one decision), so the future can keep them without cloning:
+///
+/// ```
+/// use mux_tokio::{Grant, OpenInfo, Principal, Rejection};
+///
+/// let authorizer = |principal: Principal, open: OpenInfo| async move {
+///     match open.kind.as_str() {
+///         "admin" if principal.id != "root" => Err(Rejection::forbidden("admins only")),
+///         _ => Ok(Grant::full()),
+///     }
+/// };
+/// # fn is_authorizer(_: impl mux_tokio::Authorizer) {}
+/// # is_authorizer(authorizer);
+/// ```
 pub trait Authorizer: Send + Sync + 'static {
     /// The grant for `open`, or a rejection.
-    fn authorize(&self, principal: &Principal, open: &OpenInfo) -> AuthorizeFuture;
+    fn authorize(&self, principal: Principal, open: OpenInfo) -> AuthorizeFuture;
 }
 
 impl<F, Fut> Authorizer for F
 where
-    F: Fn(&Principal, &OpenInfo) -> Fut + Send + Sync + 'static,
+    F: Fn(Principal, OpenInfo) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Grant, Rejection>> + Send + 'static,
 {
-    fn authorize(&self, principal: &Principal, open: &OpenInfo) -> AuthorizeFuture {
+    fn authorize(&self, principal: Principal, open: OpenInfo) -> AuthorizeFuture {
         Box::pin(self(principal, open))
     }
 }
@@ -217,7 +267,7 @@ where
 pub struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize(&self, _: &Principal, _: &OpenInfo) -> AuthorizeFuture {
+    fn authorize(&self, _: Principal, _: OpenInfo) -> AuthorizeFuture {
         Box::pin(async { Ok(Grant::full()) })
     }
 }

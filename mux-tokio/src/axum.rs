@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{Sink, Stream};
 
-use crate::transport::{TransportError, WsMessage};
+use crate::transport::{TransportError, TransportErrorKind, WsMessage};
 
 /// axum's upgraded WebSocket as a [`Transport`](crate::Transport).
 #[derive(Debug)]
@@ -25,8 +25,24 @@ impl AxumTransport {
     }
 }
 
-fn err(e: axum::Error) -> TransportError {
-    TransportError::new(e.to_string())
+/// axum wraps tungstenite's error; unwrapped (when the versions match) it keeps its kind,
+/// so a peer's RFC 6455 violation still fails the connection with its close code.
+fn err(e: axum::Error, reading: bool) -> TransportError {
+    match e
+        .into_inner()
+        .downcast::<tokio_tungstenite::tungstenite::Error>()
+    {
+        Ok(ws) => crate::transport::from_tungstenite(*ws, reading),
+        Err(other) => TransportError::new(TransportErrorKind::Other, other),
+    }
+}
+
+fn read_err(e: axum::Error) -> TransportError {
+    err(e, true)
+}
+
+fn write_err(e: axum::Error) -> TransportError {
+    err(e, false)
 }
 
 impl Stream for AxumTransport {
@@ -41,7 +57,7 @@ impl Stream for AxumTransport {
                     Message::Ping(_) | Message::Pong(_) => WsMessage::Control,
                     Message::Close(frame) => WsMessage::Close(frame.map(|f| f.code)),
                 })
-                .map_err(err)
+                .map_err(read_err)
             })
         })
     }
@@ -51,7 +67,7 @@ impl Sink<WsMessage> for AxumTransport {
     type Error = TransportError;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.inner).poll_ready(cx).map_err(err)
+        Pin::new(&mut self.inner).poll_ready(cx).map_err(write_err)
     }
 
     fn start_send(mut self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
@@ -63,14 +79,16 @@ impl Sink<WsMessage> for AxumTransport {
             })),
             WsMessage::Text | WsMessage::Control => return Ok(()),
         };
-        Pin::new(&mut self.inner).start_send(message).map_err(err)
+        Pin::new(&mut self.inner)
+            .start_send(message)
+            .map_err(write_err)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.inner).poll_flush(cx).map_err(err)
+        Pin::new(&mut self.inner).poll_flush(cx).map_err(write_err)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.inner).poll_close(cx).map_err(err)
+        Pin::new(&mut self.inner).poll_close(cx).map_err(write_err)
     }
 }

@@ -1,11 +1,11 @@
 //! The client: connect, open sessions, and reconnect with exponential backoff and full
 //! jitter when the connection drops.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use mux_proto::{CloseCode, Side};
+use mux_proto::{CloseCode, Credential, Side};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -70,7 +70,9 @@ impl Backoff {
 }
 
 /// Client configuration.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` never shows the token or the re-open credentials.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientConfig {
     /// The protocol's limits and timeouts.
@@ -94,7 +96,33 @@ pub struct ClientConfig {
     /// after every reconnect, delivering them through [`Client::accept`] and reporting each
     /// with [`ClientEvent::Reopened`]. Default empty: the application re-opens what it needs
     /// on [`ClientEvent::Connected`].
-    pub reopen: Vec<(String, Bytes)>,
+    pub reopen: Vec<(String, Credential)>,
+    /// The TLS configuration for `wss://` URLs (feature `tls`): a custom root, a client
+    /// certificate, ALPN. `None` trusts the Mozilla roots of `webpki-roots`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("ClientConfig");
+        s.field("protocol", &self.protocol)
+            .field("token", &self.token)
+            .field("token_in_protocol", &self.token_in_protocol)
+            .field("origin", &self.origin)
+            .field("reconnect", &self.reconnect)
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("reopen", &self.reopen);
+        // Only whether there is one: a rustls config may hold a client certificate's key.
+        #[cfg(feature = "tls")]
+        s.field(
+            "tls",
+            &self.tls.as_ref().map(|_| "<custom rustls::ClientConfig>"),
+        );
+        s.finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -109,6 +137,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             reopen: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -144,10 +174,22 @@ impl ClientConfig {
         self
     }
 
+    /// Builder: the TLS configuration for `wss://` URLs, for example one that trusts a
+    /// private CA (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Builder: re-open a session of `kind` with `auth` after every reconnect (the re-open
     /// policy; see [`ClientConfig::reopen`]).
-    pub fn reopen_on_reconnect(mut self, kind: impl Into<String>, auth: Bytes) -> Self {
-        self.reopen.push((kind.into(), auth));
+    pub fn reopen_on_reconnect(
+        mut self,
+        kind: impl Into<String>,
+        auth: impl Into<Credential>,
+    ) -> Self {
+        self.reopen.push((kind.into(), auth.into()));
         self
     }
 }
@@ -193,9 +235,30 @@ pub enum ClientEvent {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// The handshake failed (a network or protocol error).
-    #[error("handshake failed: {0}")]
-    Handshake(String),
+    /// The URL is not `ws://host[:port][/path]` or `wss://…`.
+    #[error("invalid URL: expected ws://host[:port][/path] or wss://…")]
+    InvalidUrl,
+    /// A `wss://` URL, but mux-tokio was built without its `tls` feature.
+    #[error("wss:// needs mux-tokio's `tls` feature")]
+    TlsNotEnabled,
+    /// The token or the origin cannot be sent as an HTTP header value (the value itself is
+    /// never part of the error).
+    #[error("the {field} is not a valid HTTP header value")]
+    InvalidHeader {
+        /// Which setting: `"token"` or `"origin"`.
+        field: &'static str,
+    },
+    /// The TCP connection failed, or broke during the handshake.
+    #[error("connection failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The TLS handshake failed: most often the server's certificate is not trusted
+    /// ([`rustls::Error::InvalidCertificate`]) or not valid for the URL's host.
+    #[cfg(feature = "tls")]
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] rustls::Error),
+    /// The server's answer is not a valid WebSocket upgrade.
+    #[error("invalid WebSocket upgrade: {0}")]
+    Upgrade(#[source] InvalidUpgrade),
     /// The server refused the handshake with an HTTP status (spec/http.md): 400, 401 and
     /// 403 are not retried with the same request; 429 and 503 not before `retry_after`.
     #[error("handshake refused with HTTP {status}")]
@@ -212,6 +275,12 @@ pub enum ConnectError {
     #[error("connect timed out")]
     Timeout,
 }
+
+/// How the server's answer broke RFC 6455 (a wrong `Sec-WebSocket-Accept`, a missing
+/// `Upgrade` header), as the WebSocket library reported it.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct InvalidUpgrade(tokio_tungstenite::tungstenite::Error);
 
 /// A client connection that reconnects. Open sessions with [`Client::open`].
 ///
@@ -277,7 +346,11 @@ impl Client {
     }
 
     /// Opens a session of `kind` with per-session credentials `auth`.
-    pub async fn open(&mut self, kind: &str, auth: Bytes) -> Result<Session, OpenError> {
+    pub async fn open(
+        &mut self,
+        kind: &str,
+        auth: impl Into<Credential>,
+    ) -> Result<Session, OpenError> {
         let handle = self.connection().await.ok_or(OpenError::ConnectionClosed)?;
         handle.open(kind, auth).await
     }
@@ -319,36 +392,38 @@ type Ws =
 async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectError> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+        .map_err(|_| ConnectError::InvalidUrl)?;
+    let secure = match request.uri().scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(ConnectError::InvalidUrl),
+    };
+
+    let invalid_token = ConnectError::InvalidHeader { field: "token" };
     let mut protocols = SUBPROTOCOL.to_owned();
     if let Some(token) = &config.token {
         if config.token_in_protocol {
             protocols = format!("{SUBPROTOCOL}, {TOKEN_PROTOCOL_PREFIX}{}", token.expose());
         } else {
             let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                .map_err(|_| ConnectError::Handshake("token is not a valid header value".into()))?;
+                .map_err(|_| invalid_token)?;
             request.headers_mut().insert("authorization", value);
         }
     }
     let value = HeaderValue::from_str(&protocols)
-        .map_err(|_| ConnectError::Handshake("invalid token characters".into()))?;
+        .map_err(|_| ConnectError::InvalidHeader { field: "token" })?;
     request
         .headers_mut()
         .insert("sec-websocket-protocol", value);
     if let Some(origin) = &config.origin {
         let value = HeaderValue::from_str(origin)
-            .map_err(|_| ConnectError::Handshake("invalid origin".into()))?;
+            .map_err(|_| ConnectError::InvalidHeader { field: "origin" })?;
         request.headers_mut().insert("origin", value);
     }
     let ws_config = websocket_config(&config.protocol);
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    let connect = handshake(request, ws_config, secure, config);
     let (ws, response) = match tokio::time::timeout(config.connect_timeout, connect).await {
-        Ok(Ok(pair)) => pair,
-        // The error names the HTTP status for a refused handshake; it never contains the token.
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            return Err(refusal(&response));
-        }
-        Ok(Err(e)) => return Err(ConnectError::Handshake(describe(&e))),
+        Ok(result) => result?,
         Err(_) => return Err(ConnectError::Timeout),
     };
     let selected = response
@@ -359,6 +434,55 @@ async fn connect_once(url: &str, config: &ClientConfig) -> Result<Ws, ConnectErr
         return Err(ConnectError::NoSubprotocol);
     }
     Ok(ws)
+}
+
+type Request = tokio_tungstenite::tungstenite::handshake::client::Request;
+type Response = tokio_tungstenite::tungstenite::handshake::client::Response;
+type WebSocketConfig = tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// TCP, TLS for a `wss://` URL (the application's rustls configuration or the default
+/// one), then the WebSocket handshake.
+#[cfg(feature = "tls")]
+async fn handshake(
+    request: Request,
+    ws_config: WebSocketConfig,
+    secure: bool,
+    config: &ClientConfig,
+) -> Result<(Ws, Response), ConnectError> {
+    let connector = if secure {
+        let tls = match &config.tls {
+            Some(tls) => tls.clone(),
+            None => crate::tls::default_config().map_err(ConnectError::Tls)?,
+        };
+        tokio_tungstenite::Connector::Rustls(tls)
+    } else {
+        tokio_tungstenite::Connector::Plain
+    };
+    tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(ws_config),
+        true,
+        Some(connector),
+    )
+    .await
+    .map_err(connect_error)
+}
+
+/// TCP, then the WebSocket handshake; without the `tls` feature a `wss://` URL is refused
+/// before connecting.
+#[cfg(not(feature = "tls"))]
+async fn handshake(
+    request: Request,
+    ws_config: WebSocketConfig,
+    secure: bool,
+    _: &ClientConfig,
+) -> Result<(Ws, Response), ConnectError> {
+    if secure {
+        return Err(ConnectError::TlsNotEnabled);
+    }
+    tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
+        .await
+        .map_err(connect_error)
 }
 
 /// A refused handshake's status and `Retry-After` (delta-seconds; an HTTP date is ignored).
@@ -401,12 +525,40 @@ fn retry_for(error: &ConnectError) -> Retry {
     }
 }
 
-fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
+/// An I/O error, or the TLS failure that tokio-rustls reports as one.
+fn io_error(io: std::io::Error) -> ConnectError {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = crate::tls::tls_error(&io) {
+        return ConnectError::Tls(tls.clone());
+    }
+    ConnectError::Io(io)
+}
+
+/// What a failed handshake means. A refusal keeps its status and `Retry-After`; nothing
+/// here contains the token.
+fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> ConnectError {
+    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError, UrlError};
     match e {
-        tokio_tungstenite::tungstenite::Error::Http(response) => {
-            format!("HTTP {}", response.status().as_u16())
+        WsError::Http(response) => refusal(&response),
+        // tungstenite checks the answer against the offered subprotocols itself.
+        WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(_)) => {
+            ConnectError::NoSubprotocol
         }
-        other => other.to_string(),
+        WsError::Url(UrlError::TlsFeatureNotEnabled) => ConnectError::TlsNotEnabled,
+        WsError::Url(_) | WsError::HttpFormat(_) => ConnectError::InvalidUrl,
+        #[cfg(feature = "tls")]
+        WsError::Tls(tokio_tungstenite::tungstenite::error::TlsError::Rustls(tls)) => {
+            ConnectError::Tls(*tls)
+        }
+        #[cfg(feature = "tls")]
+        WsError::Tls(tokio_tungstenite::tungstenite::error::TlsError::InvalidDnsName) => {
+            ConnectError::InvalidUrl
+        }
+        WsError::Io(io) => io_error(io),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => {
+            ConnectError::Io(std::io::ErrorKind::UnexpectedEof.into())
+        }
+        other => ConnectError::Upgrade(InvalidUpgrade(other)),
     }
 }
 
@@ -595,6 +747,47 @@ mod tests {
         assert!(matches!(
             refusal(&response),
             ConnectError::Refused { status: 429, retry_after: Some(d) } if d == Duration::from_secs(7)
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_requests_fail_before_any_connection_and_never_show_the_token() {
+        let config = ClientConfig::default().reconnect(false);
+        for url in ["not a url", "http://127.0.0.1:1/", "ws:///"] {
+            assert!(
+                matches!(
+                    connect_once(url, &config).await,
+                    Err(ConnectError::InvalidUrl)
+                ),
+                "{url}"
+            );
+        }
+        let bad_token = ClientConfig::default().token("canary\n-token");
+        let error = connect_once("ws://127.0.0.1:1/", &bad_token)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(
+            error,
+            ConnectError::InvalidHeader { field: "token" }
+        ));
+        assert!(!format!("{error} {error:?}").contains("canary"));
+        let bad_origin = ClientConfig::default().origin("https://a\r\nb");
+        assert!(matches!(
+            connect_once("ws://127.0.0.1:1/", &bad_origin).await,
+            Err(ConnectError::InvalidHeader { field: "origin" })
+        ));
+    }
+
+    /// Without the feature a `wss://` URL is refused before any connection is made (port 1
+    /// on loopback has no listener: a connection attempt would fail differently).
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn wss_without_the_tls_feature_is_refused_before_connecting() {
+        let config = ClientConfig::default().reconnect(false);
+        assert!(matches!(
+            connect_once("wss://127.0.0.1:1/", &config).await,
+            Err(ConnectError::TlsNotEnabled)
         ));
     }
 

@@ -11,6 +11,42 @@
 //!
 //! The driver runs over any [`Transport`] (a `Stream` + `Sink` of binary WebSocket
 //! messages), so it works over axum's `WebSocket` too; tungstenite types stay inside.
+//! With the `tls` feature the client connects to `wss://` URLs (rustls; see
+//! [`ClientConfig`]).
+//!
+//! A server on a free loopback port, a client, one session, one echo:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use mux_tokio::{AllowAll, Client, ClientConfig, OriginPolicy, Server, ServerConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Services send no Origin header; a browser-facing server lists its origins instead.
+//! let config = ServerConfig::default().origins(OriginPolicy::default().allow_missing(true));
+//! // AllowAll authenticates and authorizes everyone: replace both in a real server.
+//! let mut server = Server::bind("127.0.0.1:0".parse()?, config, AllowAll, AllowAll).await?;
+//! let url = format!("ws://{}/", server.local_addr());
+//! tokio::spawn(async move {
+//!     while let Some(mut session) = server.accept().await {
+//!         tokio::spawn(async move {
+//!             // Echo until the peer finishes; `send` waits for credit.
+//!             while let Some(message) = session.recv().await {
+//!                 if session.send(message).await.is_err() {
+//!                     break;
+//!                 }
+//!             }
+//!         });
+//!     }
+//! });
+//!
+//! let mut client = Client::connect(&url, ClientConfig::default()).await?;
+//! let mut session = client.open("echo", Bytes::new()).await?;
+//! session.send(Bytes::from_static(b"hello")).await?;
+//! assert_eq!(session.recv().await.as_deref(), Some(&b"hello"[..]));
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 
 mod auth;
@@ -28,24 +64,41 @@ pub mod quota;
 mod server;
 mod session;
 mod signal;
+mod tls;
 pub mod topic;
 mod transport;
+
+/// The protocol crate this driver runs, for the types not re-exported at the root (frames,
+/// [`proto::Connection`], its own errors).
+pub use mux_proto as proto;
+/// The protocol types that appear in this crate's API, so an application needs no direct
+/// dependency on `mux-proto` (and cannot end up with a second version of it).
+pub use mux_proto::{
+    CloseCode, Config, ConnectionStats, Credential, Grant, Limits, Permissions, RateLimits,
+    RatePolicy, SessionId, SessionStats, Timeouts,
+};
+
+/// The rustls version the client's TLS configuration is built with (feature `tls`).
+#[cfg(feature = "tls")]
+pub use rustls;
 
 pub use auth::{
     authenticate_async, AllowAll, AsyncAuthenticator, AuthError, AuthenticateFuture, Authenticator,
     AuthorizeFuture, Authorizer, HandshakeRequest, Principal, Rejection, Token,
 };
 pub use budget::{BudgetStats, Pressure};
-pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError};
+pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError, InvalidUpgrade};
 pub use driver::{ConnectionHandle, ConnectionOutcome};
 pub use error::{OpenError, SendError, SessionClosed, TrySendError};
 pub use server::{
     bearer_token, parse_protocols, HandshakeRate, Origin, OriginPolicy, Protocols, Server,
     ServerConfig, ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
 };
-pub use session::{OpenInfo, Session, SessionSender};
+pub use session::{OpenInfo, Session, SessionReceiver, SessionSender};
 pub use signal::{shutdown_signal, ShutdownSignal};
-pub use transport::{Transport, TransportError, TungsteniteTransport, WsMessage};
+pub use transport::{
+    Transport, TransportError, TransportErrorKind, TungsteniteTransport, WsMessage,
+};
 
 /// Runs the protocol over an already upgraded WebSocket (for example axum's, through an
 /// adapter implementing [`Transport`]), as the server side, and returns the connection handle

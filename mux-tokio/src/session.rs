@@ -8,33 +8,20 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use mux_proto::{CloseCode, SessionId, SessionStats};
+use mux_proto::{CloseCode, Credential, SessionId, SessionStats};
 
 use crate::driver::state::Inner;
 use crate::error::{SendError, SessionClosed, TrySendError};
 
 /// Facts about a session the peer opened, for the authorization hook.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct OpenInfo {
     /// The session.
     pub id: SessionId,
     /// What it is for: a topic, channel or service name.
     pub kind: String,
-    /// Per-session credentials from the OPEN. Never logged; redacted in `Debug`.
-    pub auth: Bytes,
-}
-
-impl fmt::Debug for OpenInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenInfo")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field(
-                "auth",
-                &format_args!("<{} bytes redacted>", self.auth.len()),
-            )
-            .finish()
-    }
+    /// Per-session credentials from the OPEN; redacted in `Debug`.
+    pub auth: Credential,
 }
 
 /// One logical session over a shared WebSocket connection.
@@ -200,6 +187,17 @@ impl SessionSender {
             .with(|state, wakers| state.end_session(id, code, reason, false, wakers));
     }
 
+    /// Half-closes: FIN follows the messages already queued, and no handle of this session
+    /// sends after it; receiving goes on.
+    ///
+    /// # Cancel safety
+    ///
+    /// Acts at its first poll and never waits.
+    pub async fn finish(&self) {
+        let id = self.id;
+        self.inner.with(|state, wakers| state.finish(id, wakers));
+    }
+
     /// Closes the session with RESET and `code` (e.g. 4007 REVOKED, 4008 SLOW_CONSUMER).
     ///
     /// # Cancel safety
@@ -296,6 +294,18 @@ impl Session {
             .with(|state, wakers| state.poll_send(cx, id, message, wakers))
     }
 
+    /// Splits the session into its receiving half and a sending half, for a reader and a
+    /// writer in different tasks without sharing `&mut Session`.
+    ///
+    /// The receiving half keeps the session's ending rules: dropping it ends the session as
+    /// dropping the `Session` does (an implicit finish after the peer's FIN, else 4010), so
+    /// the writer's sends fail from then on. Finish from the writer with
+    /// [`SessionSender::finish`].
+    pub fn into_split(self) -> (SessionReceiver, SessionSender) {
+        let sender = self.sender();
+        (SessionReceiver { session: self }, sender)
+    }
+
     /// A cloneable send handle for this session.
     pub fn sender(&self) -> SessionSender {
         self.inner.lock().add_handle(self.id);
@@ -382,6 +392,97 @@ impl Session {
     /// The session's counters.
     pub async fn stats(&self) -> Option<SessionStats> {
         self.inner.lock().conn.session_stats(self.id)
+    }
+}
+
+/// The receiving half of a [`Session`], from [`Session::into_split`]. It owns the session's
+/// end: dropping it is dropping the session.
+pub struct SessionReceiver {
+    session: Session,
+}
+
+impl fmt::Debug for SessionReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionReceiver")
+            .field("id", &self.session.id)
+            .field("kind", &self.session.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionReceiver {
+    /// The session's ID on its connection.
+    pub fn id(&self) -> SessionId {
+        self.session.id()
+    }
+
+    /// What the session is for (its kind or topic).
+    pub fn kind(&self) -> &str {
+        self.session.kind()
+    }
+
+    /// On the server: the authenticated principal of the connection that opened it.
+    pub fn principal(&self) -> Option<&crate::auth::Principal> {
+        self.session.principal()
+    }
+
+    /// The next message, as [`Session::recv`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a dropped `recv` future took no message.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.session.recv().await
+    }
+
+    /// Polls for the next message (see [`recv`](SessionReceiver::recv)).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.session.poll_recv(cx)
+    }
+
+    /// Closes the session gracefully, as [`Session::close`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Acts at its first poll and never waits.
+    pub async fn close(self, code: CloseCode, reason: &str) {
+        self.session.close(code, reason).await;
+    }
+
+    /// Aborts the session with RESET, as [`Session::reset`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Acts at its first poll and never waits.
+    pub async fn reset(self, code: CloseCode, reason: &str) {
+        self.session.reset(code, reason).await;
+    }
+
+    /// How the session ended, once it has.
+    pub fn close_reason(&self) -> Option<&SessionClosed> {
+        self.session.close_reason()
+    }
+
+    /// Waits until the session has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only observes.
+    pub async fn closed(&self) {
+        self.session.closed().await;
+    }
+
+    /// The session's counters.
+    pub async fn stats(&self) -> Option<SessionStats> {
+        self.session.stats().await
+    }
+}
+
+impl Stream for SessionReceiver {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.session.poll_recv(cx)
     }
 }
 

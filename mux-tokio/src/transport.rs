@@ -2,6 +2,7 @@
 //! [`WsMessage`]s. tokio-tungstenite and axum sockets are adapted to it; their types stay out
 //! of the rest of the API.
 
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -22,39 +23,108 @@ pub enum WsMessage {
     Close(Option<u16>),
 }
 
-/// Why the transport failed.
-#[derive(Debug, thiserror::Error)]
-#[error("transport error: {message}")]
+/// The underlying error a [`TransportError`] keeps as its `source`: whatever the
+/// WebSocket library reported, since a [`Transport`] may be any library's.
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the transport failed: what happened ([`kind`](TransportError::kind)) and, as its
+/// [`source`](std::error::Error::source), the WebSocket library's own error.
+#[derive(Debug)]
 pub struct TransportError {
-    message: String,
-    close_code: Option<u16>,
+    kind: TransportErrorKind,
+    source: Option<Source>,
+}
+
+/// What kind of failure a [`TransportError`] is; it decides how the connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportErrorKind {
+    /// The socket failed (a reset, a broken pipe, an unexpected end of the stream): the
+    /// connection is gone and nothing more can be sent on it.
+    Io,
+    /// TLS failed under the WebSocket (a bad record, an alert from the peer).
+    Tls,
+    /// The WebSocket was already closed, or the peer ended it without a close handshake.
+    Closed,
+    /// The peer broke RFC 6455 itself (an unmasked frame, reserved bits or opcodes, invalid
+    /// UTF-8, a message over the size limit) but the socket still works: the connection is
+    /// failed with `code` (1002, 1007, 1008 or 1009, RFC 6455 §7.4.1), sent as CONN_CLOSE and
+    /// as the WebSocket Close.
+    Violation {
+        /// The WebSocket close code.
+        code: u16,
+    },
+    /// Anything else the WebSocket library reported.
+    Other,
 }
 
 impl TransportError {
-    /// The WebSocket failed (an I/O error, a reset, an unexpected end): the connection is
-    /// gone and nothing more can be sent on it.
-    pub fn new(message: impl Into<String>) -> Self {
+    /// A failure of `kind`, caused by `source` (an error, or a message).
+    pub fn new(kind: TransportErrorKind, source: impl Into<Source>) -> Self {
         TransportError {
-            message: message.into(),
-            close_code: None,
+            kind,
+            source: Some(source.into()),
         }
     }
 
-    /// The peer broke RFC 6455 itself (an unmasked frame, reserved bits or opcodes, invalid
-    /// UTF-8, a message over the size limit) but the socket still works: the connection is
-    /// failed with `code` (1002, 1007 or 1009, RFC 6455 §7.4.1), sent as CONN_CLOSE and as
-    /// the WebSocket Close.
-    pub fn violation(code: u16, message: impl Into<String>) -> Self {
+    /// The WebSocket is closed ([`TransportErrorKind::Closed`]).
+    pub fn closed() -> Self {
         TransportError {
-            message: message.into(),
-            close_code: Some(code),
+            kind: TransportErrorKind::Closed,
+            source: None,
         }
+    }
+
+    /// The peer broke RFC 6455 and the connection is failed with `code`
+    /// ([`TransportErrorKind::Violation`]).
+    pub fn violation(code: u16, source: impl Into<Source>) -> Self {
+        TransportError::new(TransportErrorKind::Violation { code }, source)
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TransportErrorKind {
+        self.kind
     }
 
     /// The close code of a [`violation`](TransportError::violation); `None` when the
     /// transport itself failed.
     pub fn close_code(&self) -> Option<u16> {
-        self.close_code
+        match self.kind {
+            TransportErrorKind::Violation { code } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            TransportErrorKind::Io => f.write_str("the WebSocket's socket failed")?,
+            TransportErrorKind::Tls => f.write_str("TLS failed under the WebSocket")?,
+            TransportErrorKind::Closed => f.write_str("the WebSocket is closed")?,
+            TransportErrorKind::Violation { code } => {
+                write!(f, "the peer broke the WebSocket protocol (close {code})")?
+            }
+            TransportErrorKind::Other => f.write_str("the WebSocket failed")?,
+        }
+        match &self.source {
+            Some(source) => write!(f, ": {source}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<std::io::Error> for TransportError {
+    fn from(e: std::io::Error) -> Self {
+        TransportError::new(TransportErrorKind::Io, e)
     }
 }
 
@@ -102,42 +172,58 @@ mod tungstenite_adapter {
         }
     }
 
-    fn err(e: impl std::fmt::Display) -> TransportError {
-        TransportError::new(e.to_string())
+    /// A tungstenite error as a [`TransportError`]. Read errors that are the peer's RFC 6455
+    /// violations keep their close code (§7.4.1), so the connection is failed with the right
+    /// code instead of vanishing; on the write side there is no peer to blame.
+    pub(crate) fn from_tungstenite(e: WsError, reading: bool) -> TransportError {
+        match kind_of(&e) {
+            TransportErrorKind::Violation { .. } if !reading => {
+                TransportError::new(TransportErrorKind::Other, e)
+            }
+            kind => TransportError::new(kind, e),
+        }
     }
 
-    /// A read error: the peer's RFC 6455 violations become a close code (§7.4.1), so the
-    /// connection is failed with the right code instead of vanishing; I/O errors and an end
-    /// without a close handshake stay plain errors.
+    fn err(e: WsError) -> TransportError {
+        from_tungstenite(e, false)
+    }
+
     fn read_err(e: WsError) -> TransportError {
-        let code = match &e {
-            WsError::Protocol(
+        from_tungstenite(e, true)
+    }
+
+    /// What a tungstenite error means for the connection.
+    fn kind_of(e: &WsError) -> TransportErrorKind {
+        match e {
+            WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Protocol(
                 ProtocolError::ResetWithoutClosingHandshake
                 | ProtocolError::SendAfterClosing
                 | ProtocolError::ReceivedAfterClosing,
-            ) => None,
-            WsError::Protocol(_) => Some(1002),
-            WsError::Utf8(_) => Some(1007),
-            WsError::Capacity(_) => Some(1009),
-            WsError::Io(io)
-                if io
-                    .get_ref()
-                    .is_some_and(|inner| inner.is::<MessageTooFragmented>()) =>
-            {
-                Some(1009)
-            }
-            WsError::Io(io)
-                if io
-                    .get_ref()
-                    .is_some_and(|inner| inner.is::<MessageTooSlow>()) =>
-            {
-                Some(1008)
-            }
-            _ => None,
+            ) => TransportErrorKind::Closed,
+            WsError::Protocol(_) => TransportErrorKind::Violation { code: 1002 },
+            WsError::Utf8(_) => TransportErrorKind::Violation { code: 1007 },
+            WsError::Capacity(_) => TransportErrorKind::Violation { code: 1009 },
+            WsError::Io(io) => io_kind(io),
+            _ => TransportErrorKind::Other,
+        }
+    }
+
+    /// An I/O error's kind: the server's own frame and deadline checks travel as I/O errors
+    /// and become violations; a TLS failure inside the stream is `Tls`.
+    fn io_kind(io: &std::io::Error) -> TransportErrorKind {
+        let Some(inner) = io.get_ref() else {
+            return TransportErrorKind::Io;
         };
-        match code {
-            Some(code) => TransportError::violation(code, e.to_string()),
-            None => err(e),
+        if inner.is::<MessageTooFragmented>() {
+            TransportErrorKind::Violation { code: 1009 }
+        } else if inner.is::<MessageTooSlow>() {
+            TransportErrorKind::Violation { code: 1008 }
+        } else if crate::tls::is_tls_error(inner) {
+            TransportErrorKind::Tls
+        } else {
+            TransportErrorKind::Io
         }
     }
 
@@ -207,6 +293,8 @@ mod tungstenite_adapter {
     }
 }
 
+#[cfg(feature = "axum")]
+pub(crate) use tungstenite_adapter::from_tungstenite;
 pub use tungstenite_adapter::TungsteniteTransport;
 
 /// A client's WebSocket message had more frames than the server allows
@@ -220,3 +308,85 @@ pub(crate) struct MessageTooFragmented;
 #[derive(Debug, thiserror::Error)]
 #[error("a fragmented WebSocket message did not complete in time")]
 pub(crate) struct MessageTooSlow;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::error::Error as _;
+
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+
+    use super::tungstenite_adapter::from_tungstenite;
+    use super::*;
+
+    #[test]
+    fn tungstenite_errors_keep_what_happened() {
+        let read = |e| from_tungstenite(e, true);
+        assert_eq!(
+            read(WsError::ConnectionClosed).kind(),
+            TransportErrorKind::Closed
+        );
+        assert_eq!(
+            read(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            ))
+            .kind(),
+            TransportErrorKind::Closed
+        );
+        let unmasked = read(WsError::Protocol(ProtocolError::UnmaskedFrameFromClient));
+        assert_eq!(
+            unmasked.kind(),
+            TransportErrorKind::Violation { code: 1002 }
+        );
+        assert_eq!(unmasked.close_code(), Some(1002));
+        let too_big = WsError::Capacity(CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        });
+        assert_eq!(read(too_big).close_code(), Some(1009));
+        let fragmented = std::io::Error::other(MessageTooFragmented);
+        assert_eq!(read(WsError::Io(fragmented)).close_code(), Some(1009));
+        let slow = std::io::Error::other(MessageTooSlow);
+        assert_eq!(read(WsError::Io(slow)).close_code(), Some(1008));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let io = read(WsError::Io(reset));
+        assert_eq!(io.kind(), TransportErrorKind::Io);
+        assert_eq!(io.close_code(), None);
+        assert!(io.source().is_some(), "the library's error is the source");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn a_tls_failure_under_the_websocket_is_tls() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::DecryptError);
+        let e = from_tungstenite(WsError::Io(io), true);
+        assert_eq!(e.kind(), TransportErrorKind::Tls);
+        assert_eq!(e.close_code(), None);
+    }
+
+    #[test]
+    fn a_write_error_is_never_blamed_on_the_peer() {
+        let e = from_tungstenite(
+            WsError::Protocol(ProtocolError::UnmaskedFrameFromClient),
+            false,
+        );
+        assert_eq!(e.kind(), TransportErrorKind::Other);
+        assert_eq!(e.close_code(), None);
+    }
+
+    #[test]
+    fn display_says_what_happened_then_why() {
+        let e = TransportError::violation(1007, "invalid UTF-8");
+        assert_eq!(
+            e.to_string(),
+            "the peer broke the WebSocket protocol (close 1007): invalid UTF-8"
+        );
+        assert_eq!(
+            TransportError::closed().to_string(),
+            "the WebSocket is closed"
+        );
+        let io: TransportError = std::io::Error::other("boom").into();
+        assert_eq!(io.kind(), TransportErrorKind::Io);
+        assert_eq!(io.to_string(), "the WebSocket's socket failed: boom");
+    }
+}

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -35,19 +34,13 @@ const METERED: RateLimits = RateLimits {
 
 /// public: full; metered: full within a message rate, reset at the first message over it;
 /// feed: receive-only; admin: forbidden; stall: never answers.
-fn authorizer(
-    _: &Principal,
-    open: &OpenInfo,
-) -> impl Future<Output = Result<Grant, Rejection>> + Send + 'static {
-    let kind = open.kind.clone();
-    async move {
-        match kind.as_str() {
-            "public" => Ok(Grant::full()),
-            "metered" => Ok(Grant::full().with_rate(METERED, RatePolicy::CloseSession)),
-            "feed" => Ok(Grant::receive_only()),
-            "stall" => std::future::pending().await,
-            _ => Err(Rejection::forbidden("admins only")),
-        }
+async fn authorizer(_: Principal, open: OpenInfo) -> Result<Grant, Rejection> {
+    match open.kind.as_str() {
+        "public" => Ok(Grant::full()),
+        "metered" => Ok(Grant::full().with_rate(METERED, RatePolicy::CloseSession)),
+        "feed" => Ok(Grant::receive_only()),
+        "stall" => std::future::pending().await,
+        _ => Err(Rejection::forbidden("admins only")),
     }
 }
 
@@ -195,7 +188,7 @@ async fn data_on_a_receive_only_session_closes_it_with_1008() {
             session_id: SessionId(id),
             request: OpenRequest::default(),
             kind: Text::from_static(kind),
-            auth: Bytes::new(),
+            auth: mux_proto::Credential::EMPTY,
         })
     };
     let data = |id: u32, payload: &'static [u8]| {

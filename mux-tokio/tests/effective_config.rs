@@ -40,7 +40,7 @@ fn by_token(request: &HandshakeRequest) -> Result<Principal, AuthError> {
 struct Hangs;
 
 impl Authorizer for Hangs {
-    fn authorize(&self, _: &Principal, open: &OpenInfo) -> AuthorizeFuture {
+    fn authorize(&self, _: Principal, open: OpenInfo) -> AuthorizeFuture {
         let hang = open.kind == "hang";
         Box::pin(async move {
             if hang {

@@ -241,3 +241,39 @@ async fn an_explicit_reset_ends_the_session_with_its_code() {
     assert_eq!(closed.code, CloseCode::REVOKED);
     assert!(closed.by_peer);
 }
+
+/// A split session: a writer task sends and finishes through the sending half while this
+/// task reads every echo through the receiving half, and both sides end normally.
+#[tokio::test]
+async fn a_split_session_writes_in_one_task_and_reads_in_another() {
+    let (url, mut done) = server_with(readme_loop).await;
+    let mut client = Client::connect(&url, ClientConfig::default())
+        .await
+        .unwrap();
+    let session = client.open("echo", Bytes::new()).await.unwrap();
+    let (mut receiver, sender) = session.into_split();
+    assert_eq!(receiver.id(), sender.id());
+    assert_eq!(receiver.kind(), "echo");
+    let writer = tokio::spawn(async move {
+        for i in 0..10 {
+            sender.send(message(1, i)).await.unwrap();
+        }
+        sender.finish().await;
+        sender
+    });
+    let mut got = Vec::new();
+    while let Some(m) = within("an echo", receiver.recv()).await {
+        got.push(m);
+    }
+    assert_eq!(got, messages(1, 10));
+    assert_eq!(
+        receiver.close_reason().map(|c| c.code),
+        Some(CloseCode::NORMAL)
+    );
+    let sender = within("the writer", writer).await.unwrap();
+    assert!(
+        sender.send(message(1, 10)).await.is_err(),
+        "nothing is sent after FIN"
+    );
+    server_session_ends_normally(&mut done).await;
+}

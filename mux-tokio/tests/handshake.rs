@@ -12,8 +12,8 @@ mod common;
 
 use common::{bind, raw_upgrade, token_authenticator, wait_idle, within, MUX};
 use mux_tokio::{
-    AllowAll, Client, ClientConfig, ConnectError, OriginPolicy, ServerConfig, ServerHandle,
-    ServerStats,
+    AllowAll, AuthError, Client, ClientConfig, ConnectError, OriginPolicy, ServerConfig,
+    ServerHandle, ServerStats,
 };
 
 const GOOD: (&str, &str) = ("Authorization", "Bearer good-token");
@@ -164,6 +164,52 @@ async fn missing_or_invalid_token_gets_401() {
         401,
     )
     .await;
+}
+
+/// Whatever the authenticator's reason, the peer sees a bare 401: the variant and the
+/// `Other` reason are for the server's logs only.
+#[tokio::test]
+async fn every_auth_error_is_a_bare_401() {
+    const REASON: &str = "reason-canary-51c2";
+    let authenticate = |request: &mux_tokio::HandshakeRequest| {
+        Err(match request.token.as_ref().map(|t| t.expose()) {
+            None => AuthError::Missing,
+            Some("expired") => AuthError::Expired,
+            Some("other") => AuthError::other(REASON),
+            Some(_) => AuthError::Invalid,
+        })
+    };
+    let (server, _) = bind(common::open_config(), authenticate, AllowAll).await;
+    let (addr, handle) = (server.local_addr(), server.handle());
+    for error in [
+        AuthError::Missing,
+        AuthError::Expired,
+        AuthError::other(REASON),
+        AuthError::Invalid,
+    ] {
+        assert_eq!(error.status(), 401);
+    }
+    for token in [None, Some("expired"), Some("other"), Some("bad")] {
+        let header = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![MUX];
+        if let Some(header) = &header {
+            headers.push(("Authorization", header));
+        }
+        let response = raw_upgrade(addr, &headers).await;
+        assert_eq!(response.status, 401, "token {token:?}");
+        let rest = String::from_utf8_lossy(&response.rest).into_owned();
+        assert!(!response.head.contains(REASON) && !rest.contains(REASON));
+        for variant in ["expired", "invalid", "credentials"] {
+            assert!(
+                !response.head.to_ascii_lowercase().contains(variant),
+                "{variant} in {:?}",
+                response.head
+            );
+        }
+    }
+    wait_idle(&handle).await;
+    assert_eq!(handle.stats().refused_401, 4);
+    drop(server);
 }
 
 #[tokio::test]

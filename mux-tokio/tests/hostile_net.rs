@@ -98,7 +98,7 @@ struct Authorize {
 }
 
 impl Authorizer for Authorize {
-    fn authorize(&self, principal: &Principal, open: &OpenInfo) -> AuthorizeFuture {
+    fn authorize(&self, principal: Principal, open: OpenInfo) -> AuthorizeFuture {
         let live = Live::new(&self.app, authorizing);
         let delay = if open.kind == "slow" {
             self.delay

@@ -615,7 +615,7 @@ async fn only_exact_origins_upgrade_and_refusals_come_before_authentication() {
         counted.fetch_add(1, Ordering::SeqCst);
         match request.token.as_ref().map(|t| t.expose()) {
             Some("good-token") => Ok(Principal::new("alice")),
-            _ => Err(AuthError("no valid token".into())),
+            _ => Err(AuthError::Invalid),
         }
     };
     let origins = OriginPolicy::allow(["https://example.com", "http://localhost:3000"]);
@@ -702,7 +702,7 @@ async fn a_token_in_the_query_string_never_reaches_logs() {
         if request.path.contains("good") {
             Ok(Principal::new("alice"))
         } else {
-            Err(AuthError("invalid ticket".into()))
+            Err(AuthError::Invalid)
         }
     };
     let (mut server, _) = bind(open_config(), authenticate, AllowAll).await;

@@ -163,7 +163,7 @@ async fn peer_that_stops_reading_is_dropped_after_the_write_deadline() {
         session_id: SessionId(1),
         request: OpenRequest::default(),
         kind: Text::from_static("flood"),
-        auth: Bytes::new(),
+        auth: mux_proto::Credential::EMPTY,
     })])
     .await;
     let flooding_since = Instant::now();

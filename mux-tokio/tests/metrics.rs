@@ -86,7 +86,7 @@ impl Recorder for Recording {
 fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     match request.token.as_ref().map(|t| t.expose()) {
         Some("secret-canary-token") => Ok(Principal::new("alice-principal")),
-        _ => Err(AuthError("no".into())),
+        _ => Err(AuthError::Invalid),
     }
 }
 
@@ -94,14 +94,11 @@ fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
 async fn counters_reach_the_installed_recorder() {
     let recorded = Arc::new(Recorded::default());
     metrics::set_global_recorder(Recording(recorded.clone())).unwrap();
-    let authorizer = |_: &Principal, open: &mux_tokio::OpenInfo| {
-        let kind = open.kind.clone();
-        async move {
-            if kind == "admin" {
-                Err(Rejection::forbidden("no"))
-            } else {
-                Ok(mux_proto::Grant::full())
-            }
+    let authorizer = |_: Principal, open: mux_tokio::OpenInfo| async move {
+        if open.kind == "admin" {
+            Err(Rejection::forbidden("no"))
+        } else {
+            Ok(mux_proto::Grant::full())
         }
     };
     let config = ServerConfig::default().origins(OriginPolicy::default().allow_missing(true));

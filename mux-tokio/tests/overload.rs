@@ -141,7 +141,7 @@ async fn async_authentication_runs_under_the_handshake_deadline() {
         .await;
         match request.headers.get("cookie").map(|v| v.as_bytes()) {
             Some(b"session=good") => Ok(Principal::new("alice")),
-            _ => Err(AuthError("no session".into())),
+            _ => Err(AuthError::Invalid),
         }
     });
     let config = open_config().handshake_timeout(Duration::from_secs(2));

@@ -86,10 +86,7 @@ fn within_a_tick(elapsed: Duration, deadline: Duration) {
 async fn an_undecided_open_is_refused_with_4006_at_the_authorization_deadline() {
     let mut server = quiet();
     server.timeouts.authorization = Duration::from_secs(2);
-    let ((_server, _), mut accepted, (client, _)) = pair(server, |p: &Principal, o: &OpenInfo| {
-        stalling(p.clone(), o.clone())
-    })
-    .await;
+    let ((_server, _), mut accepted, (client, _)) = pair(server, stalling).await;
     let started = Instant::now();
     let stalled = {
         let client = client.clone();
@@ -166,7 +163,7 @@ async fn a_peer_that_stops_reading_is_dropped_at_the_write_deadline() {
         session_id: SessionId(1),
         request: OpenRequest::default(),
         kind: Text::from_static("sink"),
-        auth: Bytes::new(),
+        auth: mux_proto::Credential::EMPTY,
     })
     .encode(&mut frames);
     peer.send(Message::Binary(frames.freeze())).await.unwrap();

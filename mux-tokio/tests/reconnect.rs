@@ -356,7 +356,7 @@ async fn a_reconnect_refused_with_401_is_not_retried() {
         if counted.fetch_add(1, Ordering::SeqCst) == 0 {
             Ok(Principal::new("once"))
         } else {
-            Err(AuthError("revoked".into()))
+            Err(AuthError::Expired)
         }
     };
     let mut server = Server::bind(common::loopback(), open_config(), authenticate, AllowAll)
@@ -378,4 +378,92 @@ async fn a_reconnect_refused_with_401_is_not_retried() {
     assert_eq!(event, ClientEvent::GaveUp, "a 401 ends the retries");
     assert_eq!(attempts, 1);
     assert_eq!(calls.load(Ordering::SeqCst), 2, "exactly one refused retry");
+}
+
+/// A fake server's refusal: it reads one request head and answers `status`, with
+/// `Retry-After: retry_after` if given, and no upgrade.
+async fn refuse(listener: &tokio::net::TcpListener, status: u16, retry_after: Option<u64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut tcp, _) = listener.accept().await.expect("accept");
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut chunk).await.expect("read the request");
+        assert!(n > 0, "the client hung up mid-request");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let retry = retry_after.map_or(String::new(), |s| format!("Retry-After: {s}\r\n"));
+    let response = format!("HTTP/1.1 {status} Refused\r\n{retry}Content-Length: 0\r\n\r\n");
+    tcp.write_all(response.as_bytes())
+        .await
+        .expect("write the refusal");
+}
+
+/// spec/http.md M-HTTP-6: a reconnect refused with 429 or 503 is retried, and not before the
+/// server's `Retry-After`, which is well above this backoff's 100 ms ceiling.
+#[tokio::test]
+async fn a_reconnect_refused_with_429_or_503_waits_for_retry_after() {
+    for status in [429, 503] {
+        let listener = tokio::net::TcpListener::bind(common::loopback())
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let fake = tokio::spawn(async move {
+            upgrade_then_vanish(&listener).await;
+            refuse(&listener, status, Some(1)).await;
+            upgrade_then_vanish(&listener).await;
+        });
+        let mut client = connect(addr, Some(20)).await;
+        assert_eq!(
+            next(&mut client).await,
+            ClientEvent::Disconnected { code: None }
+        );
+        assert!(
+            matches!(next(&mut client).await, ClientEvent::Reconnecting { attempt: 1, delay } if delay <= MAX),
+            "the first retry backs off as usual"
+        );
+        match next(&mut client).await {
+            ClientEvent::Reconnecting { attempt: 2, delay } => assert!(
+                delay >= Duration::from_secs(1),
+                "HTTP {status}: retried after {delay:?}, before Retry-After"
+            ),
+            other => panic!("HTTP {status}: expected a retry, got {other:?}"),
+        }
+        assert!(matches!(
+            next(&mut client).await,
+            ClientEvent::Connected { generation: 2, .. }
+        ));
+        within("the fake server", fake).await.expect("fake server");
+    }
+}
+
+/// spec/http.md M-HTTP-2: a reconnect refused with 400 or 403 is not retried with the same
+/// request: the client gives up and its supervisor ends (the event stream closes).
+#[tokio::test]
+async fn a_reconnect_refused_with_400_or_403_is_not_retried() {
+    for status in [400, 403] {
+        let listener = tokio::net::TcpListener::bind(common::loopback())
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let fake = tokio::spawn(async move {
+            upgrade_then_vanish(&listener).await;
+            refuse(&listener, status, None).await;
+        });
+        let mut client = connect(addr, Some(20)).await;
+        assert_eq!(
+            next(&mut client).await,
+            ClientEvent::Disconnected { code: None }
+        );
+        let backoff = Backoff::new(BASE, MAX, Some(20));
+        let (event, attempts) = reconnecting(&mut client, &backoff).await;
+        assert_eq!(event, ClientEvent::GaveUp, "HTTP {status} ends the retries");
+        assert_eq!(attempts, 1, "HTTP {status}: exactly one refused retry");
+        assert_eq!(
+            within("the event stream to end", client.next_event()).await,
+            None,
+            "HTTP {status}: nothing retries after giving up"
+        );
+        within("the fake server", fake).await.expect("fake server");
+    }
 }

@@ -37,7 +37,7 @@ fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
     let token = request.token.as_ref().map(|t| t.expose().to_owned());
     match token.as_deref().and_then(|t| t.strip_prefix("user:")) {
         Some(name) => Ok(Principal::new(name)),
-        None => Err(AuthError("no token".into())),
+        None => Err(AuthError::Missing),
     }
 }
 
@@ -83,8 +83,7 @@ async fn start() -> Seed {
         .connection_limits(10_000, 1_000, 100)
         // Every simulated user connects from 127.0.0.1.
         .handshake_rate(HandshakeRate::UNLIMITED);
-    let authorizer = |p: &Principal, o: &OpenInfo| authorize(p.clone(), o.clone());
-    let mut server = Server::bind(common::loopback(), config, authenticate, authorizer)
+    let mut server = Server::bind(common::loopback(), config, authenticate, authorize)
         .await
         .expect("bind");
     let addr = server.local_addr();

@@ -107,7 +107,7 @@ impl tracing::Subscriber for Closes {
 struct Grants;
 
 impl Authorizer for Grants {
-    fn authorize(&self, _: &Principal, open: &OpenInfo) -> AuthorizeFuture {
+    fn authorize(&self, _: Principal, open: OpenInfo) -> AuthorizeFuture {
         let slow = open.kind == "slow";
         Box::pin(async move {
             if slow {

@@ -31,7 +31,7 @@ fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
         .unwrap_or_default();
     match token.strip_prefix("user:") {
         Some(name) => Ok(Principal::new(name)),
-        None => Err(AuthError("no token".into())),
+        None => Err(AuthError::Missing),
     }
 }
 
@@ -67,12 +67,11 @@ async fn setup_with(options: SubscribeOptions, protocol: mux_proto::Config) -> S
         .origins(OriginPolicy::default().allow_missing(true))
         .protocol(protocol)
         .connection_limits(10_000, 1_000, 1_000);
-    let authorizer = |p: &Principal, o: &OpenInfo| authorize(p.clone(), o.clone());
     let mut server = Server::bind(
         "127.0.0.1:0".parse().unwrap(),
         config,
         authenticate,
-        authorizer,
+        authorize,
     )
     .await
     .unwrap();

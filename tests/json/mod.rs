@@ -59,7 +59,7 @@ pub fn frame_to_json(frame: &Frame) -> Value {
                 "bytes_per_sec": f.request.bytes_per_sec,
             },
             "kind": text_json(&f.kind),
-            "auth": hex_encode(&f.auth),
+            "auth": hex_encode(f.auth.expose()),
         }),
         Frame::Accept(f) => json!({
             "permissions": f.permissions.bits(),
@@ -218,7 +218,7 @@ pub fn frame_from_json(ctx: &str, value: &Value) -> Frame {
                 session_id,
                 request,
                 kind: f.text("kind"),
-                auth: f.bytes("auth"),
+                auth: f.bytes("auth").into(),
             })
         }
         FrameType::Accept => {

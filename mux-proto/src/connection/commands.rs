@@ -8,8 +8,8 @@ use crate::config::Grant;
 use crate::error::{OpenError, SendError, SessionError};
 use crate::event::{Event, Initiator};
 use crate::frame::{
-    Accept, Frame, GoAway, Open, OpenRequest, RateLimits, SessionClose, Text, HEADER_LEN,
-    MAX_KIND_LEN, OPEN_FIXED_LEN,
+    Accept, Credential, Frame, GoAway, Open, OpenRequest, RateLimits, SessionClose, Text,
+    HEADER_LEN, MAX_KIND_LEN, OPEN_FIXED_LEN,
 };
 use crate::id::SessionId;
 use crate::rate::TokenBucket;
@@ -20,15 +20,17 @@ use crate::time::Timestamp;
 const GROWTH_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Connection {
-    /// Opens a session of `kind` with credentials `auth`. DATA may be sent at once, within
+    /// Opens a session of `kind` with credentials `auth` (a [`Credential`], or anything that
+    /// becomes one: `Bytes`, `Vec<u8>`, a static string). DATA may be sent at once, within
     /// the peer's initial credit; [`Event::Opened`] or [`Event::SessionClosed`] follows.
     pub fn open(
         &mut self,
         now: Timestamp,
         kind: &str,
-        auth: Bytes,
+        auth: impl Into<Credential>,
         request: OpenRequest,
     ) -> Result<SessionId, OpenError> {
+        let auth = auth.into();
         if self.state != State::Open {
             return Err(OpenError::NotOpen);
         }

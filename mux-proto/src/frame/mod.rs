@@ -6,6 +6,7 @@
 
 mod accept;
 mod close;
+mod credential;
 mod credit;
 mod data;
 mod error;
@@ -21,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 
 pub use accept::{Accept, Permissions, RateLimits};
 pub use close::{ConnClose, SessionClose, MAX_REASON_LEN};
+pub use credential::Credential;
 pub use credit::Credit;
 pub use data::Data;
 pub use error::FrameError;

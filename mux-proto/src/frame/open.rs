@@ -1,9 +1,9 @@
 //! OPEN: a new session with its kind, credentials and requested limits (spec/frames.md#open).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use super::reader::Reader;
-use super::{FrameError, FrameType, Text};
+use super::{Credential, FrameError, FrameType, Text};
 use crate::id::SessionId;
 
 /// Bytes of OPEN's fixed fields: three u32 limits, the kind length and the auth length.
@@ -32,8 +32,8 @@ pub struct Open {
     pub request: OpenRequest,
     /// What the session is for: a topic or service name, UTF-8, at most 255 bytes.
     pub kind: Text,
-    /// Opaque credentials for this session, at most 65,535 bytes.
-    pub auth: Bytes,
+    /// Opaque credentials for this session, at most 65,535 bytes; redacted in `Debug`.
+    pub auth: Credential,
 }
 
 impl Open {
@@ -50,7 +50,7 @@ impl Open {
             field: "kind",
         })?;
         let auth_len = r.u16("auth_len")?;
-        let auth = r.bytes(usize::from(auth_len), "auth")?;
+        let auth = Credential::new(r.bytes(usize::from(auth_len), "auth")?);
         Ok(Open {
             session_id,
             request,
@@ -73,6 +73,6 @@ impl Open {
         out.put_u8(u8::try_from(self.kind.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(self.kind.as_bytes());
         out.put_u16(u16::try_from(self.auth.len()).unwrap_or(u16::MAX));
-        out.extend_from_slice(&self.auth);
+        out.extend_from_slice(self.auth.expose());
     }
 }

@@ -518,7 +518,7 @@ impl<T: Transport> Driver<T> {
                     return (id, kind, Err(Some(refused)), None);
                 }
             }
-            let decision = match timeout(deadline, authorizer.authorize(&principal, &info)).await {
+            let decision = match timeout(deadline, authorizer.authorize(principal, info)).await {
                 Ok(Ok(grant)) => Ok(grant),
                 Ok(Err(rejection)) => Err(Some(rejection)),
                 Err(_) => Err(None),

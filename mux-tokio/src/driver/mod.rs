@@ -13,8 +13,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use mux_proto::{CloseCode, Config, ConnectionStats, SessionId, Side};
+use mux_proto::{CloseCode, Config, ConnectionStats, Credential, SessionId, Side};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -95,7 +94,12 @@ impl ConnectionHandle {
     /// Dropping the future before it resolves cancels the session: an OPEN still
     /// unanswered is reset with 4010 CANCELLED, one the peer already accepted is closed
     /// with 4010. No session is left behind.
-    pub async fn open(&self, kind: &str, auth: Bytes) -> Result<Session, OpenError> {
+    pub async fn open(
+        &self,
+        kind: &str,
+        auth: impl Into<Credential>,
+    ) -> Result<Session, OpenError> {
+        let auth = auth.into();
         let mut open = PendingOpen {
             inner: &self.inner,
             id: None,

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mux_proto::{
-    CloseCode, Config, Connection, Event, Initiator, OpenRequest, SessionId, Side, Timestamp,
+    CloseCode, Config, Connection, Credential, Event, Initiator, OpenRequest, SessionId, Side,
+    Timestamp,
 };
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -109,7 +110,7 @@ pub(crate) struct Slot {
 pub(crate) struct IncomingOpen {
     pub(crate) id: SessionId,
     pub(crate) kind: String,
-    pub(crate) auth: Bytes,
+    pub(crate) auth: Credential,
 }
 
 /// Everything behind the connection's lock.
@@ -431,7 +432,7 @@ impl State {
         &mut self,
         cx: &mut Context<'_>,
         kind: &str,
-        auth: &Bytes,
+        auth: &Credential,
         id: &mut Option<SessionId>,
         wakers: &mut WakeList,
     ) -> Poll<Result<(SessionId, bool), OpenError>> {

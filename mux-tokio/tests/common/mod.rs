@@ -105,8 +105,8 @@ pub fn token_authenticator(request: &HandshakeRequest) -> Result<Principal, Auth
     match request.token.as_ref().map(|t| t.expose()) {
         Some("good-token") => Ok(Principal::new("alice")),
         Some(t) if t.starts_with("principal:") => Ok(Principal::new(&t["principal:".len()..])),
-        Some(_) => Err(AuthError("invalid token".into())),
-        None => Err(AuthError("missing token".into())),
+        Some(_) => Err(AuthError::Invalid),
+        None => Err(AuthError::Missing),
     }
 }
 
