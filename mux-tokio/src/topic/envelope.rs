@@ -72,6 +72,34 @@ pub(crate) fn snapshot<'a>(
     out.freeze()
 }
 
+/// Encodes any event, for a hub that feeds events it did not produce (a broker's).
+pub(crate) fn encode(event: &TopicEvent) -> Bytes {
+    match event {
+        TopicEvent::Message(payload) => message(payload),
+        TopicEvent::Gap(count) => gap(*count),
+        TopicEvent::Join(member) => join(member),
+        TopicEvent::Leave(member) => leave(member),
+        TopicEvent::Snapshot { members, truncated } => {
+            // A snapshot cut to `max` reports itself truncated when `total` exceeds what it
+            // lists: one more than listed marks it so.
+            let total = if *truncated {
+                members.len().saturating_add(1)
+            } else {
+                members.len()
+            };
+            snapshot(members.iter().map(String::as_str), usize::MAX, total)
+        }
+    }
+}
+
+/// The count of a queued gap event, so that dropping it loses no accounting.
+pub(crate) fn gap_count(item: &Bytes) -> Option<u64> {
+    match item.split_first() {
+        Some((&TAG_GAP, body)) => body.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
+}
+
 fn tagged(tag: u8, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len().saturating_add(1));
     out.put_u8(tag);
@@ -138,6 +166,22 @@ mod tests {
                 truncated: true
             })
         );
+        for event in [
+            TopicEvent::Gap(3),
+            TopicEvent::Join("ann".into()),
+            TopicEvent::Snapshot {
+                members: vec!["a".into()],
+                truncated: true,
+            },
+            TopicEvent::Snapshot {
+                members: vec![],
+                truncated: false,
+            },
+        ] {
+            assert_eq!(decode(&encode(&event)), Some(event));
+        }
+        assert_eq!(gap_count(&gap(9)), Some(9));
+        assert_eq!(gap_count(&message(b"x")), None);
         assert_eq!(decode(&Bytes::new()), None);
         assert_eq!(decode(&Bytes::from_static(&[9])), None);
         assert_eq!(decode(&Bytes::from_static(&[TAG_GAP, 1])), None);

@@ -30,6 +30,9 @@ struct Queue {
     overflowed: bool,
     /// The subscription ended.
     closed: bool,
+    /// Attached with [`LocalHub::attach_held`]: nothing is sent before
+    /// [`Subscription::release`].
+    held: bool,
 }
 
 /// The outcome of offering one message to one subscriber.
@@ -112,8 +115,11 @@ impl Subscriber {
         }
         match self.policy {
             SlowConsumerPolicy::DropOldest => {
-                q.items.pop_front();
-                q.dropped = q.dropped.saturating_add(1);
+                // A queued gap (messages a broker lost, see `LocalHub::deliver`) stands for
+                // its count, so dropping it keeps `received + Σ gaps = published`.
+                let oldest = q.items.pop_front();
+                let missed = oldest.as_ref().and_then(envelope::gap_count).unwrap_or(1);
+                q.dropped = q.dropped.saturating_add(missed);
                 q.items.push_back(message);
                 Offer::Dropped
             }
@@ -159,6 +165,9 @@ impl Subscriber {
         if self.session_ended.load(Ordering::Acquire) {
             q.closed = true;
             return true;
+        }
+        if q.held {
+            return false;
         }
         let mut cx = Context::from_waker(&self.writable);
         loop {
@@ -256,9 +265,29 @@ struct Inner {
     topics: Mutex<HashMap<String, Arc<Topic>>>,
     options: Mutex<HashMap<String, TopicOptions>>,
     next_id: AtomicU64,
+    /// The [`TopicWatch`], if a broker hub mirrors this hub's topics.
+    watch: Mutex<Option<Arc<Watched>>>,
+}
+
+/// Topics whose subscribers changed since the watcher last looked. At most one entry per
+/// topic name, and each attach or detach adds at most one, so it is bounded by the
+/// subscriber changes between two looks.
+#[derive(Debug, Default)]
+struct Watched {
+    topics: Mutex<std::collections::HashSet<String>>,
+    notify: Notify,
 }
 
 impl Inner {
+    /// Tells the watcher, if any, that `name` gained or lost a subscriber.
+    fn touched(&self, name: &str) {
+        let watch = lock(&self.watch).clone();
+        if let Some(watch) = watch {
+            lock(&watch.topics).insert(name.to_owned());
+            watch.notify.notify_one();
+        }
+    }
+
     fn detach(&self, name: &str, topic: &Arc<Topic>, sub: &Arc<Subscriber>) {
         sub.close();
         let removed = topic.edit(|subs| match subs.iter().position(|s| s.id == sub.id) {
@@ -293,6 +322,10 @@ impl Inner {
         let empty = topic.snapshot().is_empty();
         if empty && topics.get(name).is_some_and(|t| Arc::ptr_eq(t, topic)) {
             topics.remove(name);
+        }
+        drop(topics);
+        if removed {
+            self.touched(name);
         }
     }
 }
@@ -345,6 +378,15 @@ impl LocalHub {
         session: &Session,
         options: SubscribeOptions,
     ) -> Result<Subscription, AttachError> {
+        self.attach_as(session, options, false)
+    }
+
+    fn attach_as(
+        &self,
+        session: &Session,
+        options: SubscribeOptions,
+        held: bool,
+    ) -> Result<Subscription, AttachError> {
         if !session.may_send() {
             return Err(AttachError::NotPermitted);
         }
@@ -364,7 +406,10 @@ impl LocalHub {
             member: member.clone(),
             policy: options.policy,
             capacity: options.queue_capacity.max(1),
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                held,
+                ..Queue::default()
+            }),
             sender: session.sender(),
             writable: Waker::from(Arc::new(SubscriberWaker {
                 sub: weak.clone(),
@@ -411,6 +456,7 @@ impl LocalHub {
         // Publishing can end a subscription, and ending one takes the topics map: only
         // once it is released.
         drop(topics);
+        self.inner.touched(&name);
         if joined {
             topic.publish_raw(&envelope::join(&member), Some(sub.id));
         }
@@ -517,5 +563,127 @@ impl Drop for Subscription {
         self.hub
             .inner
             .detach(&self.sub.topic_name, &self.topic, &self.sub);
+    }
+}
+
+/// Hooks for a hub that feeds this one from a broker (a multi-node hub over Redis, say): it
+/// mirrors this hub's topics and members in the broker, and delivers what the broker sends
+/// to this node's subscribers through their queues, policies and gap accounting.
+impl LocalHub {
+    /// Like [`LocalHub::attach`], but the subscriber receives nothing until
+    /// [`Subscription::release`]: events delivered meanwhile wait in its queue (under its
+    /// policy). For a hub that must send a first event it does not have yet (a snapshot of
+    /// members on every node), without missing what is published while it asks.
+    pub fn attach_held(
+        &self,
+        session: &Session,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, AttachError> {
+        self.attach_as(session, options, true)
+    }
+
+    /// Hands `event` to every subscriber of `topic` on this node but the sessions of
+    /// `except_member`, encoded once and shared; never waits. A [`TopicEvent::Gap`] is
+    /// queued in order, for messages the broker lost (a reconnect), so each subscriber
+    /// still has `messages received + Σ gaps = messages published`. A member does not hear
+    /// its own join: pass it as `except_member`.
+    pub fn deliver(
+        &self,
+        topic: &str,
+        event: &super::TopicEvent,
+        except_member: Option<&str>,
+    ) -> PublishReport {
+        let Some(topic) = lock(&self.inner.topics).get(topic).cloned() else {
+            return PublishReport::default();
+        };
+        let encoded = envelope::encode(event);
+        let mut report = PublishReport::default();
+        for sub in topic.snapshot().iter() {
+            if except_member.is_some_and(|m| m == sub.member) {
+                continue;
+            }
+            match sub.offer(encoded.clone()) {
+                Offer::Queued => report.queued = report.queued.saturating_add(1),
+                Offer::Dropped => {
+                    report.queued = report.queued.saturating_add(1);
+                    report.dropped = report.dropped.saturating_add(1);
+                }
+                Offer::Closed => report.closed = report.closed.saturating_add(1),
+                Offer::Gone => continue,
+            }
+            sub.pump();
+        }
+        report
+    }
+
+    /// The members subscribed to `topic` on this node, each with its number of sessions,
+    /// whether or not the topic has presence here.
+    pub fn members(&self, topic: &str) -> Vec<(String, usize)> {
+        let Some(topic) = lock(&self.inner.topics).get(topic).cloned() else {
+            return Vec::new();
+        };
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for sub in topic.snapshot().iter().filter(|s| !s.is_closed()) {
+            let n = counts.entry(sub.member.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+        }
+        counts.into_iter().collect()
+    }
+
+    /// The topics with at least one subscriber on this node.
+    pub fn topics(&self) -> Vec<String> {
+        lock(&self.inner.topics).keys().cloned().collect()
+    }
+
+    /// Starts telling the returned watch which topics gain or lose subscribers. One watch
+    /// per hub: a new one replaces the previous, which then never fires again.
+    pub fn watch(&self) -> TopicWatch {
+        let watched = Arc::new(Watched::default());
+        *lock(&self.inner.watch) = Some(watched.clone());
+        TopicWatch { watched }
+    }
+}
+
+/// Which topics of a [`LocalHub`] gained or lost subscribers, from [`LocalHub::watch`].
+#[derive(Debug)]
+pub struct TopicWatch {
+    watched: Arc<Watched>,
+}
+
+impl TopicWatch {
+    /// Waits until some topic changed, then returns every topic that changed since the last
+    /// call (each once). Read the topics' state afterwards ([`LocalHub::subscriber_count`],
+    /// [`LocalHub::members`]): it is at least as new as the change.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a change stays recorded until a call returns it.
+    pub async fn changed(&mut self) -> Vec<String> {
+        loop {
+            let changed: Vec<String> = lock(&self.watched.topics).drain().collect();
+            if !changed.is_empty() {
+                return changed;
+            }
+            self.watched.notify.notified().await;
+        }
+    }
+}
+
+impl Subscription {
+    /// Ends the hold of [`LocalHub::attach_held`]: `first`, if any, is this subscriber's
+    /// first event, before everything queued meanwhile. Does nothing on a subscription that
+    /// was not held or was already released.
+    pub fn release(&self, first: Option<&super::TopicEvent>) {
+        {
+            let mut q = lock(&self.sub.queue);
+            if !q.held {
+                return;
+            }
+            q.held = false;
+            if let Some(event) = first {
+                q.items.push_front(envelope::encode(event));
+            }
+        }
+        self.sub.pump();
     }
 }

@@ -11,7 +11,7 @@ mod envelope;
 mod local;
 
 pub use envelope::{decode, TopicEvent};
-pub use local::{LocalHub, Subscription};
+pub use local::{LocalHub, Subscription, TopicWatch};
 
 use bytes::Bytes;
 
