@@ -1,11 +1,22 @@
-//! Helpers for the multi-node tests: bounded waits and the tests' authenticator. Every
-//! wait fails the test if its state is never reached; none stands in for synchronisation.
+//! Nodes for the multi-node tests: a mux-tokio server on loopback whose topics go through a
+//! [`RedisHub`], clients, and bounded waits. Every wait fails the test if its state is never
+//! reached; none stands in for synchronisation.
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use mux_tokio::{AuthError, HandshakeRequest, Principal};
+use bytes::Bytes;
+use mux_redis::{RedisHub, RedisOptions};
+use mux_tokio::quota::QuotaPolicy;
+use mux_tokio::topic::{decode, Hub, SubscribeOptions, Subscription, TopicEvent, TopicOptions};
+use mux_tokio::{
+    AllowAll, AuthError, Client, ClientConfig, HandshakeRequest, OriginPolicy, Principal, Server,
+    ServerConfig, ServerHandle, Session,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// The bound on every wait: far above what anything legitimate takes on loopback.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -38,4 +49,180 @@ pub fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> 
         .strip_prefix("user:")
         .map(Principal::new)
         .ok_or(AuthError::Missing)
+}
+
+/// Options for the tests' hubs: short TTL and timeouts, a prefix of the test's own.
+pub fn hub_options(prefix: &str) -> RedisOptions {
+    RedisOptions::default()
+        .prefix(prefix)
+        .presence_ttl(Duration::from_millis(900))
+        .command_timeout(Duration::from_millis(400))
+        .ping_interval(Duration::from_millis(500))
+        .reconnect_backoff(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+/// One node: a server whose every session is attached to the topic of its kind.
+pub struct Node {
+    pub hub: RedisHub,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub handle: ServerHandle,
+    /// The kind of each attached session, in attach order.
+    attached: mpsc::Receiver<String>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What a node is started with.
+#[derive(Clone)]
+pub struct NodeConfig {
+    pub redis_url: String,
+    pub options: RedisOptions,
+    pub presence: Vec<&'static str>,
+    pub quotas: Option<QuotaPolicy>,
+    pub protocol: mux_tokio::Config,
+    pub subscribe: SubscribeOptions,
+}
+
+impl NodeConfig {
+    pub fn new(redis_url: &str, prefix: &str) -> Self {
+        NodeConfig {
+            redis_url: redis_url.to_owned(),
+            options: hub_options(prefix),
+            presence: Vec::new(),
+            quotas: None,
+            protocol: mux_tokio::Config::default(),
+            subscribe: SubscribeOptions::default(),
+        }
+    }
+
+    pub fn presence(mut self, topic: &'static str) -> Self {
+        self.presence.push(topic);
+        self
+    }
+
+    pub fn quotas(mut self, policy: QuotaPolicy) -> Self {
+        self.quotas = Some(policy);
+        self
+    }
+}
+
+impl Node {
+    /// Starts a node on the current runtime and waits until its pub/sub link is up.
+    pub async fn start(config: NodeConfig) -> Node {
+        let hub = RedisHub::connect(&config.redis_url, config.options.clone())
+            .await
+            .expect("a hub");
+        for topic in &config.presence {
+            hub.configure_topic(topic, TopicOptions::with_presence(64));
+        }
+        let mut server_config = ServerConfig::default()
+            .origins(OriginPolicy::default().allow_missing(true))
+            .protocol(config.protocol.clone())
+            .connection_limits(10_000, 1_000, 1_000);
+        if let Some(quotas) = config.quotas.clone() {
+            server_config = server_config.quotas(quotas);
+        }
+        let mut server = Server::bind(
+            "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+            server_config,
+            authenticate,
+            AllowAll,
+        )
+        .await
+        .expect("bind loopback");
+        let addr = server.local_addr();
+        let handle = server.handle();
+        let (tx, attached) = mpsc::channel(4096);
+        let accept_hub = hub.clone();
+        let options = config.subscribe;
+        let task = tokio::spawn(async move {
+            while let Some(session) = server.accept().await {
+                let hub = accept_hub.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let sub: Subscription = match hub.attach(&session, options).await {
+                        Ok(sub) => sub,
+                        Err(e) => panic!("attach: {e}"),
+                    };
+                    let _ = tx.send(session.kind().to_owned()).await;
+                    // Subscribed for as long as the session lives.
+                    session.closed().await;
+                    drop(sub);
+                });
+            }
+        });
+        within("the node's pub/sub link", hub.linked()).await;
+        Node {
+            url: format!("ws://{addr}/"),
+            hub,
+            addr,
+            handle,
+            attached,
+            task,
+        }
+    }
+
+    /// A client of `user` on this node.
+    pub async fn client(&self, user: &str) -> Client {
+        let config = ClientConfig::default()
+            .token(format!("user:{user}"))
+            .reconnect(false);
+        Client::connect(&self.url, config).await.expect("connect")
+    }
+
+    /// Opens `topic` on `client` (connected to this node) and waits until the node attached
+    /// it: from then on every publish reaches it.
+    pub async fn subscribe(&mut self, client: &mut Client, topic: &str) -> Session {
+        let session = client.open(topic, Bytes::new()).await.expect("open");
+        let attached = within("the node's attach", self.attached.recv())
+            .await
+            .expect("the node runs");
+        assert_eq!(attached, topic);
+        session
+    }
+}
+
+/// The next event on a topic session.
+pub async fn next_event(session: &mut Session) -> TopicEvent {
+    let message = within("a topic event", session.recv())
+        .await
+        .expect("the session is open");
+    decode(&message).expect("a well-formed topic event")
+}
+
+/// The next published message, skipping presence events.
+pub async fn next_message(session: &mut Session) -> Bytes {
+    loop {
+        match next_event(session).await {
+            TopicEvent::Message(m) => return m,
+            TopicEvent::Gap(n) => panic!("unexpected gap of {n}"),
+            _ => {}
+        }
+    }
+}
+
+/// A numbered message.
+pub fn numbered(i: u64) -> Bytes {
+    Bytes::from(i.to_be_bytes().to_vec())
+}
+
+/// The number in a numbered message.
+pub fn number(m: &Bytes) -> u64 {
+    u64::from_be_bytes(m[..].try_into().expect("8 bytes"))
+}
+
+/// `PUBSUB NUMSUB <channel>` for a topic: how many nodes are subscribed to it.
+pub fn nodes_subscribed(redis: &mux_redis::testing::RedisServer, prefix: &str, topic: &str) -> u64 {
+    let (_, n): (String, u64) = redis.query(
+        redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("{prefix}t:{topic}")),
+    );
+    n
 }
