@@ -85,6 +85,10 @@ pub async fn start(
         .protocol(protocol());
     let mut config = config;
     config.accept_queue = 16_384;
+    // A load generator connects thousands of times from one address as one principal: the
+    // per-address handshake rate and the per-principal quotas would refuse it (429).
+    config.handshake_rate_per_ip = mux_tokio::HandshakeRate::UNLIMITED;
+    config.quotas = mux_tokio::quota::QuotaPolicy::none();
     if let Some(size) = options.read_buffer {
         config.read_buffer_size = size.clamp(256, 1 << 20);
     }
