@@ -8,7 +8,8 @@
 //! (100 sessions over one WebSocket vs 100 WebSockets, alternating), `p7` (idle memory at
 //! 10,000 connections and at 10,000 sessions on one connection, server in a child process),
 //! `p8` (victim echo latency while a neighbour session floods, mux and rust-yamux), `topics`
-//! (publish-to-receive latency and allocations per recipient), and `serve` (a server in this
+//! (publish-to-receive latency and allocations per recipient), `topics-redis` (the same
+//! across two nodes through Redis, against one node, side by side), and `serve` (a server in this
 //! process, for the client modes' `--url` and `--server-pid`), and `compare` (issue 16:
 //! mux-tokio vs yamux over one WebSocket vs one WebSocket per session vs raw TCP, through
 //! the public APIs on loopback, alternating).
@@ -20,6 +21,7 @@ mod compare;
 mod echo;
 mod flood;
 mod idle;
+mod redis_topics;
 mod server;
 mod sys;
 mod topics;
@@ -62,6 +64,9 @@ enum Mode {
     P8(P8Args),
     /// Issue #5: publish to N subscribers; publish-to-receive latency, allocations.
     Topics(TopicArgs),
+    /// Topics across nodes: N subscribers over two nodes through Redis (mux-redis) vs on
+    /// one node with LocalHub, alternating rounds; latency, deliveries/s, Redis commands.
+    TopicsRedis(RedisTopicArgs),
     /// Issue 16: mux-tokio vs yamux over one WebSocket vs a WebSocket per session (and raw
     /// TCP for bulk), public APIs on loopback, alternating rounds, ratios.
     Compare(CompareArgs),
@@ -210,6 +215,38 @@ pub struct TopicArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct RedisTopicArgs {
+    /// Subscribers in all (split evenly over the two nodes on the Redis side).
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Subscriber sessions per WebSocket connection.
+    #[arg(long, default_value_t = 1)]
+    per_connection: usize,
+    /// Measured publishes per round and side.
+    #[arg(long, default_value_t = 200)]
+    publishes: usize,
+    /// Milliseconds between publishes.
+    #[arg(long, default_value_t = 5)]
+    interval_ms: u64,
+    /// Message size in bytes.
+    #[arg(short = 's', long, default_value_t = 64)]
+    size: usize,
+    /// Rounds of (one node, two nodes), the order flipped every round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// A Redis on loopback (`redis://127.0.0.1:6379/`); default: start a throwaway
+    /// `redis-server` (Debian package redis-server) on a free port.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Worker threads of the servers' runtime.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Worker threads of the client runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
     /// Worker threads of the one runtime that runs every client and server.
     #[arg(long, default_value_t = 2)]
@@ -262,6 +299,7 @@ fn main() {
         Some(Mode::P7(args)) => idle::main(args),
         Some(Mode::P8(args)) => flood::main(args),
         Some(Mode::Topics(args)) => topics::main(args),
+        Some(Mode::TopicsRedis(args)) => redis_topics::main(args),
         Some(Mode::Compare(args)) => compare::main(args),
         Some(Mode::Serve(args)) => server::serve_main(
             args.port,

@@ -17,9 +17,9 @@ use crate::server::{self, TOPIC};
 use crate::sys::{self, Role};
 use crate::{age_us, histogram, latency_line, now_ns, TopicArgs};
 
-const WARMUP: u32 = 10;
+pub const WARMUP: u32 = 10;
 
-fn message(seq: u32, size: usize) -> Bytes {
+pub fn message(seq: u32, size: usize) -> Bytes {
     let mut b = BytesMut::with_capacity(size.max(12));
     b.put_u64(now_ns());
     b.put_u32(seq);
@@ -27,7 +27,11 @@ fn message(seq: u32, size: usize) -> Bytes {
     b.freeze()
 }
 
-async fn subscriber(mut session: Session, total: u32, delivered: Arc<AtomicU64>) -> Histogram<u64> {
+pub async fn subscriber(
+    mut session: Session,
+    total: u32,
+    delivered: Arc<AtomicU64>,
+) -> Histogram<u64> {
     let mut latency = histogram();
     let mut seen = 0u32;
     while seen < total {
@@ -52,7 +56,7 @@ async fn subscriber(mut session: Session, total: u32, delivered: Arc<AtomicU64>)
     latency
 }
 
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         if done() {

@@ -64,6 +64,9 @@ mod script;
 pub mod testing;
 mod wire;
 
+/// The redis crate this one runs on: [`BrokerError::Redis`] carries its errors.
+pub use redis;
+
 pub use error::{BrokerError, PublishError};
 pub use hub::{Published, RedisHub, RedisHubStats};
 pub use options::RedisOptions;

@@ -46,6 +46,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id while it runs (for its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
@@ -112,20 +117,12 @@ impl RedisServer {
     /// `INFO commandstats`: calls per command (`evalsha`, `publish`, ...) since the server
     /// started or the last [`RedisServer::reset_stats`].
     pub fn command_calls(&self) -> std::collections::HashMap<String, u64> {
-        let info: String = self.query(redis::cmd("INFO").arg("commandstats"));
-        info.lines()
-            .filter_map(|line| {
-                let rest = line.strip_prefix("cmdstat_")?;
-                let (name, fields) = rest.split_once(':')?;
-                let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?;
-                Some((name.to_owned(), calls.parse().ok()?))
-            })
-            .collect()
+        command_calls(&self.url())
     }
 
     /// `CONFIG RESETSTAT`.
     pub fn reset_stats(&self) {
-        let _: String = self.query(redis::cmd("CONFIG").arg("RESETSTAT"));
+        reset_stats(&self.url());
     }
 
     /// Runs one command on a fresh blocking connection.
@@ -134,17 +131,53 @@ impl RedisServer {
     ///
     /// If Redis does not answer as `T`.
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-        let client = match redis::Client::open(self.url()) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
-        match client
-            .get_connection_with_timeout(Duration::from_secs(5))
-            .and_then(|mut con| cmd.query(&mut con))
-        {
-            Ok(v) => v,
-            Err(e) => panic!("redis query failed: {e}"),
-        }
+        query(&self.url(), cmd)
+    }
+}
+
+/// `INFO commandstats` of the Redis at `url`: calls per command (`evalsha`, `publish`, ...)
+/// since it started or the last [`reset_stats`]. Commands that scripts run are counted too.
+///
+/// # Panics
+///
+/// If Redis does not answer.
+pub fn command_calls(url: &str) -> std::collections::HashMap<String, u64> {
+    let info: String = query(url, redis::cmd("INFO").arg("commandstats"));
+    info.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, fields) = rest.split_once(':')?;
+            let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `CONFIG RESETSTAT` on the Redis at `url`.
+///
+/// # Panics
+///
+/// If Redis does not answer.
+pub fn reset_stats(url: &str) {
+    let _: String = query(url, redis::cmd("CONFIG").arg("RESETSTAT"));
+}
+
+/// Runs one command on a fresh blocking connection to `url`.
+///
+/// # Panics
+///
+/// If Redis does not answer as `T`.
+pub fn query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> T {
+    let client = match redis::Client::open(url) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    match client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .and_then(|mut con| cmd.query(&mut con))
+    {
+        Ok(v) => v,
+        Err(e) => panic!("redis query failed: {e}"),
     }
 }
 
