@@ -146,9 +146,10 @@ async fn a_node_subscribes_only_while_it_has_subscribers() {
     })
     .await;
     assert_eq!(b.hub.local().topic_count(), 0);
-    // A subscribes and leaves over and over while B publishes: each time it is subscribed
-    // (its attach returned), a publish reaches it.
-    for round in 0..30u64 {
+    // B's only subscriber leaves and a new one arrives, over and over, so that each attach
+    // races the keeper undoing the last detach: once an attach returned, B is subscribed
+    // and a publish from A reaches it.
+    for round in 0..100u64 {
         let mut s = b.subscribe(&mut bob, "room").await;
         a.hub.publish("room", numbered(round)).await.unwrap();
         assert_eq!(number(&next_message(&mut s).await), round, "round {round}");
@@ -159,6 +160,12 @@ async fn a_node_subscribes_only_while_it_has_subscribers() {
         nodes_subscribed(&redis, "subs:", "room") == 1
     })
     .await;
+    let calls = redis.command_calls();
+    println!(
+        "subscribe {:?}, unsubscribe {:?}",
+        calls.get("subscribe"),
+        calls.get("unsubscribe")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
