@@ -91,7 +91,7 @@ pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError, Inval
 pub use driver::{ConnectionHandle, ConnectionOutcome};
 pub use error::{OpenError, SendError, SessionClosed, TrySendError};
 pub use server::{
-    bearer_token, parse_protocols, HandshakeRate, Origin, OriginPolicy, Protocols, Server,
+    bearer_token, parse_protocols, HandshakeRate, IpCidr, Origin, OriginPolicy, Protocols, Server,
     ServerConfig, ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
 };
 pub use session::{OpenInfo, Session, SessionReceiver, SessionSender};

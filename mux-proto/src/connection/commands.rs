@@ -529,7 +529,14 @@ impl Connection {
     /// Starts a graceful shutdown: GOAWAY now, no new peer sessions, and CONN_CLOSE 1001 once
     /// the live sessions finish or `Timeouts::shutdown_grace` passes. A code not valid on the
     /// wire (spec/close-codes.md#valid-values) is sent as 1001 GOING_AWAY.
+    ///
+    /// Before the peer's SETTINGS has arrived, the GOAWAY is held and sent as soon as it
+    /// does: a server told to drain reaches connections still in their handshake too.
     pub fn go_away(&mut self, now: Timestamp, code: CloseCode, reason: &str) {
+        if self.state == State::Handshaking {
+            self.goaway_requested = Some((code, reason.to_owned()));
+            return;
+        }
         if self.state != State::Open || self.goaway_sent.is_some() {
             return;
         }

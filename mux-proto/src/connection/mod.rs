@@ -99,6 +99,8 @@ pub struct Connection {
     ping_due: Option<u64>,
     ping_counter: u64,
     goaway_sent: Option<SessionId>,
+    /// `go_away` called before the peer's SETTINGS: sent once they arrive.
+    goaway_requested: Option<(CloseCode, String)>,
     goaway_received: Option<SessionId>,
     /// Deficit round robin ring of sessions with sendable data.
     ring: VecDeque<SessionId>,
@@ -158,6 +160,7 @@ impl Connection {
             ping_due: None,
             ping_counter: 0,
             goaway_sent: None,
+            goaway_requested: None,
             goaway_received: None,
             ring: VecDeque::new(),
             blocked: VecDeque::new(),

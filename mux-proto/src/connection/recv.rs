@@ -165,6 +165,9 @@ impl Connection {
         self.peer = Some(peer);
         self.state = State::Open;
         self.emit(Event::Connected { settings: peer });
+        if let Some((code, reason)) = self.goaway_requested.take() {
+            self.go_away(now, code, &reason);
+        }
     }
 
     /// Classifies a frame for a session that is not live (spec/frames.md#session-ids).

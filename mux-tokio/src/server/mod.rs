@@ -1,6 +1,7 @@
 //! The WebSocket server: handshake checks before the 101, connection limits and load
 //! shedding, one task per connection, and graceful shutdown.
 
+mod forwarded;
 mod fragments;
 mod handshake;
 mod head;
@@ -26,6 +27,7 @@ pub use handshake::{
     TOKEN_PROTOCOL_PREFIX,
 };
 
+pub use forwarded::IpCidr;
 pub use rate::HandshakeRate;
 pub(crate) use rate::KeyedRate;
 
@@ -114,6 +116,17 @@ pub struct ServerConfig {
     /// principal's connections, in memory or in a shared [`QuotaStore`](crate::quota::QuotaStore).
     /// Default: handshakes 16/s with bursts of 64, in memory.
     pub quotas: QuotaPolicy,
+    /// Reverse proxies whose word on the client's address is taken: only from a TCP peer
+    /// in one of these blocks is the client read from `Forwarded` or `X-Forwarded-For`
+    /// (the rightmost hop that is not itself a trusted proxy), and then the per-IP cap,
+    /// the handshake rate, [`HandshakeRequest::peer`](crate::HandshakeRequest) and the
+    /// logs use it. A trusted peer whose headers name no readable client is answered 400.
+    /// Default: none (every peer is the client).
+    pub trusted_proxies: Vec<IpCidr>,
+    /// Answer `GET /healthz` (200 while the process serves) and `GET /readyz` (503 while
+    /// draining, shutting down or refusing handshakes for memory) on the server's own port,
+    /// before any upgrade: for Kubernetes probes and load balancers. Default on.
+    pub health_checks: bool,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +152,8 @@ impl Default for ServerConfig {
                 burst: 128,
             },
             quotas: QuotaPolicy::default(),
+            trusted_proxies: Vec::new(),
+            health_checks: true,
         }
     }
 }
@@ -202,6 +217,13 @@ impl ServerConfig {
     /// [`ServerConfig::handshake_rate_per_ip`]).
     pub fn handshake_rate(mut self, rate: HandshakeRate) -> Self {
         self.handshake_rate_per_ip = rate;
+        self
+    }
+
+    /// Builder: trusted reverse proxies, as addresses or CIDR blocks (`10.0.0.0/8`,
+    /// `::1`); entries that do not parse are ignored (see [`ServerConfig::trusted_proxies`]).
+    pub fn trusted_proxies<'a>(mut self, proxies: impl IntoIterator<Item = &'a str>) -> Self {
+        self.trusted_proxies = proxies.into_iter().filter_map(IpCidr::parse).collect();
         self
     }
 
@@ -282,6 +304,8 @@ struct Shared {
     /// [`Server::accept`] returns `None` once the last connection has gone.
     accepted: Mutex<Option<mpsc::Sender<Session>>>,
     shutdown: watch::Sender<bool>,
+    /// Told to drain: `/readyz` says no and every connection has had GOAWAY.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A running server. Take accepted sessions with [`Server::accept`].
@@ -341,6 +365,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             accepted: Mutex::new(Some(accepted)),
             shutdown,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(serve::accept_loop(listener, shared.clone()));
         Ok(Server {
@@ -364,6 +389,23 @@ impl Server {
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {
             shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Shared {
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// Why `/readyz` says no, if it does.
+    fn not_ready(&self) -> Option<&'static str> {
+        if *self.shutdown.borrow() || self.draining.load(Ordering::Relaxed) {
+            Some("draining")
+        } else if self.budget.pressure() >= crate::Pressure::RefuseHandshakes {
+            Some("overloaded")
+        } else {
+            None
         }
     }
 }
@@ -397,6 +439,23 @@ impl ServerHandle {
             unauthenticated: self.shared.preauth.len(),
             memory: self.shared.budget.stats(),
         }
+    }
+
+    /// Starts draining for a rolling restart: `/readyz` answers 503 from now on (so the
+    /// load balancer stops sending new clients), every connection gets GOAWAY (clients
+    /// reconnect elsewhere after their sessions finish), and connections still arriving
+    /// are served but told to go away at once. Unlike [`ServerHandle::shutdown`] it
+    /// neither stops accepting nor closes anything.
+    pub async fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        for h in self.connections() {
+            h.go_away().await;
+        }
+    }
+
+    /// Whether `/readyz` would say yes now.
+    pub fn is_ready(&self) -> bool {
+        self.shared.not_ready().is_none()
     }
 
     /// Serves a connection the application accepted itself (a TLS stream from

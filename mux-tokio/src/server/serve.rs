@@ -15,10 +15,11 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, info_span, warn};
 
+use super::forwarded;
 use super::fragments::FragmentCapped;
 use super::handshake::{bearer_token, parse_protocols};
-use super::head::{self, HeadError, UpgradeRequest};
-use super::limits::{IpPermit, PrincipalPermit, Refusal};
+use super::head::{self, Head, HeadError, Probe, UpgradeRequest};
+use super::limits::{ForwardedPermit, IpPermit, PrincipalPermit, Refusal};
 use super::{lock, Shared};
 use crate::auth::{HandshakeRequest, Principal};
 use crate::budget::{Pressure, CONNECTION_STATE};
@@ -76,6 +77,14 @@ pub(super) fn admit(shared: &Shared, peer: SocketAddr) -> Result<IpPermit, (u16,
     if shared.budget.pressure() >= Pressure::RefuseHandshakes {
         return refused(503, 1);
     }
+    if shared.is_trusted_proxy(peer.ip()) {
+        // The client behind the proxy is known only from the request: its rate and
+        // per-IP cap are checked once the head is read.
+        return match shared.registry.admit_trusted() {
+            Ok(permit) => Ok(permit),
+            Err(_) => refused(503, 1),
+        };
+    }
     let rate = lock(&shared.handshake_rate).check(peer.ip(), tokio::time::Instant::now());
     if let Err(wait) = rate {
         return refused(429, whole_seconds(wait));
@@ -122,6 +131,8 @@ enum Refused {
     Status(u16),
     /// Over the principal's handshake quota: 429 with this `Retry-After`.
     Quota(u64),
+    /// Not an upgrade but a health probe: answered, not counted as a refusal.
+    Probe(Probe),
     /// Malformed or oversized head: answer, counted as a failed handshake.
     Head(HeadError),
 }
@@ -152,7 +163,7 @@ where
     drop(place);
     drop(head_charge);
     let counters = &shared.counters;
-    let (principal, principal_permit, rest) = match outcome {
+    let (principal, principal_permit, client, rest) = match outcome {
         Some(Ok(Ok(upgraded))) => upgraded,
         None => {
             counters.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +185,17 @@ where
         Some(Ok(Err(refused))) => {
             let mut retry_after = 1;
             let status = match refused {
+                Refused::Probe(probe) => {
+                    let (ok, word) = match probe {
+                        Probe::Live => (true, "ok"),
+                        Probe::Ready => match shared.not_ready() {
+                            None => (true, "ready"),
+                            Some(why) => (false, why),
+                        },
+                    };
+                    head::answer_probe(stream.get_mut(), ok, word).await;
+                    return;
+                }
                 Refused::Quota(secs) => {
                     counters.refused_429.fetch_add(1, Ordering::Relaxed);
                     retry_after = secs;
@@ -203,35 +225,46 @@ where
             return;
         }
     };
+    let (client, forwarded_permit) = client;
     run(
         stream,
         rest,
-        peer,
+        client,
         &shared,
         accepted,
         principal,
         principal_permit,
     )
     .await;
+    drop(forwarded_permit);
     drop(ip_permit);
 }
 
+/// The client's address behind a trusted proxy, and its place under the per-IP cap.
+type Client = (SocketAddr, Option<ForwardedPermit>);
+
 /// Reads the head and runs every check of spec/http.md after the admission ones; on
-/// success writes the 101 and returns the principal and the bytes read past the head.
+/// success writes the 101 and returns the principal, the client's address and the bytes
+/// read past the head.
 async fn handshake<S>(
     stream: &mut FragmentCapped<S>,
     peer: SocketAddr,
     shared: &Shared,
     stage: &mut Stage,
-) -> Result<(Principal, PrincipalPermit, Vec<u8>), Refused>
+) -> Result<(Principal, PrincipalPermit, Client, Vec<u8>), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &shared.config;
-    let (request, rest) = head::read_head(stream, config.max_request_head)
+    let (head, rest) = head::read_any(stream, config.max_request_head, config.health_checks)
         .await
         .map_err(Refused::Head)?;
-    let hs = check_request(&request, peer, shared).map_err(Refused::Status)?;
+    let request = match head {
+        Head::Upgrade(request) => request,
+        Head::Probe(probe) => return Err(Refused::Probe(probe)),
+    };
+    let client = forwarded_client(&request, peer, shared)?;
+    let hs = check_request(&request, client.0, shared).map_err(Refused::Status)?;
     *stage = Stage::Authenticating;
     let principal = shared
         .authenticator
@@ -255,7 +288,31 @@ where
         .write_all(head::switching_protocols(&request.accept_key).as_bytes())
         .await
         .map_err(|_| Refused::Head(HeadError::Gone))?;
-    Ok((principal, permit, rest))
+    Ok((principal, permit, client, rest))
+}
+
+/// Behind a trusted proxy: the client it reports (400 if it cannot say), checked against
+/// the handshake rate and the per-IP cap as a direct client is at accept.
+fn forwarded_client(
+    request: &UpgradeRequest,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Client, Refused> {
+    let trusted = &shared.config.trusted_proxies;
+    if !shared.is_trusted_proxy(peer.ip()) {
+        return Ok((peer, None));
+    }
+    let client = forwarded::client_address(peer, &request.headers, trusted)
+        .map_err(|_| Refused::Status(400))?;
+    let rate = lock(&shared.handshake_rate).check(client.ip(), tokio::time::Instant::now());
+    if let Err(wait) = rate {
+        return Err(Refused::Quota(whole_seconds(wait)));
+    }
+    let permit = shared
+        .registry
+        .admit_forwarded(client.ip())
+        .map_err(|_| Refused::Status(429))?;
+    Ok((client, Some(permit)))
 }
 
 /// Origin (403) and subprotocol (400), then what the authenticator sees. Every check
@@ -346,8 +403,8 @@ async fn run<S>(
         span.clone(),
     );
     lock(&shared.connections).insert(conn_id, handle.clone());
-    // A server that is already shutting down tells late connections at once.
-    if *shared.shutdown.borrow() {
+    // A server that is already shutting down or draining tells late connections at once.
+    if *shared.shutdown.borrow() || shared.draining.load(Ordering::Relaxed) {
         handle.go_away().await;
     }
     let outcome = driver.await;
