@@ -1,6 +1,8 @@
 //! The WebSocket server: handshake checks before the 101, connection limits and load
 //! shedding, one task per connection, and graceful shutdown.
 
+#[cfg(feature = "axum")]
+mod axum_upgrade;
 mod forwarded;
 mod fragments;
 mod handshake;
@@ -298,7 +300,8 @@ struct Shared {
     preauth: PreAuth,
     handshake_rate: Mutex<KeyedRate<IpAddr>>,
     counters: Counters,
-    connections: Mutex<HashMap<u64, ConnectionHandle>>,
+    /// Live connections, with the principal each belongs to.
+    connections: Mutex<HashMap<u64, (String, ConnectionHandle)>>,
     next_id: AtomicU64,
     /// Where connections queue accepted sessions; taken when shutdown completes, so that
     /// [`Server::accept`] returns `None` once the last connection has gone.
@@ -345,6 +348,30 @@ impl Server {
         authorizer: impl Authorizer,
     ) -> std::io::Result<Server> {
         let local_addr = listener.local_addr()?;
+        let server = Server::build(local_addr, config, authenticator, authorizer);
+        tokio::spawn(serve::accept_loop(listener, server.shared.clone()));
+        Ok(server)
+    }
+
+    /// A server with no listener of its own: connections come from streams the application
+    /// accepted ([`ServerHandle::serve`], for TLS) or from axum
+    /// (`ServerHandle::upgrade_axum`, feature `axum`), with every check of a bound server.
+    /// Its [`local_addr`](Server::local_addr) is `0.0.0.0:0`.
+    pub fn detached(
+        config: ServerConfig,
+        authenticator: impl Authenticator,
+        authorizer: impl Authorizer,
+    ) -> Server {
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+        Server::build(unbound, config, authenticator, authorizer)
+    }
+
+    fn build(
+        local_addr: SocketAddr,
+        config: ServerConfig,
+        authenticator: impl Authenticator,
+        authorizer: impl Authorizer,
+    ) -> Server {
         let (accepted, sessions) = mpsc::channel(config.accept_queue.max(1));
         let (shutdown, _) = watch::channel(false);
         let registry = Registry::new(
@@ -367,12 +394,11 @@ impl Server {
             shutdown,
             draining: std::sync::atomic::AtomicBool::new(false),
         });
-        tokio::spawn(serve::accept_loop(listener, shared.clone()));
-        Ok(Server {
+        Server {
             local_addr,
             sessions,
             shared,
-        })
+        }
     }
 
     /// The bound address.
@@ -415,7 +441,7 @@ impl Drop for Server {
         // Nobody can take sessions any more: stop accepting (the accept loop drops the
         // listener, so the port is free again) and end every connection.
         let _ = self.shared.shutdown.send(true);
-        for handle in lock(&self.shared.connections).values() {
+        for (_, handle) in lock(&self.shared.connections).values() {
             handle.close_soon(CloseCode::GOING_AWAY, "server dropped");
         }
         lock(&self.shared.accepted).take();
@@ -472,7 +498,21 @@ impl ServerHandle {
 
     /// Handles of the live connections (for per-connection stats).
     pub fn connections(&self) -> Vec<ConnectionHandle> {
-        lock(&self.shared.connections).values().cloned().collect()
+        lock(&self.shared.connections)
+            .values()
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
+    /// Handles of the live connections of one principal: to see how many it has, revoke
+    /// every session it holds ([`ConnectionHandle::revoke_sessions`], when its rights
+    /// change) or close them (when it logs out or is banned).
+    pub fn connections_of(&self, principal_id: &str) -> Vec<ConnectionHandle> {
+        lock(&self.shared.connections)
+            .values()
+            .filter(|(p, _)| p == principal_id)
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 
     /// Graceful shutdown: stop accepting, send GOAWAY to every connection, let sessions

@@ -97,7 +97,7 @@ pub(super) fn admit(shared: &Shared, peer: SocketAddr) -> Result<IpPermit, (u16,
 }
 
 /// A `Retry-After` value: whole seconds, rounded up, at least 1 (RFC 9110 has no fractions).
-fn whole_seconds(wait: Duration) -> u64 {
+pub(super) fn whole_seconds(wait: Duration) -> u64 {
     wait.as_secs()
         .saturating_add(u64::from(wait.subsec_nanos() > 0))
         .max(1)
@@ -241,7 +241,7 @@ where
 }
 
 /// The client's address behind a trusted proxy, and its place under the per-IP cap.
-type Client = (SocketAddr, Option<ForwardedPermit>);
+pub(super) type Client = (SocketAddr, Option<ForwardedPermit>);
 
 /// Reads the head and runs every check of spec/http.md after the admission ones; on
 /// success writes the 101 and returns the principal, the client's address and the bytes
@@ -264,7 +264,7 @@ where
         Head::Probe(probe) => return Err(Refused::Probe(probe)),
     };
     let client = forwarded_client(&request, peer, shared)?;
-    let hs = check_request(&request, client.0, shared).map_err(Refused::Status)?;
+    let hs = check_request_for(&request, client.0, shared).map_err(Refused::Status)?;
     *stage = Stage::Authenticating;
     let principal = shared
         .authenticator
@@ -298,26 +298,41 @@ fn forwarded_client(
     peer: SocketAddr,
     shared: &Shared,
 ) -> Result<Client, Refused> {
+    forwarded_client_for(request, peer, shared).map_err(|(status, retry_after)| {
+        if status == 429 {
+            Refused::Quota(retry_after)
+        } else {
+            Refused::Status(status)
+        }
+    })
+}
+
+/// [`forwarded_client`] with the refusal as (status, `Retry-After`).
+pub(super) fn forwarded_client_for(
+    request: &UpgradeRequest,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Client, (u16, u64)> {
     let trusted = &shared.config.trusted_proxies;
     if !shared.is_trusted_proxy(peer.ip()) {
         return Ok((peer, None));
     }
-    let client = forwarded::client_address(peer, &request.headers, trusted)
-        .map_err(|_| Refused::Status(400))?;
+    let client =
+        forwarded::client_address(peer, &request.headers, trusted).map_err(|_| (400, 0))?;
     let rate = lock(&shared.handshake_rate).check(client.ip(), tokio::time::Instant::now());
     if let Err(wait) = rate {
-        return Err(Refused::Quota(whole_seconds(wait)));
+        return Err((429, whole_seconds(wait)));
     }
     let permit = shared
         .registry
         .admit_forwarded(client.ip())
-        .map_err(|_| Refused::Status(429))?;
+        .map_err(|_| (429, 1))?;
     Ok((client, Some(permit)))
 }
 
 /// Origin (403) and subprotocol (400), then what the authenticator sees. Every check
 /// answers with a real status before any state is kept (spec/sessions.md).
-fn check_request(
+pub(super) fn check_request_for(
     request: &UpgradeRequest,
     peer: SocketAddr,
     shared: &Shared,
@@ -371,7 +386,6 @@ async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let fixed_cost = CONNECTION_STATE.saturating_add(config.read_buffer_size);
     let charge = Arc::new(shared.budget.charge(fixed_cost));
     stream.charge_to(charge.clone());
@@ -382,9 +396,32 @@ async fn run<S>(
         Some(config.websocket_config()),
     )
     .await;
+    let transport = TungsteniteTransport::new(ws);
+    run_transport(
+        transport, charge, fixed_cost, peer, shared, accepted, principal,
+    )
+    .await;
+    drop(principal_permit);
+}
+
+/// Runs an upgraded connection over any transport (tungstenite's here, axum's in the
+/// adapter): its memory account, the driver in this task, the registry of live
+/// connections.
+pub(super) async fn run_transport<T: crate::transport::Transport>(
+    transport: T,
+    charge: Arc<crate::budget::Charge>,
+    fixed_cost: usize,
+    peer: SocketAddr,
+    shared: &Shared,
+    accepted: tokio::sync::mpsc::Sender<crate::session::Session>,
+    principal: Principal,
+) {
+    let config = &shared.config;
+    let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.counters.upgraded.fetch_add(1, Ordering::Relaxed);
     crate::observe::connection_opened();
     let span = info_span!("mux.conn", conn_id, %peer, principal = %principal.id);
+    let principal_id = principal.id.clone();
     let acceptor = Acceptor {
         principal: Some(principal),
         authorizer: shared.authorizer.clone(),
@@ -395,14 +432,14 @@ async fn run<S>(
     options.charge = Some(charge);
     options.fixed_cost = fixed_cost;
     let (handle, driver) = connection(
-        TungsteniteTransport::new(ws),
+        transport,
         Side::Server,
         config.protocol.clone(),
         options,
         acceptor,
         span.clone(),
     );
-    lock(&shared.connections).insert(conn_id, handle.clone());
+    lock(&shared.connections).insert(conn_id, (principal_id, handle.clone()));
     // A server that is already shutting down or draining tells late connections at once.
     if *shared.shutdown.borrow() || shared.draining.load(Ordering::Relaxed) {
         handle.go_away().await;
@@ -411,7 +448,6 @@ async fn run<S>(
     lock(&shared.connections).remove(&conn_id);
     crate::observe::connection_closed(outcome.code);
     span.in_scope(|| info!(code = ?outcome.code, messages_in = outcome.stats.messages_received, messages_out = outcome.stats.messages_sent, "connection ended"));
-    drop(principal_permit);
 }
 
 /// Serves a stream the application accepted itself (a TLS stream, a Unix socket), with
