@@ -65,7 +65,7 @@ enum Mode {
     /// Issue 16: mux-tokio vs yamux over one WebSocket vs a WebSocket per session (and raw
     /// TCP for bulk), public APIs on loopback, alternating rounds, ratios.
     Compare(CompareArgs),
-    /// Runs a server on 127.0.0.1 and prints `pid=<pid> port=<port>`.
+    /// Runs a server on 127.0.0.1 and prints `pid=<pid> port=<port> alloc=<allocator>`.
     Serve(ServeArgs),
 }
 
@@ -248,6 +248,13 @@ pub struct ServeArgs {
     /// Exit after this many seconds at most (or when stdin closes).
     #[arg(long, default_value_t = 1800)]
     lifetime: u64,
+    /// The library's default limits (ServerConfig and mux_proto::Config defaults; only
+    /// the Origin policy set) instead of the load runs' lifted ones.
+    #[arg(long)]
+    defaults: bool,
+    /// Call glibc's malloc_trim(0) every this many milliseconds.
+    #[arg(long)]
+    trim_ms: Option<u64>,
 }
 
 /// Longest run any option may ask for.
@@ -268,6 +275,10 @@ fn main() {
             server::Options {
                 hold: args.hold,
                 read_buffer: args.read_buffer,
+                defaults: args.defaults,
+                trim_every: args
+                    .trim_ms
+                    .map(|ms| Duration::from_millis(ms.clamp(10, 600_000))),
             },
             args.threads,
             Duration::from_secs(args.lifetime.min(24 * 3600)),
