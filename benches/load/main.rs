@@ -256,10 +256,10 @@ pub struct AttackArgs {
     /// Seconds the server is watched after each attack's connections are gone.
     #[arg(long, default_value_t = 10.0)]
     after: f64,
-    /// The server's allocator: glibc, glibc-trim (glibc with malloc_trim(0) every
-    /// --trim-ms), jemalloc, mimalloc (the last two need the alloc-jemalloc /
-    /// alloc-mimalloc features).
-    #[arg(long, default_value = "glibc")]
+    /// The server's allocator: glibc-trim (glibc with malloc_trim(0) every --trim-ms, what
+    /// BENCHMARKS.md A1 chose), glibc, jemalloc, mimalloc (the last two need the
+    /// alloc-jemalloc / alloc-mimalloc features).
+    #[arg(long, default_value = "glibc-trim")]
     allocator: String,
     /// Milliseconds between malloc_trim(0) calls with `--allocator glibc-trim`.
     #[arg(long, default_value_t = 1000)]
