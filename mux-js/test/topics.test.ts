@@ -1,25 +1,35 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeTopicEvent, Presence, TopicEventError, topicEvents } from "../src/topics.js";
+import { advance, decodeTopicEvent, parseTopicKind, Presence, TopicEventError, topicEvents, topicKind, type StreamPosition, type TopicEvent } from "../src/topics.js";
 import { connectReconnecting } from "../src/index.js";
+import { SPEC_DIR, hex, unhex } from "./vectors.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 
 const u = (...b: number[]) => new Uint8Array(b);
+const be64 = (n: bigint) => { const b = new Uint8Array(8); new DataView(b.buffer).setBigUint64(0, n); return [...b]; };
+/** A message event at `offset`; a gap of `n` (null: unknown); a position. */
+const msg = (offset: number, ...payload: number[]) => u(0, ...be64(BigInt(offset)), ...payload);
+const gap = (n: number | null) => u(1, ...be64(n === null ? 0xffff_ffff_ffff_ffffn : BigInt(n)));
+const pos = (epoch: string, offset: number) => u(5, ...be64(BigInt("0x" + epoch)), ...be64(BigInt(offset)));
 const snapshot = (truncated: boolean, ...members: string[]) => {
   const parts = members.flatMap((m) => { const b = new TextEncoder().encode(m); return [b.length, ...b]; });
   return u(4, truncated ? 1 : 0, members.length >> 8, members.length & 0xff, ...parts);
 };
 
 test("topic events decode into typed objects", () => {
-  assert.deepEqual(decodeTopicEvent(u(0, 9, 8)), { type: "message", payload: u(9, 8) });
+  assert.deepEqual(decodeTopicEvent(msg(3, 9, 8)), { type: "message", offset: 3n, payload: u(9, 8) });
   assert.deepEqual(decodeTopicEvent(u(1, 0, 0, 0, 0, 0, 0, 1, 2)), { type: "gap", missed: 258n });
+  assert.deepEqual(decodeTopicEvent(gap(null)), { type: "gap", missed: null });
+  assert.deepEqual(decodeTopicEvent(pos("00000000c0ffee00", 7)), { type: "position", epoch: "00000000c0ffee00", offset: 7n });
   assert.deepEqual(decodeTopicEvent(u(2, 0x61)), { type: "join", member: "a" });
   assert.deepEqual(decodeTopicEvent(u(3, 0x62)), { type: "leave", member: "b" });
   assert.deepEqual(decodeTopicEvent(snapshot(true, "ann", "bo")), { type: "snapshot", truncated: true, members: ["ann", "bo"] });
-  assert.equal(decodeTopicEvent(u(5, 1, 2)), null, "unknown tags are ignored");
+  assert.equal(decodeTopicEvent(u(6, 1, 2)), null, "unknown tags are ignored");
 });
 
 test("malformed topic events are the server's fault", () => {
-  for (const bad of [u(), u(1, 0), u(2, 0xff), u(4, 0, 0, 2, 1, 0x61), u(4, 0, 0, 1, 1, 0x61, 0x62), u(4, 0)]) {
+  for (const bad of [u(), u(0, 1), u(1, 0), u(2, 0xff), u(4, 0, 0, 2, 1, 0x61), u(4, 0, 0, 1, 1, 0x61, 0x62), u(4, 0), u(5, 0)]) {
     assert.throws(() => decodeTopicEvent(bad), TopicEventError, `${[...bad]}`);
   }
 });
@@ -85,10 +95,68 @@ test("topic messages return credit as they are dispatched", async () => {
   await flush();
   ws.deliver({ type: "ACCEPT", session_id: 1, permissions: 2, max_message_size: 65536, rate: { messages_per_sec: 0, bytes_per_sec: 0, burst_messages: 0, burst_bytes: 0 } });
   await flush();
-  for (let i = 0; i < 64; i++) ws.deliver({ type: "DATA", session_id: 1, end: true, fin: false, payload: u(0, i) });
+  for (let i = 0; i < 64; i++) ws.deliver({ type: "DATA", session_id: 1, end: true, fin: false, payload: msg(i + 1, i) });
   await flush();
   assert.equal(n, 64);
   const credit = ws.frames().filter((f) => f.type === "CREDIT").reduce((a, f) => a + (f as { messages: number }).messages, 0);
   assert.equal(credit, 64, "every message read was returned");
   rc.close();
+});
+
+// ---- spec/vectors/topics/: the same files mux-tokio/tests/topic_vectors.rs reads ----------
+
+type Json = Record<string, unknown>;
+const topicVectors = (file: string) =>
+  (JSON.parse(readFileSync(join(SPEC_DIR, "vectors", "topics", file), "utf8")) as { vectors: Json[] }).vectors;
+
+/** An event in the vectors' JSON form (u64 as decimal strings, bytes as hex). */
+function eventJson(e: TopicEvent | null): Json {
+  if (!e) return { type: "unknown" };
+  switch (e.type) {
+    case "message": return { type: e.type, offset: String(e.offset), payload: hex(e.payload) };
+    case "gap": return { type: e.type, missed: e.missed === null ? null : String(e.missed) };
+    case "position": return { type: e.type, epoch: e.epoch, offset: String(e.offset) };
+    default: return { ...e };
+  }
+}
+
+test("topic event vectors: every event decodes as listed, every malformed one throws", () => {
+  const vectors = topicVectors("events.json");
+  assert.ok(vectors.length >= 20);
+  for (const v of vectors) {
+    const bytes = unhex(v.hex as string);
+    if (v.error) {
+      assert.equal(v.error, "malformed");
+      assert.throws(() => decodeTopicEvent(bytes), TopicEventError, v.name as string);
+      continue;
+    }
+    const expected = { ...(v.event as Json) };
+    if (expected.type === "unknown") delete expected.tag; // ignored: the decoder reports null
+    assert.deepEqual(eventJson(decodeTopicEvent(bytes)), expected, v.name as string);
+  }
+});
+
+test("topic kind vectors: kinds parse to their topic and position and print back", () => {
+  for (const v of topicVectors("kinds.json")) {
+    const kind = v.kind as string;
+    assert.equal(hex(new TextEncoder().encode(kind)), v.kind_hex, v.name as string);
+    if (v.error) {
+      assert.throws(() => parseTopicKind(kind), RangeError, v.name as string);
+      continue;
+    }
+    const { topic, resume } = parseTopicKind(kind);
+    assert.equal(topic, v.topic);
+    assert.deepEqual(resume && { epoch: resume.epoch, offset: String(resume.offset) }, v.resume, v.name as string);
+    assert.equal(topicKind(topic, resume), kind, `${v.name as string} prints back`);
+  }
+  assert.throws(() => topicKind("a\0b"), RangeError);
+  assert.throws(() => topicKind("t".repeat(218)), RangeError);
+});
+
+test("the position follows the events: a position sets it, a message its offset, a known gap adds", () => {
+  let p: StreamPosition | null = null;
+  p = advance(p, { type: "message", offset: 4n, payload: u() });
+  assert.equal(p, null, "no position before the first position event");
+  for (const e of [pos("00000000000000aa", 2), msg(3), gap(4), msg(8), gap(null), u(2, 0x61)]) p = advance(p, decodeTopicEvent(e)!);
+  assert.deepEqual(p, { epoch: "00000000000000aa", offset: 8n });
 });
