@@ -11,7 +11,8 @@
 //! Every message of a topic has an offset in the topic's stream, named by an [`Epoch`]. A
 //! client that reconnects opens the topic again with its last [`StreamPosition`] in the kind
 //! ([`TopicKind`]) and receives what it missed from the topic's bounded history, or one gap
-//! event with the exact count of what history no longer holds.
+//! event with the exact count of what history no longer holds. [`Client::subscribe`]
+//! (crate::Client::subscribe) does this across reconnects.
 //!
 //! # Server side
 //!
@@ -41,10 +42,12 @@ mod history;
 mod kind;
 mod local;
 mod queue;
+mod stream;
 
 pub use envelope::{decode, MalformedEvent, TopicEvent};
 pub use kind::{KindError, TopicKind, MAX_TOPIC_LEN};
 pub use local::{LocalHub, Subscription};
+pub use stream::{TopicStream, TopicStreamError};
 
 use std::fmt;
 use std::time::Duration;
@@ -320,6 +323,7 @@ pub enum HubError {
 /// the local stream then has the broker's epoch (a fresh subscriber starts at the broker's
 /// position, not at a node-local one), and the local attach replays the backlog,
 /// deduplicated against what arrives live, with the same gap accounting as in one process.
+/// `tests/topic_nodes.rs` is such a hub over a stand-in broker.
 pub trait Hub: Send + Sync + 'static {
     /// Queues `message` for every current subscriber of `topic`, encoded once and shared,
     /// and reports the message's position in the topic's stream. Never waits for a
