@@ -1,5 +1,7 @@
 // Topic events (spec/topics.md#events, version 2) decoded into typed objects, a presence set,
-// and the stream position a subscriber resumes from (spec/topics.md#resuming).
+// and subscriptions that resume from their stream position after a reconnect
+// (spec/topics.md#resuming).
+import type { DurableSession, ReconnectingClient } from "./driver/reconnect.js";
 
 export type TopicEvent =
   | { type: "message"; offset: bigint; payload: Uint8Array }
@@ -136,7 +138,7 @@ export interface TopicEvents {
 /**
  * Decodes a (durable) session's messages as topic events: `event` events carry them, and
  * `presence` follows the snapshots, joins and leaves across reconnects. A malformed event is
- * an `error` event.
+ * an `error` event. To resume after a reconnect, use `subscribeTopic`.
  */
 export function topicEvents(source: TopicSource, from: StreamPosition | null = null): TopicEvents {
   const presence = new Presence();
@@ -154,4 +156,23 @@ export function topicEvents(source: TopicSource, from: StreamPosition | null = n
     events.dispatchEvent(new CustomEvent("event", { detail: ev }));
   });
   return state;
+}
+
+/** A topic subscription that resumes after reconnects: its durable session and its events. */
+export interface TopicSubscription extends TopicEvents { readonly session: DurableSession }
+
+/**
+ * Subscribes to `topic` on a reconnecting client. Every re-open (after a reconnect, or after
+ * the server dropped a slow consumer with 4008) opens the kind `topic`, U+0000, `epoch:offset`
+ * of the current position, so the server replays what was missed: the events continue with no
+ * duplicate, and a gap only where the server's history lost messages (spec/topics.md#resuming).
+ * `from` resumes a position saved earlier (another page load).
+ */
+export function subscribeTopic(rc: ReconnectingClient, topic: string, opts: { auth?: Uint8Array | string; from?: StreamPosition } = {}): TopicSubscription {
+  topicKind(topic);
+  let state: TopicEvents | null = null;
+  const session = rc.session(topic, { auth: opts.auth, openKind: () => topicKind(topic, state?.position ?? opts.from) });
+  state = topicEvents(session, opts.from ?? null);
+  const s = state;
+  return { session, presence: s.presence, events: s.events, get position() { return s.position; } };
 }
