@@ -434,3 +434,55 @@ async fn a_malformed_resume_kind_is_refused_and_subscribes_nothing() {
         Err(mux_tokio::topic::TopicStreamError::InvalidTopic(_))
     ));
 }
+
+/// The hand-over from the history to live messages, and an attach, under publishes from
+/// another thread: a subscriber kicked mid-stream, while the second half is published,
+/// still reads every offset exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_racing_concurrent_publishes_delivers_every_message_once() {
+    const TOTAL: u64 = 3000;
+    let mut n = node(
+        history(5000),
+        SubscribeOptions::default(),
+        Default::default(),
+    )
+    .await;
+    let client = client(n.addr).await;
+    let (mut news, _sub, _session, start) = subscribe(&mut n, &client).await;
+    assert_eq!(start.offset, 0);
+    let hub = n.hub();
+    // Half before the kick; the other half once it happened, racing the re-subscription.
+    let (kick_done, wait_kick) = std::sync::mpsc::channel::<()>();
+    let publisher = std::thread::spawn(move || {
+        for i in 1..=TOTAL {
+            if i == TOTAL / 2 + 1 {
+                wait_kick.recv().unwrap();
+            }
+            hub.publish("news", Bytes::from(i.to_be_bytes().to_vec()));
+        }
+    });
+    let mut got = Vec::new();
+    let mut kicked = false;
+    while got.last() != Some(&TOTAL) {
+        match news.next().await.unwrap() {
+            event @ TopicEvent::Message { .. } => got.extend(offsets(&[event])),
+            TopicEvent::Position(p) => assert_eq!(p.epoch, start.epoch),
+            other => panic!("unexpected {other:?} after {:?}", got.last()),
+        }
+        if !kicked && got.len() == 500 {
+            // Publishing goes on meanwhile.
+            for c in n.handle.connections() {
+                c.close(CloseCode::TRY_AGAIN_LATER, "kicked").await;
+            }
+            kick_done.send(()).unwrap();
+            kicked = true;
+        }
+    }
+    publisher.join().unwrap();
+    assert!(kicked);
+    assert_eq!(
+        got,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
+}
