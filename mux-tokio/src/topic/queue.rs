@@ -16,8 +16,10 @@ use super::{Epoch, SlowConsumerPolicy};
 pub(crate) enum Item {
     /// A live message: its offset and its encoded event.
     Message { offset: u64, event: Bytes },
-    /// An event that is not a message (position, gap of unknown count, presence). Only
-    /// presence events may be dropped.
+    /// Where the subscriber starts: the position event, and a gap of unknown count. Never
+    /// dropped for room; a later restart replaces it.
+    Start(Bytes),
+    /// A presence event (join, leave, snapshot). Only joins and leaves may be dropped.
     Event { event: Bytes, droppable: bool },
     /// The stream restarted in another epoch: the subscriber moves there.
     Restart { epoch: Epoch, next: u64, until: u64 },
@@ -25,14 +27,8 @@ pub(crate) enum Item {
 
 /// The items a subscription or a restarted stream begins with (spec/topics.md#resuming).
 pub(crate) fn start_items(start: Start) -> impl Iterator<Item = Item> {
-    let position = Item::Event {
-        event: envelope::position(start.position),
-        droppable: false,
-    };
-    let unknown = start.unknown_gap.then(|| Item::Event {
-        event: envelope::gap(None),
-        droppable: false,
-    });
+    let position = Item::Start(envelope::position(start.position));
+    let unknown = start.unknown_gap.then(|| Item::Start(envelope::gap(None)));
     std::iter::once(position).chain(unknown)
 }
 
@@ -48,7 +44,7 @@ pub(crate) enum Offer {
 /// What sending the item `peek` returned does to the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// The front item (an event) was sent.
+    /// The front item (a start or presence event) was sent.
     Front,
     /// The front item, message `offset`, was sent.
     Message(u64),
@@ -113,16 +109,23 @@ impl Queue {
         if self.closed || self.overflowed {
             return Offer::Gone;
         }
-        // A restart is not the subscriber's backlog: it always has a place.
-        if self.items.len() < self.capacity || matches!(item, Item::Restart { .. }) {
+        // A restart voids what is queued from the old stream (its messages, its start): the
+        // gap of unknown count that follows covers them. So restarts never pile up.
+        if matches!(item, Item::Restart { .. }) {
+            self.items.retain(|i| matches!(i, Item::Event { .. }));
+            self.items.push_back(item);
+            return Offer::Queued;
+        }
+        if self.items.len() < self.capacity {
             self.items.push_back(item);
             return Offer::Queued;
         }
         match policy {
             SlowConsumerPolicy::DropOldest => {
                 // The oldest message first: it can still come from the history, or it
-                // becomes a gap. Then a presence event. The start events are never dropped:
-                // they are at most three, so the queue exceeds its bound by that at most.
+                // becomes a gap. Then a join or leave. The start events and the snapshot are
+                // never dropped: with the restart mark they are at most four, so the queue
+                // exceeds its bound by that at most.
                 let oldest = self
                     .items
                     .iter()
@@ -170,7 +173,9 @@ impl Queue {
                     self.items.pop_front();
                     continue;
                 }
-                Some(Item::Event { event, .. }) => return Some((event.clone(), Step::Front)),
+                Some(Item::Start(event) | Item::Event { event, .. }) => {
+                    return Some((event.clone(), Step::Front));
+                }
                 // Already delivered from the history: drop the live copy.
                 Some(Item::Message { offset, .. }) if *offset < next => {
                     self.items.pop_front();
@@ -200,5 +205,113 @@ impl Queue {
             Step::Replayed => self.next = self.next.saturating_add(1),
             Step::Skipped(n) => self.next = self.next.saturating_add(n),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+mod tests {
+    use super::*;
+    use crate::topic::{decode, StreamPosition, TopicEvent};
+
+    fn message(offset: u64) -> Item {
+        Item::Message {
+            offset,
+            event: envelope::message(offset, b"m"),
+        }
+    }
+
+    fn restart(epoch: u64) -> Vec<Item> {
+        let start = Start {
+            position: StreamPosition::new(Epoch::new(epoch), 0),
+            unknown_gap: true,
+            next: 1,
+            until: 0,
+        };
+        let mark = Item::Restart {
+            epoch: start.position.epoch,
+            next: start.next,
+            until: start.until,
+        };
+        std::iter::once(mark).chain(start_items(start)).collect()
+    }
+
+    /// Sends everything `peek` gives, with no history; the events decoded.
+    fn drain(q: &mut Queue) -> Vec<TopicEvent> {
+        let mut out = Vec::new();
+        while let Some((bytes, step)) =
+            q.peek(&mut |_, next, until| (next <= until).then(|| Fill::Gap(until + 1 - next)))
+        {
+            out.push(decode(&bytes).unwrap());
+            q.advance(step);
+        }
+        out
+    }
+
+    #[test]
+    fn restarts_replace_what_the_old_stream_queued_and_never_pile_up() {
+        let mut q = Queue::new(4);
+        q.begin(Start {
+            position: StreamPosition::new(Epoch::new(1), 0),
+            unknown_gap: false,
+            next: 1,
+            until: 0,
+        });
+        for offset in 1..=10 {
+            q.offer(message(offset), SlowConsumerPolicy::DropOldest);
+        }
+        assert!(q.len() <= 4 + 1, "{}", q.len());
+        for epoch in 2..100 {
+            for item in restart(epoch) {
+                q.offer(item, SlowConsumerPolicy::DropOldest);
+            }
+            assert!(q.len() <= 4, "{} after restart {epoch}", q.len());
+        }
+        q.offer(message(1), SlowConsumerPolicy::DropOldest);
+        assert_eq!(
+            drain(&mut q),
+            vec![
+                TopicEvent::Position(StreamPosition::new(Epoch::new(99), 0)),
+                TopicEvent::Gap(None),
+                TopicEvent::Message {
+                    offset: 1,
+                    payload: Bytes::from_static(b"m")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn dropped_messages_become_one_gap_before_the_next_one() {
+        let mut q = Queue::new(3);
+        q.begin(Start {
+            position: StreamPosition::new(Epoch::new(1), 0),
+            unknown_gap: false,
+            next: 1,
+            until: 0,
+        });
+        let mut dropped = 0;
+        for offset in 1..=10 {
+            dropped += usize::from(
+                q.offer(message(offset), SlowConsumerPolicy::DropOldest) == Offer::Dropped,
+            );
+        }
+        let events = drain(&mut q);
+        // The position holds one of the three places; 1 to 8 were dropped for 9 and 10.
+        assert_eq!(events[1], TopicEvent::Gap(Some(8)));
+        assert_eq!(dropped, 8);
+        let offsets: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                TopicEvent::Message { offset, .. } => Some(*offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offsets, vec![9, 10]);
     }
 }
