@@ -35,7 +35,7 @@ async fn subscriber(mut session: Session, total: u32, delivered: Arc<AtomicU64>)
         else {
             break;
         };
-        if let Some(TopicEvent::Message(body)) = decode(&m) {
+        if let Ok(TopicEvent::Message { payload: body, .. }) = decode(&m) {
             let seq = body
                 .get(8..12)
                 .and_then(|s| s.try_into().ok())
