@@ -82,6 +82,12 @@ pub async fn start(
     let config = ServerConfig::default()
         .origins(OriginPolicy::allow(["http://localhost"]).allow_missing(true))
         .connection_limits(20_000, 20_000, 20_000)
+        // Every connection of a run comes from one address (or one proxy) and principal.
+        .handshake_rate(mux_tokio::HandshakeRate {
+            per_second: 0,
+            burst: 0,
+        })
+        .quotas(mux_tokio::quota::QuotaPolicy::none())
         .protocol(protocol());
     let mut config = config;
     config.accept_queue = 16_384;

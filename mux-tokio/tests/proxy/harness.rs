@@ -46,7 +46,8 @@ pub struct Options {
     /// Exact text replacements applied after the placeholders (shorter timeouts, say);
     /// each `from` must occur exactly once in the file.
     pub overrides: Vec<(String, String)>,
-    /// Connections the proxy may hold at once, both sides counted.
+    /// Connections the proxy may hold at once, both sides counted (a proxied client is
+    /// two: nginx's `worker_connections`, HAProxy's `maxconn` counts clients only).
     pub max_connections: usize,
 }
 
@@ -256,7 +257,7 @@ impl Drop for Proxy {
 fn nginx_main(dir: &Path, site: &str, options: &Options) -> String {
     let d = dir.display();
     let connections = options.max_connections.max(64);
-    let files = connections.saturating_mul(2).saturating_add(64);
+    let files = connections.saturating_add(64);
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile {files};\n\
          pid {d}/nginx.pid;\nerror_log {d}/error.log notice;\n\
