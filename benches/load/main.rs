@@ -23,6 +23,7 @@ mod compare;
 mod echo;
 mod flood;
 mod idle;
+mod scale;
 mod server;
 mod sys;
 mod topics;
@@ -73,6 +74,31 @@ enum Mode {
     Attack(AttackArgs),
     /// Runs a server on 127.0.0.1 and prints `pid=<pid> port=<port> alloc=<allocator>`.
     Serve(ServeArgs),
+    /// N connections through nginx (deploy/nginx.conf, TLS) to two nodes at 10 Hz each:
+    /// delivered rate, round trip p50/p99, resident memory per connection.
+    Scale(ScaleArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ScaleArgs {
+    /// Connections, one session each (nginx holds two descriptors per connection).
+    #[arg(short = 'n', long, default_value_t = 5_000)]
+    connections: usize,
+    /// Messages per second per session.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// Measured seconds (after connecting and a 2 s warm-up).
+    #[arg(short = 'd', long, default_value_t = 20.0)]
+    duration: f64,
+    /// Worker threads of each node.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Worker threads of the client runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Where the server is.
@@ -318,6 +344,7 @@ fn main() {
         Some(Mode::Topics(args)) => topics::main(args),
         Some(Mode::Compare(args)) => compare::main(args),
         Some(Mode::Attack(args)) => attack::main(args),
+        Some(Mode::Scale(args)) => scale::main(args),
         Some(Mode::Serve(args)) => server::serve_main(
             args.port,
             server::Options {

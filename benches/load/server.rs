@@ -92,6 +92,12 @@ pub async fn start(
         let mut config = ServerConfig::default()
             .origins(origins)
             .connection_limits(20_000, 20_000, 20_000)
+            // Every connection of a run comes from one address (or one proxy) and principal.
+            .handshake_rate(mux_tokio::HandshakeRate {
+                per_second: 0,
+                burst: 0,
+            })
+            .quotas(mux_tokio::quota::QuotaPolicy::none())
             .protocol(protocol());
         config.accept_queue = 16_384;
         config

@@ -153,7 +153,7 @@ impl Connection {
             .recv
             .queue
             .iter()
-            .map(Bytes::len)
+            .map(|(m, _)| m.len())
             .chain(std::iter::once(session.recv.partial_len()))
             .any(|len| len > usize::try_from(max_message).unwrap_or(usize::MAX));
         let early_fin = session.recv.fin;
@@ -292,7 +292,7 @@ impl Connection {
         if session.phase != Phase::Open {
             return None;
         }
-        let message = session.recv.queue.pop_front()?;
+        let (message, _) = session.recv.queue.pop_front()?;
         let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
         session.recv.queued_bytes = session.recv.queued_bytes.saturating_sub(u64::from(len));
         session.recv.unannounced = session

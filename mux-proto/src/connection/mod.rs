@@ -248,6 +248,16 @@ impl Connection {
         self.sessions.get(id).map(Session::snapshot)
     }
 
+    /// When the message [`recv`](Self::recv) would return next for `id` arrived (its last
+    /// frame), if there is one: the driver subtracts it from `now` to observe how long
+    /// received messages wait for the application.
+    pub fn recv_queued_since(&self, id: SessionId) -> Option<Timestamp> {
+        let session = self.sessions.get(id)?;
+        (session.phase == Phase::Open)
+            .then(|| session.recv.queue.front().map(|(_, at)| *at))
+            .flatten()
+    }
+
     /// A live session's phase.
     pub fn session_phase(&self, id: SessionId) -> Option<Phase> {
         self.sessions.get(id).map(|s| s.phase)

@@ -585,7 +585,7 @@ impl Connection {
         let mut readable = false;
         if let Some(message) = completed {
             readable = session.recv.queue.is_empty() && session.phase == Phase::Open;
-            session.recv.queue.push_back(message);
+            session.recv.queue.push_back((message, now));
             session.stats.messages_received = session.stats.messages_received.saturating_add(1);
             self.stats.messages_received = self.stats.messages_received.saturating_add(1);
         }

@@ -266,11 +266,11 @@ where
     let client = forwarded_client(&request, peer, shared)?;
     let hs = check_request_for(&request, client.0, shared).map_err(Refused::Status)?;
     *stage = Stage::Authenticating;
-    let principal = shared
-        .authenticator
-        .authenticate(&hs)
-        .await
-        .map_err(|_| Refused::Status(401))?;
+    let mut clock = crate::observe::Stopwatch::default();
+    clock.start();
+    let principal = shared.authenticator.authenticate(&hs).await;
+    crate::observe::authenticated(&mut clock, principal.is_ok());
+    let principal = principal.map_err(|_| Refused::Status(401))?;
     // Per principal across connections and reconnects (and nodes, with a shared store).
     if config.quotas.kinds.handshakes {
         let key = QuotaKey::Principal(principal.id.clone());
