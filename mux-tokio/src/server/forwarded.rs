@@ -59,29 +59,43 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Which header the trusted proxies write the client's address into; the other one is
+/// ignored, since a proxy that does not write it may pass on what the client sent (cloud
+/// load balancers pass a client's own `Forwarded` through unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For`, which nginx, HAProxy, AWS ALB and Google Cloud load balancers
+    /// append to. The default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), for proxies configured to write it.
+    Forwarded,
+}
+
 /// Why the forwarding headers could not name a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Malformed;
 
 /// The client's address: the TCP peer unless it is a trusted proxy, in which case the
-/// rightmost untrusted hop of `Forwarded` (preferred) or `X-Forwarded-For`. A trusted peer
-/// that sent neither header is the client itself (a health check, say). A hop that does
-/// not parse where the client should be is [`Malformed`] (answered 400).
+/// rightmost untrusted hop of the header the proxies write. A trusted peer that sent no
+/// such header is the client itself (a health check, say). A hop that does not parse where
+/// the client should be is [`Malformed`] (answered 400).
 pub(crate) fn client_address(
     peer: SocketAddr,
     headers: &HeaderMap,
     trusted: &[IpCidr],
+    header: ForwardedHeader,
 ) -> Result<SocketAddr, Malformed> {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
     if !is_trusted(peer.ip()) {
         return Ok(peer);
     }
-    let hops = if headers.contains_key("forwarded") {
-        forwarded_hops(headers)?
-    } else if headers.contains_key("x-forwarded-for") {
-        x_forwarded_for_hops(headers)
-    } else {
-        return Ok(peer);
+    let hops = match header {
+        ForwardedHeader::Forwarded if headers.contains_key("forwarded") => forwarded_hops(headers)?,
+        ForwardedHeader::XForwardedFor if headers.contains_key("x-forwarded-for") => {
+            x_forwarded_for_hops(headers)
+        }
+        _ => return Ok(peer),
     };
     // Walk from the proxy nearest to us outwards, past our own proxies.
     for hop in hops.iter().rev() {
@@ -181,6 +195,20 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The header the request carries decides which one is configured, for brevity.
+    fn client_address(
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        trusted: &[IpCidr],
+    ) -> Result<SocketAddr, Malformed> {
+        let header = if headers.contains_key("forwarded") {
+            ForwardedHeader::Forwarded
+        } else {
+            ForwardedHeader::XForwardedFor
+        };
+        super::client_address(peer, headers, trusted, header)
+    }
+
     const PROXY: &str = "10.1.2.3:5000";
 
     #[test]
@@ -210,6 +238,25 @@ mod tests {
     }
 
     #[test]
+    fn only_the_configured_header_is_read() {
+        let proxy: SocketAddr = PROXY.parse().unwrap();
+        // A cloud load balancer appends to X-Forwarded-For and passes the client's own
+        // Forwarded through: with the default, that Forwarded is ignored.
+        let h = headers(&[
+            ("forwarded", "for=6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        let xff = super::client_address(proxy, &h, &trusted(), ForwardedHeader::default());
+        assert_eq!(xff, Ok("198.51.100.7:0".parse().unwrap()));
+        let fwd = super::client_address(proxy, &h, &trusted(), ForwardedHeader::Forwarded);
+        assert_eq!(fwd, Ok("6.6.6.6:0".parse().unwrap()));
+        let only_fwd = headers(&[("forwarded", "for=6.6.6.6")]);
+        let ignored =
+            super::client_address(proxy, &only_fwd, &trusted(), ForwardedHeader::XForwardedFor);
+        assert_eq!(ignored, Ok(proxy));
+    }
+
+    #[test]
     fn the_rightmost_untrusted_hop_is_the_client() {
         let proxy: SocketAddr = PROXY.parse().unwrap();
         let cases = [
@@ -233,7 +280,7 @@ mod tests {
                 ],
                 "198.51.100.7:0",
             ),
-            // Forwarded wins over X-Forwarded-For, with ports and IPv6.
+            // Forwarded (when configured), with ports and IPv6.
             (
                 vec![
                     ("x-forwarded-for", "6.6.6.6"),

@@ -29,7 +29,7 @@ pub use handshake::{
     TOKEN_PROTOCOL_PREFIX,
 };
 
-pub use forwarded::IpCidr;
+pub use forwarded::{ForwardedHeader, IpCidr};
 pub use rate::HandshakeRate;
 pub(crate) use rate::KeyedRate;
 
@@ -125,6 +125,10 @@ pub struct ServerConfig {
     /// logs use it. A trusted peer whose headers name no readable client is answered 400.
     /// Default: none (every peer is the client).
     pub trusted_proxies: Vec<IpCidr>,
+    /// The header the trusted proxies write the client into; the other is ignored (a
+    /// proxy passes on what the client put in a header it does not write itself).
+    /// Default `X-Forwarded-For` (nginx, HAProxy, AWS ALB, Google Cloud).
+    pub forwarded_header: ForwardedHeader,
     /// Answer `GET /healthz` (200 while the process serves) and `GET /readyz` (503 while
     /// draining, shutting down or refusing handshakes for memory) on the server's own port,
     /// before any upgrade: for Kubernetes probes and load balancers. Default on.
@@ -155,6 +159,7 @@ impl Default for ServerConfig {
             },
             quotas: QuotaPolicy::default(),
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             health_checks: true,
         }
     }

@@ -317,8 +317,13 @@ pub(super) fn forwarded_client_for(
     if !shared.is_trusted_proxy(peer.ip()) {
         return Ok((peer, None));
     }
-    let client =
-        forwarded::client_address(peer, &request.headers, trusted).map_err(|_| (400, 0))?;
+    let client = forwarded::client_address(
+        peer,
+        &request.headers,
+        trusted,
+        shared.config.forwarded_header,
+    )
+    .map_err(|_| (400, 0))?;
     let rate = lock(&shared.handshake_rate).check(client.ip(), tokio::time::Instant::now());
     if let Err(wait) = rate {
         return Err((429, whole_seconds(wait)));
