@@ -188,6 +188,13 @@ async fn worker(
     latency
 }
 
+/// The load runs' client configuration: no reconnects, the load protocol limits.
+pub fn client_config() -> ClientConfig {
+    ClientConfig::default()
+        .reconnect(false)
+        .protocol(server::protocol())
+}
+
 /// Connects `connections` clients with `sessions` sessions each (64 connects at a time).
 pub async fn connect_all(
     url: &str,
@@ -195,17 +202,26 @@ pub async fn connect_all(
     sessions: usize,
     kind: &str,
 ) -> Result<Vec<(Client, Vec<Session>)>, String> {
+    connect_all_with(url, connections, sessions, kind, client_config()).await
+}
+
+/// [`connect_all`] with a client configuration of the caller's (TLS, say).
+pub async fn connect_all_with(
+    url: &str,
+    connections: usize,
+    sessions: usize,
+    kind: &str,
+    config: ClientConfig,
+) -> Result<Vec<(Client, Vec<Session>)>, String> {
     let gate = Arc::new(Semaphore::new(64));
     let mut set = JoinSet::new();
     for _ in 0..connections {
         let gate = gate.clone();
         let url = url.to_owned();
         let kind = kind.to_owned();
+        let config = config.clone();
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
-            let config = ClientConfig::default()
-                .reconnect(false)
-                .protocol(server::protocol());
             let mut client = Client::connect(&url, config)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
@@ -235,7 +251,18 @@ pub async fn run(
     shape: Shape,
     bar: &indicatif::ProgressBar,
 ) -> Result<Outcome, String> {
-    let clients = connect_all(url, shape.connections, shape.sessions, "echo").await?;
+    run_with(url, client_config(), server_pid, shape, bar).await
+}
+
+/// [`run`] with a client configuration of the caller's.
+pub async fn run_with(
+    url: &str,
+    config: ClientConfig,
+    server_pid: Option<u32>,
+    shape: Shape,
+    bar: &indicatif::ProgressBar,
+) -> Result<Outcome, String> {
+    let clients = connect_all_with(url, shape.connections, shape.sessions, "echo", config).await?;
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = JoinSet::new();

@@ -62,6 +62,7 @@ pub fn main(args: P7Args) -> Result<(), String> {
                 crate::server::Options {
                     hold: true,
                     read_buffer: args.read_buffer,
+                    ..crate::server::Options::default()
                 },
                 1,
             )?;

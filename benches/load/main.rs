@@ -12,16 +12,20 @@
 //! across two nodes through Redis, against one node, side by side), and `serve` (a server in this
 //! process, for the client modes' `--url` and `--server-pid`), and `compare` (issue 16:
 //! mux-tokio vs yamux over one WebSocket vs one WebSocket per session vs raw TCP, through
-//! the public APIs on loopback, alternating).
+//! the public APIs on loopback, alternating), and `attack` (the threat catalogue's attacks
+//! against a `serve` child with the library's defaults: the server's RSS and an honest
+//! client's latency during and after each, and how each attacker was cut).
 //!
 //! Every loop is bounded in count and time, every address is loopback, and a `--url` that
 //! is not a loopback address is refused.
 
+mod attack;
 mod compare;
 mod echo;
 mod flood;
 mod idle;
 mod redis_topics;
+mod scale;
 mod server;
 mod sys;
 mod topics;
@@ -70,8 +74,36 @@ enum Mode {
     /// Issue 16: mux-tokio vs yamux over one WebSocket vs a WebSocket per session (and raw
     /// TCP for bulk), public APIs on loopback, alternating rounds, ratios.
     Compare(CompareArgs),
-    /// Runs a server on 127.0.0.1 and prints `pid=<pid> port=<port>`.
+    /// The threat catalogue's attacks against a server with the library's defaults (in a
+    /// child process): its RSS and an honest client's echo latency during and after each.
+    Attack(AttackArgs),
+    /// Runs a server on 127.0.0.1 and prints `pid=<pid> port=<port> alloc=<allocator>`.
     Serve(ServeArgs),
+    /// N connections through nginx (deploy/nginx.conf, TLS) to two nodes at 10 Hz each:
+    /// delivered rate, round trip p50/p99, resident memory per connection.
+    Scale(ScaleArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ScaleArgs {
+    /// Connections, one session each (nginx holds two descriptors per connection).
+    #[arg(short = 'n', long, default_value_t = 5_000)]
+    connections: usize,
+    /// Messages per second per session.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// Measured seconds (after connecting and a 2 s warm-up).
+    #[arg(short = 'd', long, default_value_t = 20.0)]
+    duration: f64,
+    /// Worker threads of each node.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Worker threads of the client runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Where the server is.
@@ -269,6 +301,47 @@ pub struct CompareArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct AttackArgs {
+    /// Run only the attacks whose names contain one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Seconds each attack runs (a flood), or each attacking connection is held at most
+    /// (default: each attack's own, 4-13 s).
+    #[arg(short = 'd', long)]
+    duration: Option<f64>,
+    /// Attackers per attack (default: each attack's own; sockets for slowloris and
+    /// conn-flood).
+    #[arg(long)]
+    attackers: Option<usize>,
+    /// Seconds of the victim's unloaded measurement.
+    #[arg(long, default_value_t = 3.0)]
+    unloaded: f64,
+    /// Seconds the server is watched after each attack's connections are gone.
+    #[arg(long, default_value_t = 10.0)]
+    after: f64,
+    /// The server's allocator: glibc-trim (glibc with malloc_trim(0) every --trim-ms, what
+    /// BENCHMARKS.md A1 chose), glibc, jemalloc, mimalloc (the last two need the
+    /// alloc-jemalloc / alloc-mimalloc features).
+    #[arg(long, default_value = "glibc-trim")]
+    allocator: String,
+    /// Milliseconds between malloc_trim(0) calls with `--allocator glibc-trim`.
+    #[arg(long, default_value_t = 1000)]
+    trim_ms: u64,
+    /// Worker threads of the server's runtime.
+    #[arg(long, default_value_t = 1)]
+    server_threads: usize,
+    /// Victim echoes per second (64 B, one in flight, over 2 connections x 2 sessions).
+    #[arg(long, default_value_t = 500)]
+    victim_rate: u32,
+    /// One JSON object per attack on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// List the attacks and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Port on 127.0.0.1 (0: any).
     #[arg(long, default_value_t = 0)]
@@ -285,6 +358,13 @@ pub struct ServeArgs {
     /// Exit after this many seconds at most (or when stdin closes).
     #[arg(long, default_value_t = 1800)]
     lifetime: u64,
+    /// The library's default limits (ServerConfig and mux_proto::Config defaults; only
+    /// the Origin policy set) instead of the load runs' lifted ones.
+    #[arg(long)]
+    defaults: bool,
+    /// Call glibc's malloc_trim(0) every this many milliseconds.
+    #[arg(long)]
+    trim_ms: Option<u64>,
 }
 
 /// Longest run any option may ask for.
@@ -301,11 +381,17 @@ fn main() {
         Some(Mode::Topics(args)) => topics::main(args),
         Some(Mode::TopicsRedis(args)) => redis_topics::main(args),
         Some(Mode::Compare(args)) => compare::main(args),
+        Some(Mode::Attack(args)) => attack::main(args),
+        Some(Mode::Scale(args)) => scale::main(args),
         Some(Mode::Serve(args)) => server::serve_main(
             args.port,
             server::Options {
                 hold: args.hold,
                 read_buffer: args.read_buffer,
+                defaults: args.defaults,
+                trim_every: args
+                    .trim_ms
+                    .map(|ms| Duration::from_millis(ms.clamp(10, 600_000))),
             },
             args.threads,
             Duration::from_secs(args.lifetime.min(24 * 3600)),

@@ -69,6 +69,12 @@ pub struct Options {
     pub hold: bool,
     /// tungstenite's per-connection read buffer (default: ServerConfig's, 8 KiB).
     pub read_buffer: Option<usize>,
+    /// The library's defaults (`ServerConfig::default()` and `mux_proto::Config::default()`,
+    /// only the Origin policy set) instead of the load runs' lifted limits: what an attack
+    /// meets on a server configured as shipped.
+    pub defaults: bool,
+    /// `serve` only: return freed heap to the OS with glibc's `malloc_trim(0)` this often.
+    pub trim_every: Option<Duration>,
 }
 
 /// Starts a server on `addr` (which must be loopback) on the current runtime.
@@ -79,16 +85,23 @@ pub async fn start(
 ) -> std::io::Result<Running> {
     let hold = options.hold;
     assert!(addr.ip().is_loopback(), "the load tool binds loopback only");
-    let config = ServerConfig::default()
-        .origins(OriginPolicy::allow(["http://localhost"]).allow_missing(true))
-        .connection_limits(20_000, 20_000, 20_000)
-        .protocol(protocol());
-    let mut config = config;
-    config.accept_queue = 16_384;
-    // A load generator connects thousands of times from one address as one principal: the
-    // per-address handshake rate and the per-principal quotas would refuse it (429).
-    config.handshake_rate_per_ip = mux_tokio::HandshakeRate::UNLIMITED;
-    config.quotas = mux_tokio::quota::QuotaPolicy::none();
+    let origins = OriginPolicy::allow(["http://localhost"]).allow_missing(true);
+    let mut config = if options.defaults {
+        ServerConfig::default().origins(origins)
+    } else {
+        let mut config = ServerConfig::default()
+            .origins(origins)
+            .connection_limits(20_000, 20_000, 20_000)
+            // Every connection of a run comes from one address (or one proxy) and principal.
+            .handshake_rate(mux_tokio::HandshakeRate {
+                per_second: 0,
+                burst: 0,
+            })
+            .quotas(mux_tokio::quota::QuotaPolicy::none())
+            .protocol(protocol());
+        config.accept_queue = 16_384;
+        config
+    };
     if let Some(size) = options.read_buffer {
         config.read_buffer_size = size.clamp(256, 1 << 20);
     }
@@ -140,8 +153,10 @@ async fn serve_session(mut session: Session, hub: Option<LocalHub>) {
 }
 
 /// `mux-load serve`: prints `pid=<pid> port=<port>`, then answers `stats` lines on stdin
-/// with `rss=<bytes> heap=<live heap bytes> conns=<n> sessions=<held>` (after returning freed heap to the OS) until
-/// stdin closes or `lifetime` passes.
+/// with `rss=<bytes> heap=<live heap bytes> conns=<n> sessions=<held>` (after returning
+/// freed heap to the OS), and `peek` lines with the same as they are (nothing returned
+/// first), until stdin closes or `lifetime` passes. With `trim_every`, a thread calls
+/// glibc's `malloc_trim(0)` that often and its cost is printed on stderr at exit.
 pub fn serve_main(
     port: u16,
     options: Options,
@@ -160,23 +175,51 @@ pub fn serve_main(
             None,
         ))
         .map_err(|e| format!("bind: {e}"))?;
-    println!("pid={} port={}", std::process::id(), running.addr.port());
+    println!(
+        "pid={} port={} alloc={}",
+        std::process::id(),
+        running.addr.port(),
+        sys::allocator()
+    );
     let _ = std::io::stdout().flush();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let held = running.held.clone();
     let handle = running.handle.clone();
+    let trimmer = options.trim_every.map(|every| {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let (mut calls, mut total, mut longest) = (0u32, Duration::ZERO, Duration::ZERO);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(every)
+            {
+                let started = std::time::Instant::now();
+                sys::trim();
+                let took = started.elapsed();
+                calls += 1;
+                total += took;
+                longest = longest.max(took);
+            }
+            eprintln!(
+                "serve: malloc_trim(0) every {every:?}: {calls} calls, {total:?} in all, longest {longest:?}"
+            );
+        });
+        (stop_tx, thread)
+    });
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         for line in stdin.lock().lines() {
             let Ok(line) = line else { break };
-            if line.trim() == "stats" {
+            let command = line.trim();
+            if command == "stats" || command == "peek" {
                 let sessions = {
                     let mut held = lock(&held);
                     held.retain(|s| s.close_reason().is_none());
                     held.shrink_to_fit();
                     held.len()
                 };
-                sys::trim();
+                if command == "stats" {
+                    sys::trim();
+                }
                 let rss = sys::rss("self").unwrap_or(0);
                 let conns = handle.stats().connections;
                 let heap = sys::live_heap();
@@ -189,6 +232,10 @@ pub fn serve_main(
     let _ = done_rx.recv_timeout(lifetime);
     drop(running);
     rt.shutdown_timeout(Duration::from_secs(2));
+    if let Some((stop, thread)) = trimmer {
+        drop(stop);
+        let _ = thread.join();
+    }
     Ok(())
 }
 
@@ -199,6 +246,8 @@ pub struct ChildServer {
     stdout: std::io::BufReader<ChildStdout>,
     pub pid: u32,
     pub port: u16,
+    /// The allocator the child runs with (its banner's `alloc=`).
+    pub allocator: String,
 }
 
 /// What a `serve` child reports.
@@ -214,11 +263,28 @@ pub struct ChildStats {
 impl ChildServer {
     /// Spawns `mux-load serve --port 0 [--hold]` and reads its pid and port.
     pub fn spawn(options: Options, threads: usize) -> Result<ChildServer, String> {
+        ChildServer::spawn_with(options, threads, &[])
+    }
+
+    /// [`ChildServer::spawn`] with environment variables set for the child (such as
+    /// `MUX_LOAD_ALLOCATOR`, read before its first allocation).
+    pub fn spawn_with(
+        options: Options,
+        threads: usize,
+        env: &[(&str, &str)],
+    ) -> Result<ChildServer, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--port", "0", "--threads", &threads.to_string()]);
+        cmd.envs(env.iter().copied());
         if options.hold {
             cmd.arg("--hold");
+        }
+        if options.defaults {
+            cmd.arg("--defaults");
+        }
+        if let Some(every) = options.trim_every {
+            cmd.args(["--trim-ms", &every.as_millis().to_string()]);
         }
         if let Some(size) = options.read_buffer {
             cmd.args(["--read-buffer", &size.to_string()]);
@@ -241,12 +307,18 @@ impl ChildServer {
             let _ = child.kill();
             return Err(format!("unexpected serve banner: {line:?}"));
         };
+        let allocator = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("alloc="))
+            .unwrap_or("glibc")
+            .to_owned();
         Ok(ChildServer {
             child,
             stdin: Some(stdin),
             stdout,
             pid,
             port: port as u16,
+            allocator,
         })
     }
 
@@ -256,8 +328,17 @@ impl ChildServer {
 
     /// Asks the child for its RSS (after trimming), connection and held-session counts.
     pub fn stats(&mut self) -> Result<ChildStats, String> {
+        self.ask("stats")
+    }
+
+    /// The same as [`ChildServer::stats`] without trimming first: the RSS as it is.
+    pub fn peek(&mut self) -> Result<ChildStats, String> {
+        self.ask("peek")
+    }
+
+    fn ask(&mut self, command: &str) -> Result<ChildStats, String> {
         let stdin = self.stdin.as_mut().ok_or("child closed")?;
-        writeln!(stdin, "stats").map_err(|e| e.to_string())?;
+        writeln!(stdin, "{command}").map_err(|e| e.to_string())?;
         stdin.flush().map_err(|e| e.to_string())?;
         let mut line = String::new();
         self.stdout

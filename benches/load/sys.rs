@@ -1,10 +1,96 @@
 //! Process facts: CPU time (getrusage, /proc/<pid>/stat), resident memory (/proc/*/status),
-//! and a counting global allocator that attributes allocations to the thread's role.
+//! and a counting global allocator that attributes allocations to the thread's role and
+//! forwards them to the allocator `MUX_LOAD_ALLOCATOR` names.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
+
+// ---- which allocator ----------------------------------------------------------------------
+
+/// The allocators [`Counting`] can forward to. One is chosen before the first allocation
+/// (a global allocator cannot change once memory has come from it) from the environment
+/// variable `MUX_LOAD_ALLOCATOR`: `glibc` (the default), `jemalloc` (builds with the
+/// `alloc-jemalloc` feature) or `mimalloc` (`alloc-mimalloc`). `mux-load attack` sets it
+/// for the server it spawns (`--allocator`); an unknown or unbuilt name means glibc, and the
+/// `serve` banner says which one runs.
+const UNSET: u8 = 0;
+const GLIBC: u8 = 1;
+#[cfg(feature = "alloc-jemalloc")]
+const JEMALLOC: u8 = 2;
+#[cfg(feature = "alloc-mimalloc")]
+const MIMALLOC: u8 = 3;
+
+static BACKEND: AtomicU8 = AtomicU8::new(UNSET);
+
+/// jemalloc's options when it is the allocator (read by jemalloc at its initialisation;
+/// `_RJEM_MALLOC_CONF` in the environment overrides them): background threads purge unused
+/// pages without waiting for the application to allocate again, dirty pages are purged
+/// within 1 s, and purging skips the lazy `MADV_FREE` stage (muzzy pages still count in the
+/// RSS until the kernel needs the memory).
+#[cfg(feature = "alloc-jemalloc")]
+#[export_name = "_rjem_malloc_conf"]
+pub static JEMALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
+fn backend() -> u8 {
+    match BACKEND.load(Ordering::Relaxed) {
+        UNSET => {
+            // Only the main thread allocates this early, so there is no race to choose.
+            let chosen = from_env();
+            BACKEND.store(chosen, Ordering::Relaxed);
+            chosen
+        }
+        chosen => chosen,
+    }
+}
+
+fn from_env() -> u8 {
+    // SAFETY: the name is a NUL-terminated literal; getenv allocates nothing and returns
+    // NULL or a NUL-terminated string that stays valid while the environment is unchanged
+    // (it is read here once, before anything could change it).
+    let value = unsafe { libc::getenv(c"MUX_LOAD_ALLOCATOR".as_ptr()) };
+    if value.is_null() {
+        return GLIBC;
+    }
+    // SAFETY: non-NULL and NUL-terminated, as above.
+    match unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes() {
+        #[cfg(feature = "alloc-jemalloc")]
+        b"jemalloc" => JEMALLOC,
+        #[cfg(feature = "alloc-mimalloc")]
+        b"mimalloc" => MIMALLOC,
+        _ => GLIBC,
+    }
+}
+
+/// The allocator this process runs with.
+pub fn allocator() -> &'static str {
+    match backend() {
+        #[cfg(feature = "alloc-jemalloc")]
+        JEMALLOC => "jemalloc",
+        #[cfg(feature = "alloc-mimalloc")]
+        MIMALLOC => "mimalloc",
+        _ => "glibc",
+    }
+}
+
+/// Calls `$method` on the chosen allocator.
+macro_rules! forward {
+    ($method:ident($($arg:expr),*)) => {
+        match backend() {
+            #[cfg(feature = "alloc-jemalloc")]
+            // SAFETY: forwarded as is; every allocation and free of this process goes to
+            // the same allocator, chosen once.
+            JEMALLOC => unsafe { tikv_jemallocator::Jemalloc.$method($($arg),*) },
+            #[cfg(feature = "alloc-mimalloc")]
+            // SAFETY: as above.
+            MIMALLOC => unsafe { mimalloc::MiMalloc.$method($($arg),*) },
+            // SAFETY: as above.
+            _ => unsafe { System.$method($($arg),*) },
+        }
+    };
+}
 
 /// Which counter a thread's allocations go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,38 +131,36 @@ fn count() {
     }
 }
 
-/// The system allocator with per-role allocation counters.
+/// The chosen allocator with per-role allocation counters.
 pub struct Counting;
 
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
-// touches only a const-initialised thread-local and atomics, which never allocate.
+// SAFETY: every method forwards to the one allocator chosen before the first allocation,
+// with the caller's arguments unchanged; choosing reads the environment without allocating,
+// and counting touches only a const-initialised thread-local and atomics, which never
+// allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
         LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc(layout) }
+        forward!(alloc(layout))
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count();
         LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc_zeroed(layout) }
+        forward!(alloc_zeroed(layout))
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
-        // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) }
+        forward!(dealloc(ptr, layout))
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count();
         LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         LIVE.fetch_add(new_size as u64, Ordering::Relaxed);
-        // SAFETY: forwarded as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        forward!(realloc(ptr, layout, new_size))
     }
 }
 
@@ -115,14 +199,29 @@ pub fn cpu_of(pid: u32) -> Option<Duration> {
 
 /// VmRSS in bytes of `/proc/<who>/status` (`who` = "self" or a pid).
 pub fn rss(who: &str) -> Option<u64> {
+    status_bytes(who, "VmRSS:")
+}
+
+/// RssAnon in bytes: the resident memory that is not file-backed (the heap, stacks), as
+/// opposed to the binary's code and data pages, which grow as new code paths first run.
+pub fn rss_anon(who: &str) -> Option<u64> {
+    status_bytes(who, "RssAnon:")
+}
+
+fn status_bytes(who: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 
-/// Returns freed heap to the OS (glibc), so RSS reflects what is live.
+/// Returns freed heap to the OS (glibc's `malloc_trim(0)`: the top of every arena, and
+/// every free page inside one), so RSS reflects what is live. Nothing to do for jemalloc and
+/// mimalloc, which purge by themselves.
 pub fn trim() {
+    if backend() != GLIBC {
+        return;
+    }
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
     unsafe {

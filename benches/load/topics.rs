@@ -39,7 +39,7 @@ pub async fn subscriber(
         else {
             break;
         };
-        if let Some(TopicEvent::Message(body)) = decode(&m) {
+        if let Ok(TopicEvent::Message { payload: body, .. }) = decode(&m) {
             let seq = body
                 .get(8..12)
                 .and_then(|s| s.try_into().ok())

@@ -1,10 +1,20 @@
-// Topic events (spec/topics.md#events) decoded into typed objects, and a presence set.
+// Topic events (spec/topics.md#events, version 2) decoded into typed objects, a presence set,
+// and subscriptions that resume from their stream position after a reconnect
+// (spec/topics.md#resuming).
+import type { DurableSession, ReconnectingClient } from "./driver/reconnect.js";
+
 export type TopicEvent =
-  | { type: "message"; payload: Uint8Array }
-  | { type: "gap"; missed: bigint }
+  | { type: "message"; offset: bigint; payload: Uint8Array }
+  /** `missed` is null when the count is unknown (the stream's epoch changed). */
+  | { type: "gap"; missed: bigint | null }
   | { type: "join"; member: string }
   | { type: "leave"; member: string }
-  | { type: "snapshot"; truncated: boolean; members: string[] };
+  | { type: "snapshot"; truncated: boolean; members: string[] }
+  /** The stream a subscription reads and the offset it starts after: each subscription's first event. */
+  | { type: "position"; epoch: string; offset: bigint };
+
+/** Where a subscriber stands: the stream's epoch (16 lowercase hex digits) and an offset. */
+export interface StreamPosition { readonly epoch: string; readonly offset: bigint }
 
 /** A malformed event body: the server's fault (spec/topics.md#events). */
 export class TopicEventError extends Error {
@@ -12,6 +22,8 @@ export class TopicEventError extends Error {
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
+const UNKNOWN = 0xffff_ffff_ffff_ffffn;
+const hex16 = (n: bigint) => n.toString(16).padStart(16, "0");
 
 /** Decodes one topic DATA message; null for an unknown tag, which is ignored. */
 export function decodeTopicEvent(m: Uint8Array): TopicEvent | null {
@@ -21,10 +33,14 @@ export function decodeTopicEvent(m: Uint8Array): TopicEvent | null {
   const dv = new DataView(body.buffer, body.byteOffset, body.length);
   const text = (b: Uint8Array) => { try { return utf8.decode(b); } catch { throw new TopicEventError(tag); } };
   switch (tag) {
-    case 0: return { type: "message", payload: body };
-    case 1:
+    case 0:
+      if (body.length < 8) throw new TopicEventError(tag);
+      return { type: "message", offset: dv.getBigUint64(0), payload: body.subarray(8) };
+    case 1: {
       if (body.length !== 8) throw new TopicEventError(tag);
-      return { type: "gap", missed: dv.getBigUint64(0) };
+      const n = dv.getBigUint64(0);
+      return { type: "gap", missed: n === UNKNOWN ? null : n };
+    }
     case 2: case 3: return { type: tag === 2 ? "join" : "leave", member: text(body) };
     case 4: {
       if (body.length < 3) throw new TopicEventError(tag);
@@ -41,8 +57,46 @@ export function decodeTopicEvent(m: Uint8Array): TopicEvent | null {
       if (p !== body.length) throw new TopicEventError(tag);
       return { type: "snapshot", truncated, members };
     }
+    case 5:
+      if (body.length !== 16) throw new TopicEventError(tag);
+      return { type: "position", epoch: hex16(dv.getBigUint64(0)), offset: dv.getBigUint64(8) };
     default: return null;
   }
+}
+
+/**
+ * The position after `e` (spec/topics.md, M-TOPIC-7): a position event replaces it, a message
+ * sets the offset, a gap of known count adds it; before any position event there is none.
+ */
+export function advance(p: StreamPosition | null, e: TopicEvent): StreamPosition | null {
+  if (e.type === "position") return { epoch: e.epoch, offset: e.offset };
+  if (!p) return null;
+  if (e.type === "message") return { epoch: p.epoch, offset: e.offset };
+  if (e.type === "gap" && e.missed !== null) return { epoch: p.epoch, offset: p.offset + e.missed };
+  return p;
+}
+
+/** The longest topic name in bytes, so that a resumption's kind fits OPEN's 255 (M-TOPIC-2). */
+export const MAX_TOPIC_LEN = 217;
+
+/** The kind that subscribes to `topic`, resuming after `from` if given (spec/topics.md#resume-kind). */
+export function topicKind(topic: string, from?: StreamPosition | null): string {
+  if (topic.includes("\0") || new TextEncoder().encode(topic).length > MAX_TOPIC_LEN) {
+    throw new RangeError("a topic name has no U+0000 and is at most 217 bytes");
+  }
+  return from ? `${topic}\0${from.epoch}:${from.offset}` : topic;
+}
+
+const POSITION = /^([0-9a-f]{16}):(0|[1-9][0-9]{0,19})$/;
+
+/** The topic and resume position a kind names; throws RangeError for a malformed position. */
+export function parseTopicKind(kind: string): { topic: string; resume: StreamPosition | null } {
+  const at = kind.indexOf("\0");
+  if (at < 0) return { topic: kind, resume: null };
+  const m = POSITION.exec(kind.slice(at + 1));
+  const offset = m ? BigInt(m[2]!) : UNKNOWN + 1n;
+  if (!m || offset > UNKNOWN) throw new RangeError("malformed resume position");
+  return { topic: kind.slice(0, at), resume: { epoch: m[1]!, offset } };
 }
 
 /**
@@ -73,13 +127,23 @@ export class Presence extends EventTarget {
 /** The part of a durable session a topic subscription needs. */
 interface TopicSource extends EventTarget { readonly kind: string }
 
+/** What `topicEvents` returns: `event` events, the presence set, and the stream position. */
+export interface TopicEvents {
+  presence: Presence;
+  events: EventTarget;
+  /** The last position event moved on by every message and known gap since (M-TOPIC-7). */
+  readonly position: StreamPosition | null;
+}
+
 /**
  * Decodes a (durable) session's messages as topic events: `event` events carry them, and
- * `presence` follows the snapshots, joins and leaves across reconnects.
+ * `presence` follows the snapshots, joins and leaves across reconnects. A malformed event is
+ * an `error` event. To resume after a reconnect, use `subscribeTopic`.
  */
-export function topicEvents(source: TopicSource): { presence: Presence; events: EventTarget } {
+export function topicEvents(source: TopicSource, from: StreamPosition | null = null): TopicEvents {
   const presence = new Presence();
   const events = new EventTarget();
+  const state = { presence, events, position: from };
   source.addEventListener("message", (e) => {
     let ev: TopicEvent | null;
     try { ev = decodeTopicEvent((e as CustomEvent<Uint8Array>).detail); } catch (err) {
@@ -87,8 +151,28 @@ export function topicEvents(source: TopicSource): { presence: Presence; events: 
       return;
     }
     if (!ev) return;
+    state.position = advance(state.position, ev);
     presence.apply(ev);
     events.dispatchEvent(new CustomEvent("event", { detail: ev }));
   });
-  return { presence, events };
+  return state;
+}
+
+/** A topic subscription that resumes after reconnects: its durable session and its events. */
+export interface TopicSubscription extends TopicEvents { readonly session: DurableSession }
+
+/**
+ * Subscribes to `topic` on a reconnecting client. Every re-open (after a reconnect, or after
+ * the server dropped a slow consumer with 4008) opens the kind `topic`, U+0000, `epoch:offset`
+ * of the current position, so the server replays what was missed: the events continue with no
+ * duplicate, and a gap only where the server's history lost messages (spec/topics.md#resuming).
+ * `from` resumes a position saved earlier (another page load).
+ */
+export function subscribeTopic(rc: ReconnectingClient, topic: string, opts: { auth?: Uint8Array | string; from?: StreamPosition } = {}): TopicSubscription {
+  topicKind(topic);
+  let state: TopicEvents | null = null;
+  const session = rc.session(topic, { auth: opts.auth, openKind: () => topicKind(topic, state?.position ?? opts.from) });
+  state = topicEvents(session, opts.from ?? null);
+  const s = state;
+  return { session, presence: s.presence, events: s.events, get position() { return s.position; } };
 }

@@ -7,7 +7,8 @@ import { createInterface } from "node:readline";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
-import { connect, MuxCloseError, MuxError, type ConnectOptions, type WebSocketConstructor } from "../src/index.js";
+import { connect, connectReconnecting, MuxCloseError, MuxError, type ConnectOptions, type WebSocketConstructor } from "../src/index.js";
+import { subscribeTopic, type TopicEvent } from "../src/topics.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 let server: ChildProcess;
@@ -76,6 +77,45 @@ test("a handshake without the token is refused", async () => {
   const client = connect(url, { ...opts, token: "wrong" });
   await assert.rejects(client.ready);
   assert.equal(client.state, "closed");
+});
+
+test("a topic subscription resumes from the Rust hub's history after its connection drops: every message once, no gap", async () => {
+  const sockets: WebSocket[] = [];
+  class Capturing extends WebSocket {
+    constructor(address: string, protocols: string[]) { super(address, protocols); sockets.push(this); }
+  }
+  const rc = connectReconnecting(url, { ...opts, WebSocket: Capturing as unknown as WebSocketConstructor, minDelayMs: 20, maxDelayMs: 50 });
+  const news = subscribeTopic(rc, "news");
+  const seen: TopicEvent[] = [];
+  let wake = () => {};
+  news.events.addEventListener("event", (e) => { seen.push((e as CustomEvent<TopicEvent>).detail); wake(); });
+  const until = (done: () => boolean) => new Promise<void>((resolve) => {
+    const check = () => { if (done()) resolve(); else wake = check; };
+    check();
+  });
+  const offsets = () => seen.flatMap((e) => (e.type === "message" ? [e.offset] : []));
+  await until(() => news.position !== null);
+  const publisher = connect(url, opts);
+  const pub = await publisher.open("publish");
+  const published: bigint[] = [];
+  const publish = async (n: number) => {
+    for (let i = 0; i < n; i++) {
+      await pub.sendText(`m${published.length}`);
+      published.push(BigInt(new TextDecoder().decode((await pub.next())!)));
+    }
+  };
+  await publish(3);
+  await until(() => offsets().length === 3);
+  // The subscriber's connection drops (no close frame); these are published meanwhile.
+  sockets[0]!.terminate();
+  await publish(5);
+  await until(() => offsets().length >= 8);
+  assert.deepEqual(offsets(), published, "every published message once, in order");
+  assert.ok(!seen.some((e) => e.type === "gap"), "no gap");
+  assert.ok(sockets.length >= 2 && seen.filter((e) => e.type === "position").length >= 2, "it re-subscribed on a new connection");
+  assert.equal(news.position?.offset, published[published.length - 1]);
+  rc.close();
+  publisher.close();
 });
 
 test("GOAWAY: the client hears it, opens nothing more, and the connection ends with 1001", async () => {

@@ -488,3 +488,29 @@ fn no_credit_is_announced_after_the_peers_fin() {
     peer.collect();
     assert_eq!(peer.take_credit(id), (0, 0));
 }
+
+/// `recv_queued_since` is when the next message to read arrived: the first message's
+/// arrival while it waits, the second's once the first is read, nothing once all are read.
+#[test]
+fn recv_queued_since_is_the_arrival_of_the_next_unread_message() {
+    let mut pair = Pair::connected();
+    let id = pair.open_accepted("conduit", Grant::full());
+    assert_eq!(pair.server.conn.recv_queued_since(id), None);
+    let now = pair.now;
+    pair.client.conn.send(now, id, msg(10, 1)).unwrap();
+    pair.drive();
+    let first = pair.now;
+    pair.advance(ms(40));
+    let now = pair.now;
+    pair.client.conn.send(now, id, msg(10, 2)).unwrap();
+    pair.drive();
+    let second = pair.now;
+    pair.advance(ms(40));
+    assert_eq!(pair.server.conn.recv_queued_since(id), Some(first));
+    let now = pair.now;
+    assert!(pair.server.conn.recv(now, id).is_some());
+    assert_eq!(pair.server.conn.recv_queued_since(id), Some(second));
+    assert!(second > first);
+    assert!(pair.server.conn.recv(now, id).is_some());
+    assert_eq!(pair.server.conn.recv_queued_since(id), None);
+}

@@ -312,6 +312,39 @@ fn sending_counts_as_activity_too() {
 
 // ---- graceful shutdown ------------------------------------------------------------------
 
+/// A GOAWAY asked for before the peer's SETTINGS has arrived (a server told to drain while
+/// a client is mid-handshake) is held, then sent right after SETTINGS; with no session, the
+/// connection then closes with 1001.
+#[test]
+fn go_away_before_the_peers_settings_goes_out_once_they_arrive() {
+    use mux_proto::frame::encode_message;
+    let now = Timestamp::from_millis(1);
+    let mut conn = Connection::new(Side::Server, quiet(|_| {}), now);
+    conn.go_away(now, CloseCode::GOING_AWAY, "drain");
+    let mut sent = Vec::new();
+    let mut buf = BytesMut::new();
+    while conn.poll_transmit(now, &mut buf) {
+        sent.extend(decode_message(buf.split().freeze()).unwrap());
+    }
+    assert!(
+        sent.iter().all(|f| matches!(f, Frame::Settings(_))),
+        "only SETTINGS before the peer's: {sent:?}"
+    );
+    let settings = encode_message([Frame::Settings(Settings::default())].iter()).freeze();
+    conn.handle_message(now, settings);
+    let mut after = Vec::new();
+    while conn.poll_transmit(now, &mut buf) {
+        after.extend(decode_message(buf.split().freeze()).unwrap());
+    }
+    assert!(
+        matches!(after.first(), Some(Frame::GoAway(g)) if g.code == CloseCode::GOING_AWAY),
+        "{after:?}"
+    );
+    assert!(after
+        .iter()
+        .any(|f| matches!(f, Frame::ConnClose(c) if c.code == CloseCode::GOING_AWAY)));
+}
+
 #[test]
 fn go_away_refuses_new_opens_lets_sessions_finish_then_closes_with_1001() {
     let mut peer = RawPeer::server(quiet(|_| {}));

@@ -104,12 +104,13 @@ async fn chat(url: &str, user: &str) -> Result<(), Error> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
-            event = room.recv() => match event.as_ref().and_then(decode) {
-                Some(TopicEvent::Message(m)) => println!("{}", String::from_utf8_lossy(&m)),
-                Some(TopicEvent::Join(who)) => println!("* {who} joined"),
-                Some(TopicEvent::Leave(who)) => println!("* {who} left"),
-                Some(TopicEvent::Snapshot { members, .. }) => println!("* here: {members:?}"),
-                Some(TopicEvent::Gap(n)) => println!("* {n} messages missed"),
+            event = room.recv() => match event.as_ref().map(decode) {
+                Some(Ok(TopicEvent::Message { payload: m, .. })) => println!("{}", String::from_utf8_lossy(&m)),
+                Some(Ok(TopicEvent::Join(who))) => println!("* {who} joined"),
+                Some(Ok(TopicEvent::Leave(who))) => println!("* {who} left"),
+                Some(Ok(TopicEvent::Snapshot { members, .. })) => println!("* here: {members:?}"),
+                Some(Ok(TopicEvent::Gap(Some(n)))) => println!("* {n} messages missed"),
+                Some(Ok(TopicEvent::Gap(None))) => println!("* messages missed (the stream restarted)"),
                 Some(_) => {}
                 None => break,
             },

@@ -51,8 +51,12 @@
 //! # }
 //! ```
 //!
-//! Topic history (replay from an offset) is not here: messages carry their number in the
-//! topic (`epoch`, `seq`), which is where a Redis Streams history would plug in.
+//! Topic history and resume (spec/topics.md#resuming) work per node: each node's `LocalHub`
+//! numbers the messages it delivers in its own stream and keeps its own history, so a
+//! subscriber resumes on the node it was on; on another node it gets that node's position and
+//! a gap of unknown count. Messages carry their number in Redis (`epoch`, `seq`), which is
+//! where one stream across nodes (`LocalHub::publish_at` and `sync`, over a Redis Streams
+//! history) would plug in.
 #![forbid(unsafe_code)]
 
 mod error;

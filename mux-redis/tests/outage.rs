@@ -185,8 +185,8 @@ async fn account(session: &mut Session, total: u64) -> (u64, u64) {
     let (mut received, mut gaps, mut last) = (0u64, 0u64, None);
     while received + gaps < total {
         match next_event(session).await {
-            TopicEvent::Gap(n) => gaps += n,
-            TopicEvent::Message(m) => {
+            TopicEvent::Gap(Some(n)) => gaps += n,
+            TopicEvent::Message { payload: m, .. } => {
                 let n = number(&m);
                 assert!(
                     last < Some(n),

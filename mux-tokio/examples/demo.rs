@@ -99,9 +99,15 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[index.min(samples.len() - 1)]
 }
 
+/// The next topic event but the position each subscription starts with.
 async fn next_topic_event(session: &mut Session) -> TopicEvent {
-    let message = session.recv().await.expect("topic event");
-    decode(&message).expect("well-formed topic event")
+    loop {
+        let message = session.recv().await.expect("topic event");
+        match decode(&message).expect("well-formed topic event") {
+            TopicEvent::Position(_) => continue,
+            event => return event,
+        }
+    }
 }
 
 #[tokio::main]

@@ -1,8 +1,12 @@
-//! Runs the protocol over axum's `WebSocket` (feature `axum`).
+//! Runs the protocol behind an axum route (feature `axum`).
 //!
-//! axum does the HTTP side: routing, extractors (authentication, Origin), and the upgrade.
-//! [`AxumTransport`] adapts the upgraded socket to [`Transport`](crate::Transport), and
-//! [`serve_transport`](crate::serve_transport) runs a connection over it.
+//! [`upgrade`] is the whole server on an axum route: it runs every check of
+//! [`Server`](crate::Server)'s own listener (Origin → 403, `mux.v1` → 400, authentication
+//! → 401, caps and quotas → 429, memory → 503, the handshake deadline, trusted proxies,
+//! the message size L) and answers with the same statuses, then runs the connection over
+//! axum's WebSocket. Build the server with [`Server::detached`](crate::Server::detached).
+//! [`AxumTransport`] is the adapter underneath, for applications that do their own checks
+//! and call [`serve_transport`](crate::serve_transport).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -11,6 +15,18 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{Sink, Stream};
 
 use crate::transport::{TransportError, TransportErrorKind, WsMessage};
+
+/// Upgrades with every check of the server (see the module docs and
+/// [`ServerHandle::upgrade_axum`](crate::ServerHandle::upgrade_axum)).
+pub async fn upgrade(
+    server: &crate::ServerHandle,
+    ws: axum::extract::ws::WebSocketUpgrade,
+    peer: std::net::SocketAddr,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> axum::response::Response {
+    server.upgrade_axum(ws, peer, headers, uri).await
+}
 
 /// axum's upgraded WebSocket as a [`Transport`](crate::Transport).
 #[derive(Debug)]

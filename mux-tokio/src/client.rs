@@ -16,6 +16,7 @@ use crate::driver::{random_seed, spawn_connection, Acceptor, ConnectionHandle, D
 use crate::error::OpenError;
 use crate::server::{SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX};
 use crate::session::Session;
+use crate::topic::{StreamPosition, TopicStream, TopicStreamError};
 use crate::transport::TungsteniteTransport;
 
 /// Exponential backoff with full jitter: the n-th retry waits a uniformly random time in
@@ -353,6 +354,28 @@ impl Client {
     ) -> Result<Session, OpenError> {
         let handle = self.connection().await.ok_or(OpenError::ConnectionClosed)?;
         handle.open(kind, auth).await
+    }
+
+    /// Subscribes to `topic` with per-session credentials `auth`, for as long as the client
+    /// lives: the [`TopicStream`] opens the topic again after every reconnect, resuming from
+    /// its last position (spec/topics.md#resuming). A refusal is reported now.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        auth: impl Into<Credential>,
+    ) -> Result<TopicStream, TopicStreamError> {
+        TopicStream::open(self.current.clone(), topic, auth.into(), None).await
+    }
+
+    /// Like [`Client::subscribe`], resuming from `position` (one a [`TopicStream`] reported
+    /// earlier, for example in a previous process).
+    pub async fn subscribe_from(
+        &self,
+        topic: &str,
+        auth: impl Into<Credential>,
+        position: StreamPosition,
+    ) -> Result<TopicStream, TopicStreamError> {
+        TopicStream::open(self.current.clone(), topic, auth.into(), Some(position)).await
     }
 
     /// The next connection event.

@@ -91,8 +91,8 @@ pub use client::{Backoff, Client, ClientConfig, ClientEvent, ConnectError, Inval
 pub use driver::{ConnectionHandle, ConnectionOutcome};
 pub use error::{OpenError, SendError, SessionClosed, TrySendError};
 pub use server::{
-    bearer_token, parse_protocols, HandshakeRate, Origin, OriginPolicy, Protocols, Server,
-    ServerConfig, ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
+    bearer_token, parse_protocols, ForwardedHeader, HandshakeRate, IpCidr, Origin, OriginPolicy,
+    Protocols, Server, ServerConfig, ServerHandle, ServerStats, SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX,
 };
 pub use session::{OpenInfo, Session, SessionReceiver, SessionSender};
 pub use signal::{shutdown_signal, ShutdownSignal};

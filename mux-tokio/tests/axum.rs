@@ -5,8 +5,11 @@
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects
 )]
-//! The protocol over axum's WebSocket: the same client talks to an axum route.
+//! The protocol over axum's WebSocket: the same client talks to an axum route, and the
+//! route with `mux_tokio::axum::upgrade` runs every check of the plain server.
 #![cfg(feature = "axum")]
+
+mod common;
 
 use std::time::Duration;
 
@@ -72,4 +75,67 @@ async fn sessions_run_over_an_axum_websocket() {
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
         .unwrap();
+}
+
+/// An axum app whose `/` route is `mux_tokio::axum::upgrade` on a detached server.
+async fn checked_app(config: mux_tokio::ServerConfig) -> (std::net::SocketAddr, mux_tokio::Server) {
+    use axum::extract::ConnectInfo;
+    use axum::http::{HeaderMap, Uri};
+    use std::net::SocketAddr;
+    async fn route(
+        ws: WebSocketUpgrade,
+        ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        headers: HeaderMap,
+        uri: Uri,
+        State(server): State<mux_tokio::ServerHandle>,
+    ) -> Response {
+        mux_tokio::axum::upgrade(&server, ws, peer, &headers, &uri).await
+    }
+    let server = mux_tokio::Server::detached(config, common::token_authenticator, AllowAll);
+    let router = Router::new()
+        .route("/", any(route))
+        .with_state(server.handle());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    (addr, server)
+}
+
+/// The handshake matrix of the plain server (tests/handshake.rs), through axum.
+#[tokio::test]
+async fn the_axum_route_runs_the_handshake_matrix() {
+    let (addr, _server) = checked_app(common::matrix_config()).await;
+    common::handshake_matrix(addr).await;
+}
+
+/// Through the checked axum route, sessions reach the detached server's `accept`, and the
+/// server's limits apply (the message size L here).
+#[tokio::test]
+async fn sessions_through_the_checked_route_reach_the_server() {
+    let config = common::open_config();
+    let (addr, mut server) = checked_app(config).await;
+    tokio::spawn(async move {
+        while let Some(session) = server.accept().await {
+            tokio::spawn(common::echo(session));
+        }
+    });
+    let mut client = Client::connect(
+        &format!("ws://{addr}/"),
+        ClientConfig::default().token("good-token").reconnect(false),
+    )
+    .await
+    .unwrap();
+    let mut s = client.open("echo", Bytes::new()).await.unwrap();
+    s.send(Bytes::from_static(b"over axum")).await.unwrap();
+    assert_eq!(
+        common::within("the echo", s.recv()).await.unwrap(),
+        Bytes::from_static(b"over axum")
+    );
 }

@@ -427,3 +427,16 @@ async fn a_repeated_origin_header_is_refused() {
         .await;
     }
 }
+
+/// The whole of spec/http.md's order on the plain server (the axum route runs the same
+/// matrix in tests/axum.rs).
+#[tokio::test]
+async fn the_handshake_matrix() {
+    let (server, _url) = bind(
+        common::matrix_config(),
+        token_authenticator,
+        mux_tokio::AllowAll,
+    )
+    .await;
+    common::handshake_matrix(server.local_addr()).await;
+}

@@ -98,3 +98,53 @@ async fn a_shutdown_grace_too_large_for_the_clock_is_no_deadline() {
     .await;
     drop(server);
 }
+
+/// A `SessionSender` outliving its `Session`: dropping the `Session` ends the session (4010
+/// after what was sent), the sender learns it (`closed` resolves, `send` fails with the
+/// reason) instead of queueing into a dead session, and once the last sender is dropped the
+/// session is gone from the connection. A sender dropped first ends nothing.
+#[tokio::test]
+async fn session_senders_follow_their_session_and_leave_nothing_behind() {
+    let (mut server, url) = bind(open_config(), AllowAll, AllowAll).await;
+    tokio::spawn(async move {
+        while let Some(session) = server.accept().await {
+            tokio::spawn(common::echo(session));
+        }
+    });
+    let mut client = Client::connect(&url, ClientConfig::default().reconnect(false))
+        .await
+        .unwrap();
+    let mut session = client.open("echo", Bytes::new()).await.unwrap();
+    // A clone dropped while the session lives changes nothing.
+    drop(session.sender());
+    session
+        .send(Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("the echo", session.recv()).await.as_deref(),
+        Some(&b"still here"[..])
+    );
+    let sender = session.sender();
+    let second = sender.clone();
+    sender
+        .send(Bytes::from_static(b"from the sender"))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("the echo", session.recv()).await.as_deref(),
+        Some(&b"from the sender"[..])
+    );
+    drop(session);
+    within("the sender learns the end", sender.closed()).await;
+    assert_eq!(sender.close_reason().unwrap().code, CloseCode::CANCELLED);
+    assert!(second.send(Bytes::from_static(b"too late")).await.is_err());
+    drop((sender, second));
+    let handle = client.connection().await.unwrap();
+    common::wait_until("the session is gone from the connection", || {
+        futures_util::FutureExt::now_or_never(handle.stats())
+            .flatten()
+            .is_some_and(|s| s.sessions_live == 0)
+    })
+    .await;
+}

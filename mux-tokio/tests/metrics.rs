@@ -149,7 +149,10 @@ async fn counters_reach_the_installed_recorder() {
     );
     assert_eq!(get("mux_connections_opened_total{}"), 1.0, "{m:?}");
     assert!(get("mux_sessions_opened_total{}") >= 1.0, "{m:?}");
-    assert!(get("mux_sessions_closed_total{code=4001}") >= 1.0, "{m:?}");
+    assert!(
+        get("mux_sessions_closed_total{code=FORBIDDEN}") >= 1.0,
+        "{m:?}"
+    );
     assert_eq!(
         get("mux_connections{}"),
         0.0,

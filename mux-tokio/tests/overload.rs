@@ -302,6 +302,8 @@ async fn near_the_budget_new_handshakes_get_503_until_it_eases() {
         panic!("expected 503, got {:?}", refused.map(|_| 101));
     };
     assert!(head.contains("Retry-After: 1\r\n"), "{head}");
+    // Readiness says the same to the load balancer.
+    assert!(!net.handle.is_ready());
     echo_once(&mut honest).await;
     assert_eq!(net.handle.stats().memory.shed, 0);
     drop(h);
@@ -314,6 +316,7 @@ async fn near_the_budget_new_handshakes_get_503_until_it_eases() {
     })
     .await;
     assert_eq!(status_of(net.addr, &Options::default()).await, 101);
+    assert!(net.handle.is_ready());
 }
 
 /// Peers that send messages in part and never finish them (the receive side) are paused

@@ -329,3 +329,56 @@ async fn refusals_and_the_subprotocol_check_work_over_tls() {
         unselected = unselected.err()
     );
 }
+
+/// The real server over TLS: the application terminates TLS with tokio-rustls and hands
+/// each stream to `ServerHandle::serve`, and every handshake check holds over it: the
+/// Origin (403), `mux.v1` (400), authentication (401), then a full session over `wss://`.
+#[tokio::test]
+async fn the_server_serves_tls_streams_with_every_check() {
+    let pki = Pki::new("mux test CA", &["localhost", "127.0.0.1"]);
+    let mut server = mux_tokio::Server::detached(
+        common::matrix_config(),
+        common::token_authenticator,
+        AllowAll,
+    );
+    let handle = server.handle();
+    let listener = TcpListener::bind(common::loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = pki.acceptor();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let (acceptor, handle) = (acceptor.clone(), handle.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    handle.serve(tls, peer).await;
+                }
+            });
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(session) = server.accept().await {
+            tokio::spawn(common::echo(session));
+        }
+    });
+    let url = format!("wss://127.0.0.1:{}/", addr.port());
+    let config = || {
+        ClientConfig::default()
+            .tls(pki.client_tls())
+            .reconnect(false)
+    };
+    // No Origin: 403 from the server's own check, over TLS.
+    match Client::connect(&url, config().token("good-token")).await {
+        Err(ConnectError::Refused { status, .. }) => assert_eq!(status, 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let allowed = || config().origin("https://example.com");
+    match Client::connect(&url, allowed().token("wrong")).await {
+        Err(ConnectError::Refused { status, .. }) => assert_eq!(status, 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    let mut client = Client::connect(&url, allowed().token("good-token"))
+        .await
+        .expect("connect over wss");
+    echo_works(&mut client, "checked over tls").await;
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mux_proto::{CloseCode, Grant};
 use mux_tokio::topic::{
-    decode, LocalHub, SlowConsumerPolicy, SubscribeOptions, TopicEvent, TopicOptions,
+    decode, LocalHub, SlowConsumerPolicy, SubscribeOptions, TopicEvent, TopicKind, TopicOptions,
 };
 use mux_tokio::{
     AuthError, Client, ClientConfig, HandshakeRequest, OpenError, OpenInfo, OriginPolicy,
@@ -36,9 +36,13 @@ fn authenticate(request: &HandshakeRequest) -> Result<Principal, AuthError> {
 }
 
 /// "admin-events" only for the principal "admin"; "private/<name>" only for <name>; the rest
-/// is public. Receive-only: subscribers cannot send on topic sessions.
+/// is public, decided on the topic (a resumption's kind carries a position after it).
+/// Receive-only: subscribers cannot send on topic sessions.
 async fn authorize(principal: Principal, open: OpenInfo) -> Result<Grant, Rejection> {
-    let allowed = match open.kind.as_str() {
+    let Ok(kind) = TopicKind::parse(&open.kind) else {
+        return Err(Rejection::forbidden("malformed topic kind"));
+    };
+    let allowed = match kind.topic {
         "admin-events" => principal.id == "admin",
         kind => kind
             .strip_prefix("private/")
@@ -110,18 +114,24 @@ async fn subscribe(
     (session, server_side, sub)
 }
 
+/// The next event but the position every subscription starts with.
 async fn next_event(session: &mut Session) -> TopicEvent {
-    let message = tokio::time::timeout(Duration::from_secs(5), session.recv())
-        .await
-        .expect("an event within 5 s")
-        .expect("session open");
-    decode(&message).expect("well-formed topic event")
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), session.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("session open");
+        match decode(&message).expect("well-formed topic event") {
+            TopicEvent::Position(_) => continue,
+            event => return event,
+        }
+    }
 }
 
 async fn next_message(session: &mut Session) -> Bytes {
     loop {
-        if let TopicEvent::Message(m) = next_event(session).await {
-            return m;
+        if let TopicEvent::Message { payload, .. } = next_event(session).await {
+            return payload;
         }
     }
 }
@@ -232,22 +242,24 @@ async fn drop_oldest_reports_its_gaps_exactly() {
                 .publish("burst", Bytes::from(i.to_be_bytes().to_vec()));
         }
         // Read everything: each message's sequence number must equal what came before it plus
-        // the gap just reported, so messages + gaps account for every publish exactly.
+        // the gap just reported, so messages + gaps account for every publish exactly, and
+        // its offset is its sequence number plus one.
         let mut expected = 0u64;
         let mut gaps = 0u64;
         let mut messages = 0u64;
         while expected < PUBLISHED {
             match next_event(&mut session).await {
-                TopicEvent::Gap(n) => {
+                TopicEvent::Gap(Some(n)) => {
                     gaps += n;
                     expected += n;
                 }
-                TopicEvent::Message(m) => {
-                    let seq = u64::from_be_bytes(m[..].try_into().unwrap());
+                TopicEvent::Message { offset, payload } => {
+                    let seq = u64::from_be_bytes(payload[..].try_into().unwrap());
                     assert_eq!(
                         seq, expected,
                         "a message was lost without a gap, or reordered"
                     );
+                    assert_eq!(offset, seq + 1);
                     expected += 1;
                     messages += 1;
                 }

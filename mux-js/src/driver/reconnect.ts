@@ -45,7 +45,12 @@ export class DurableSession extends EventTarget {
   /** @internal */ queue: Queued[] = [];
   /** @internal */ queuedBytes = 0;
   readonly #owner: ReconnectingClient;
-  constructor(owner: ReconnectingClient, readonly kind: string, readonly auth?: Uint8Array | string) { super(); this.#owner = owner; }
+  /** @internal The kind each (re-)open sends; a topic's carries its resume position. */ readonly openKind: () => string;
+  constructor(owner: ReconnectingClient, readonly kind: string, readonly auth?: Uint8Array | string, openKind?: () => string) {
+    super();
+    this.#owner = owner;
+    this.openKind = openKind ?? (() => kind);
+  }
 
   /** Sends now if connected; otherwise queues, within the bounds, until the session is re-opened. */
   send(data: Uint8Array): Promise<void> {
@@ -64,6 +69,12 @@ export class DurableSession extends EventTarget {
     // Reading through the iterator returns credit as each message is dispatched.
     void (async () => {
       try { for await (const m of s) emit(this, "message", m); } catch { /* closed */ }
+      // The server dropped a slow consumer (4008, retryable): open again now, on this
+      // connection; a topic resumes from its position (spec/topics.md#delivery).
+      if (s.closeInfo?.code === 4008 && this.current === s && !this.closed) {
+        this.current = null;
+        this.#owner.reopen(this);
+      }
     })();
     for (const q of this.queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
     this.queuedBytes = 0;
@@ -103,12 +114,20 @@ export class ReconnectingClient extends EventTarget {
     void this.#connect("initial");
   }
 
-  /** A session of `kind`, opened now if connected and re-opened after every reconnect. */
-  session(kind: string, opts: { auth?: Uint8Array | string } = {}): DurableSession {
-    const d = new DurableSession(this, kind, opts.auth);
+  /**
+   * A session of `kind`, opened now if connected and re-opened after every reconnect.
+   * `openKind`, if given, is asked for the kind of each (re-)open (a topic's resume position).
+   */
+  session(kind: string, opts: { auth?: Uint8Array | string; openKind?: () => string } = {}): DurableSession {
+    const d = new DurableSession(this, kind, opts.auth, opts.openKind);
     this.#sessions.add(d);
     if (this.state === "open") this.#reopen(d);
     return d;
+  }
+
+  /** @internal Opens `d` again on the current connection, if there is one. */
+  reopen(d: DurableSession): void {
+    if (this.state === "open" && this.#sessions.has(d)) this.#reopen(d);
   }
 
   /** @internal */ forget(d: DurableSession): void { this.#sessions.delete(d); }
@@ -171,7 +190,7 @@ export class ReconnectingClient extends EventTarget {
   #reopen(d: DurableSession): void {
     const client = this.client;
     if (!client) return;
-    client.open(d.kind, { auth: d.auth }).then((s) => {
+    client.open(d.openKind(), { auth: d.auth }).then((s) => {
       if (d.closed || this.client !== client) { s.close(); return; }
       d.attach(s);
     }, (e: unknown) => {

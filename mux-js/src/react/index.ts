@@ -2,7 +2,7 @@
 // macrotask, so StrictMode's mount → unmount → mount keeps one WebSocket and one session.
 import { createContext, createElement, useContext, useEffect, useState, useSyncExternalStore, type ReactNode } from "react";
 import { ReconnectingClient, type DurableSession, type ReconnectOptions } from "../driver/reconnect.js";
-import { topicEvents, type Presence, type TopicEvent } from "../topics.js";
+import { subscribeTopic, topicEvents, type Presence, type TopicEvent } from "../topics.js";
 
 interface Entry { session: DurableSession; refs: number; release: unknown; presence?: Presence; events?: EventTarget }
 
@@ -13,10 +13,19 @@ export class MuxStore {
   constructor(readonly url: string, readonly options: ReconnectOptions = {}) {}
   #timers() { return this.options.timers ?? { set: (f: () => void, ms: number) => setTimeout(f, ms), clear: (h: unknown) => clearTimeout(h as number) }; }
 
-  acquire(kind: string): Entry {
+  /** The shared session of `kind`; as a topic, it resumes from its position after reconnects. */
+  acquire(kind: string, topic = false): Entry {
     this.client ??= new ReconnectingClient(this.url, this.options);
     let e = this.#entries.get(kind);
-    if (!e) { e = { session: this.client.session(kind), refs: 0, release: null }; this.#entries.set(kind, e); }
+    if (!e) {
+      if (topic) {
+        const t = subscribeTopic(this.client, kind);
+        e = { session: t.session, refs: 0, release: null, presence: t.presence, events: t.events };
+      } else {
+        e = { session: this.client.session(kind), refs: 0, release: null };
+      }
+      this.#entries.set(kind, e);
+    }
     if (e.release !== null) { this.#timers().clear(e.release); e.release = null; }
     e.refs++;
     return e;
@@ -59,13 +68,13 @@ export function useSession(kind: string): DurableSession | null {
   return session;
 }
 
-/** A topic: the last event and the presence set, re-rendering on change. */
+/** A topic: the last event and the presence set, re-rendering on change; it resumes after reconnects. */
 export function useTopic(topic: string): { last: TopicEvent | null; members: ReadonlySet<string> } {
   const store = useStore();
   const [entry, setEntry] = useState<Entry | null>(null);
   useEffect(() => {
-    const e = store.acquire(topic);
-    if (!e.presence) Object.assign(e, topicEvents(e.session));
+    const e = store.acquire(topic, true);
+    if (!e.presence) Object.assign(e, topicEvents(e.session)); // made by useSession first: no resume
     setEntry(e);
     return () => store.release(topic);
   }, [store, topic]);

@@ -153,7 +153,7 @@ impl Connection {
             .recv
             .queue
             .iter()
-            .map(Bytes::len)
+            .map(|(m, _)| m.len())
             .chain(std::iter::once(session.recv.partial_len()))
             .any(|len| len > usize::try_from(max_message).unwrap_or(usize::MAX));
         let early_fin = session.recv.fin;
@@ -292,7 +292,7 @@ impl Connection {
         if session.phase != Phase::Open {
             return None;
         }
-        let message = session.recv.queue.pop_front()?;
+        let (message, _) = session.recv.queue.pop_front()?;
         let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
         session.recv.queued_bytes = session.recv.queued_bytes.saturating_sub(u64::from(len));
         session.recv.unannounced = session
@@ -529,7 +529,14 @@ impl Connection {
     /// Starts a graceful shutdown: GOAWAY now, no new peer sessions, and CONN_CLOSE 1001 once
     /// the live sessions finish or `Timeouts::shutdown_grace` passes. A code not valid on the
     /// wire (spec/close-codes.md#valid-values) is sent as 1001 GOING_AWAY.
+    ///
+    /// Before the peer's SETTINGS has arrived, the GOAWAY is held and sent as soon as it
+    /// does: a server told to drain reaches connections still in their handshake too.
     pub fn go_away(&mut self, now: Timestamp, code: CloseCode, reason: &str) {
+        if self.state == State::Handshaking {
+            self.goaway_requested = Some((code, reason.to_owned()));
+            return;
+        }
         if self.state != State::Open || self.goaway_sent.is_some() {
             return;
         }

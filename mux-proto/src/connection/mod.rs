@@ -99,6 +99,8 @@ pub struct Connection {
     ping_due: Option<u64>,
     ping_counter: u64,
     goaway_sent: Option<SessionId>,
+    /// `go_away` called before the peer's SETTINGS: sent once they arrive.
+    goaway_requested: Option<(CloseCode, String)>,
     goaway_received: Option<SessionId>,
     /// Deficit round robin ring of sessions with sendable data.
     ring: VecDeque<SessionId>,
@@ -158,6 +160,7 @@ impl Connection {
             ping_due: None,
             ping_counter: 0,
             goaway_sent: None,
+            goaway_requested: None,
             goaway_received: None,
             ring: VecDeque::new(),
             blocked: VecDeque::new(),
@@ -243,6 +246,16 @@ impl Connection {
     /// A session's counters, if it is live.
     pub fn session_stats(&self, id: SessionId) -> Option<SessionStats> {
         self.sessions.get(id).map(Session::snapshot)
+    }
+
+    /// When the message [`recv`](Self::recv) would return next for `id` arrived (its last
+    /// frame), if there is one: the driver subtracts it from `now` to observe how long
+    /// received messages wait for the application.
+    pub fn recv_queued_since(&self, id: SessionId) -> Option<Timestamp> {
+        let session = self.sessions.get(id)?;
+        (session.phase == Phase::Open)
+            .then(|| session.recv.queue.front().map(|(_, at)| *at))
+            .flatten()
     }
 
     /// A live session's phase.

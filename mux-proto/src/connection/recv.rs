@@ -165,6 +165,9 @@ impl Connection {
         self.peer = Some(peer);
         self.state = State::Open;
         self.emit(Event::Connected { settings: peer });
+        if let Some((code, reason)) = self.goaway_requested.take() {
+            self.go_away(now, code, &reason);
+        }
     }
 
     /// Classifies a frame for a session that is not live (spec/frames.md#session-ids).
@@ -582,7 +585,7 @@ impl Connection {
         let mut readable = false;
         if let Some(message) = completed {
             readable = session.recv.queue.is_empty() && session.phase == Phase::Open;
-            session.recv.queue.push_back(message);
+            session.recv.queue.push_back((message, now));
             session.stats.messages_received = session.stats.messages_received.saturating_add(1);
             self.stats.messages_received = self.stats.messages_received.saturating_add(1);
         }

@@ -142,8 +142,9 @@ pub(crate) struct RecvHalf {
     pub(crate) grown: Window,
     /// A CREDIT for this session is in the control queue.
     pub(crate) credit_queued: bool,
-    /// Complete messages not yet read.
-    pub(crate) queue: VecDeque<Bytes>,
+    /// Complete messages not yet read, each with when its last frame arrived (how long it
+    /// waits for the application is an observable: `Connection::recv_queued_since`).
+    pub(crate) queue: VecDeque<(Bytes, Timestamp)>,
     /// Payload bytes in `queue` and `partial`.
     pub(crate) queued_bytes: u64,
     /// The message being reassembled from several frames.

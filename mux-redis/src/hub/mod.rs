@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use mux_tokio::topic::{
     AttachError, Hub, HubError, LocalHub, PublishReport, SubscribeOptions, Subscription,
-    TopicEvent, TopicOptions,
+    TopicEvent, TopicKind, TopicOptions,
 };
 use mux_tokio::Session;
 use redis::aio::{ConnectionManager, PubSubSink};
@@ -214,8 +214,16 @@ impl RedisHub {
     /// Sets a topic's options before anyone subscribes to it. With presence, members are
     /// kept in Redis with a TTL, so every node's subscribers see every node's members.
     /// Every node must configure a topic the same way.
+    ///
+    /// A history (`TopicOptions::history`) is kept by each node for its own subscribers:
+    /// offsets are this node's, so a subscriber resumes from it on the node it was on, and on
+    /// another node gets a new position and a gap of unknown count (spec/topics.md#resuming).
     pub fn configure_topic(&self, topic: &str, options: TopicOptions) {
         lock(&self.shared.topics).insert(topic.to_owned(), options);
+        // Presence spans the nodes through Redis: the local hub only keeps the history.
+        let mut local = options;
+        local.presence = false;
+        self.shared.local.configure_topic(topic, local);
     }
 
     /// Whether the pub/sub link is up now.
@@ -367,7 +375,9 @@ impl Shared {
         session: &Session,
         options: SubscribeOptions,
     ) -> Result<Subscription, AttachError> {
-        let topic = session.kind().to_owned();
+        // The kind may carry a resume position (spec/topics.md#resuming): the topic is its
+        // name. Resuming is served from this node's own history only (see the crate docs).
+        let topic = TopicKind::parse(session.kind())?.topic.to_owned();
         let member = member_of(session);
         let presence = self.presence_of(&topic);
         let mut control = self.control.lock().await;
@@ -491,7 +501,8 @@ impl Shared {
     fn missed(&self, topic: &str, count: u64) {
         if count > 0 {
             bump(&self.stats.missed, count);
-            self.local.deliver(topic, &TopicEvent::Gap(count), None);
+            self.local
+                .deliver(topic, &TopicEvent::Gap(Some(count)), None);
         }
     }
 

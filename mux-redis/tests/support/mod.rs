@@ -190,18 +190,32 @@ impl Node {
 
 /// The next event on a topic session.
 pub async fn next_event(session: &mut Session) -> TopicEvent {
-    let message = within("a topic event", session.recv())
-        .await
-        .expect("the session is open");
-    decode(&message).expect("a well-formed topic event")
+    loop {
+        let message = within("a topic event", session.recv())
+            .await
+            .expect("the session is open");
+        match decode(&message).expect("a well-formed topic event") {
+            // Every subscription starts with its stream's position (spec/topics.md).
+            TopicEvent::Position(_) => {}
+            event => return event,
+        }
+    }
+}
+
+/// A message event's payload, whatever its offset (each node numbers its own stream).
+pub fn payload_of(event: &TopicEvent) -> Option<&Bytes> {
+    match event {
+        TopicEvent::Message { payload, .. } => Some(payload),
+        _ => None,
+    }
 }
 
 /// The next published message, skipping presence events.
 pub async fn next_message(session: &mut Session) -> Bytes {
     loop {
         match next_event(session).await {
-            TopicEvent::Message(m) => return m,
-            TopicEvent::Gap(n) => panic!("unexpected gap of {n}"),
+            TopicEvent::Message { payload, .. } => return payload,
+            TopicEvent::Gap(n) => panic!("unexpected gap of {n:?}"),
             _ => {}
         }
     }

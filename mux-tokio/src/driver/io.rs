@@ -102,6 +102,8 @@ pub(crate) struct Driver<T> {
     paused: bool,
     /// The principal's message quota, charged a lease at a time.
     refill: Option<Refill>,
+    /// From the first write of a batch to its flush (feature `metrics`).
+    write_clock: crate::observe::Stopwatch,
 }
 
 /// The principal's message quota, refilled by the driver a lease at a time (the
@@ -191,6 +193,7 @@ impl<T: Transport> Driver<T> {
             pause_timer: None,
             paused: false,
             refill,
+            write_clock: crate::observe::Stopwatch::default(),
         }
     }
 
@@ -518,11 +521,19 @@ impl<T: Transport> Driver<T> {
                     return (id, kind, Err(Some(refused)), None);
                 }
             }
+            let mut clock = crate::observe::Stopwatch::default();
+            clock.start();
             let decision = match timeout(deadline, authorizer.authorize(principal, info)).await {
                 Ok(Ok(grant)) => Ok(grant),
                 Ok(Err(rejection)) => Err(Some(rejection)),
                 Err(_) => Err(None),
             };
+            let outcome = match &decision {
+                Ok(_) => "granted",
+                Err(Some(_)) => "refused",
+                Err(None) => "timeout",
+            };
+            crate::observe::authorized(&mut clock, outcome);
             // Reserve a place in the accept queue within the same deadline, so an application
             // that stops accepting sessions pushes back on the peer instead of growing a queue.
             let permit = match decision {
@@ -660,6 +671,7 @@ impl<T: Transport> Driver<T> {
                 if let Err(e) = Pin::new(&mut self.transport).start_send(message) {
                     return Err(self.write_failed(&e));
                 }
+                self.write_clock.start();
                 self.unflushed = true;
                 progress = true;
             }
@@ -667,6 +679,7 @@ impl<T: Transport> Driver<T> {
         if self.unflushed {
             match Pin::new(&mut self.transport).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
+                    crate::observe::flushed(&mut self.write_clock);
                     self.unflushed = false;
                     self.write_stalled = false;
                 }

@@ -149,6 +149,22 @@ impl ConnectionHandle {
         });
     }
 
+    /// Revokes every live session of the connection with 4007 REVOKED (its principal's
+    /// rights changed): each ends at once, nothing more is delivered or sent on it, and the
+    /// connection stays up for sessions opened afterwards. Returns how many were revoked.
+    pub fn revoke_sessions(&self, reason: &str) -> usize {
+        self.inner.with(|state, wakers| {
+            let now = state.now();
+            let ids: Vec<SessionId> = state.conn.session_ids().collect();
+            let revoked = ids
+                .into_iter()
+                .filter(|id| state.conn.revoke(now, *id, reason).is_ok())
+                .count();
+            state.after_command(wakers);
+            revoked
+        })
+    }
+
     /// True once the connection's driver has ended.
     pub fn is_closed(&self) -> bool {
         self.inner.lock().ended

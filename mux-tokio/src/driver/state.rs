@@ -104,6 +104,8 @@ pub(crate) struct Slot {
     /// Live handles (`Session` and `SessionSender`s). The slot goes once the session has
     /// ended and no handle is left to ask how.
     handles: u32,
+    /// Times a send's wait for room, for the credit-stall histogram (feature `metrics`).
+    stall: crate::observe::Stopwatch,
 }
 
 /// A peer-opened session for the driver to run through the authorizer.
@@ -272,6 +274,10 @@ impl State {
         match self.conn.send(now, id, bytes.clone()) {
             Ok(()) => {
                 *message = None;
+                #[cfg(feature = "metrics")]
+                if let Some(slot) = self.sessions.get_mut(&id) {
+                    crate::observe::send_unblocked(&mut slot.stall);
+                }
                 self.account_send();
                 self.wake_driver(wakers);
                 Poll::Ready(Ok(()))
@@ -279,6 +285,7 @@ impl State {
             Err(mux_proto::SendError::Blocked) => {
                 if let Some(slot) = self.sessions.get_mut(&id) {
                     register_in(&mut slot.writers, cx.waker());
+                    slot.stall.start();
                 }
                 // Blocking can change the timers (a paced session); let the driver see it.
                 self.wake_driver(wakers);
@@ -332,6 +339,8 @@ impl State {
                 return Poll::Pending;
             }
         }
+        #[cfg(feature = "metrics")]
+        let arrived = self.conn.recv_queued_since(id);
         let message = self.conn.recv(now, id);
         if message.is_none() {
             if let Some(quota) = &mut self.quota {
@@ -339,6 +348,10 @@ impl State {
             }
         }
         if let Some(message) = message {
+            #[cfg(feature = "metrics")]
+            if let Some(at) = arrived {
+                crate::observe::received_after(now.saturating_duration_since(at));
+            }
             // Reading may queue a CREDIT, complete the session, or let a stopped read resume.
             self.process_events(wakers);
             self.wake_driver(wakers);

@@ -42,6 +42,24 @@ impl HeadError {
     }
 }
 
+/// A probe of the server's health, answered before (and instead of) any upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// `GET /healthz`: the process serves.
+    Live,
+    /// `GET /readyz`: it takes new connections (not draining, not near its budget).
+    Ready,
+}
+
+/// What a head asks for.
+#[derive(Debug)]
+pub(crate) enum Head {
+    /// A WebSocket upgrade.
+    Upgrade(UpgradeRequest),
+    /// A health probe (a plain GET, no `Upgrade`).
+    Probe(Probe),
+}
+
 /// A valid upgrade request: what the checks and the authenticator read.
 pub(crate) struct UpgradeRequest {
     /// The request target (path and query).
@@ -63,10 +81,23 @@ impl fmt::Debug for UpgradeRequest {
 
 /// Reads the request head into a buffer of at most `max_head` bytes. Returns the request
 /// and whatever the peer sent after the head (the first WebSocket frames, pipelined).
+#[cfg(test)]
 pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_head: usize,
 ) -> Result<(UpgradeRequest, Vec<u8>), HeadError> {
+    match read_any(stream, max_head, false).await? {
+        (Head::Upgrade(request), rest) => Ok((request, rest)),
+        (Head::Probe(_), _) => Err(HeadError::BadRequest),
+    }
+}
+
+/// Reads a head that is an upgrade, or, with `probes`, a health probe.
+pub(crate) async fn read_any<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_head: usize,
+    probes: bool,
+) -> Result<(Head, Vec<u8>), HeadError> {
     let mut buf = BytesMut::with_capacity(FIRST_READ.min(max_head));
     // Only the bytes new since the last read are searched for the end of the head, so a
     // peer trickling one byte at a time costs linear work, not quadratic.
@@ -91,9 +122,13 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         if let Some(end) = find_head_end(buf.get(from..).unwrap_or_default()) {
             let end = from.saturating_add(end);
             let head = buf.get(..end).unwrap_or_default();
-            let request = parse(head)?;
             let rest = buf.get(end..).unwrap_or_default().to_vec();
-            return Ok((request, rest));
+            if probes {
+                if let Some(probe) = probe(head) {
+                    return Ok((Head::Probe(probe), rest));
+                }
+            }
+            return Ok((Head::Upgrade(parse(head)?), rest));
         }
         searched = buf.len();
     }
@@ -105,6 +140,44 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .and_then(|p| p.checked_add(4))
+}
+
+/// A `GET /healthz` or `GET /readyz` (query ignored) that asks for no upgrade.
+fn probe(head: &[u8]) -> Option<Probe> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut slots);
+    request.parse(head).ok()?;
+    if request.method != Some("GET")
+        || request
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    {
+        return None;
+    }
+    let path = request.path?.split('?').next()?;
+    match path {
+        "/healthz" => Some(Probe::Live),
+        "/readyz" => Some(Probe::Ready),
+        _ => None,
+    }
+}
+
+/// Answers a probe: 200 or 503 with a one-word body, then closes.
+pub(crate) async fn answer_probe<S: AsyncWrite + Unpin>(stream: &mut S, ok: bool, word: &str) {
+    let status = if ok {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    let body = format!("{word}\n");
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Parses a complete head and applies RFC 6455 §4.2.1.

@@ -30,9 +30,17 @@ pub(crate) struct Registry {
     max_per_principal: usize,
 }
 
-/// Holds one connection's place; dropping it frees the place.
+/// Holds one connection's place (and, unless it came through a trusted proxy, its place
+/// under its IP); dropping it frees them.
 #[derive(Debug)]
 pub(crate) struct IpPermit {
+    registry: Registry,
+    ip: Option<IpAddr>,
+}
+
+/// Holds a place under the client IP a trusted proxy reported.
+#[derive(Debug)]
+pub(crate) struct ForwardedPermit {
     registry: Registry,
     ip: IpAddr,
 }
@@ -78,6 +86,37 @@ impl Registry {
         c.total = c.total.saturating_add(1);
         Ok(IpPermit {
             registry: self.clone(),
+            ip: Some(ip),
+        })
+    }
+
+    /// Admits a connection from a trusted proxy: the global cap now, the per-IP cap once
+    /// the request says who the client is ([`Registry::admit_forwarded`]).
+    pub(crate) fn admit_trusted(&self) -> Result<IpPermit, Refusal> {
+        let mut c = self.lock();
+        if c.total >= self.max_total {
+            return Err(Refusal::Global);
+        }
+        c.total = c.total.saturating_add(1);
+        Ok(IpPermit {
+            registry: self.clone(),
+            ip: None,
+        })
+    }
+
+    /// Counts a client a trusted proxy reported against the per-IP cap.
+    pub(crate) fn admit_forwarded(&self, ip: IpAddr) -> Result<ForwardedPermit, Refusal> {
+        let mut c = self.lock();
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return Err(Refusal::TooMany);
+        }
+        *n = n.saturating_add(1);
+        Ok(ForwardedPermit {
+            registry: self.clone(),
             ip,
         })
     }
@@ -111,16 +150,28 @@ impl Registry {
     }
 }
 
+fn release_ip(c: &mut Counts, ip: &IpAddr) {
+    if let Some(n) = c.per_ip.get_mut(ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            c.per_ip.remove(ip);
+        }
+    }
+}
+
 impl Drop for IpPermit {
     fn drop(&mut self) {
         let mut c = self.registry.lock();
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
+        if let Some(ip) = &self.ip {
+            release_ip(&mut c, ip);
         }
+    }
+}
+
+impl Drop for ForwardedPermit {
+    fn drop(&mut self) {
+        release_ip(&mut self.registry.lock(), &self.ip);
     }
 }
 

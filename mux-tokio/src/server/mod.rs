@@ -1,6 +1,9 @@
 //! The WebSocket server: handshake checks before the 101, connection limits and load
 //! shedding, one task per connection, and graceful shutdown.
 
+#[cfg(feature = "axum")]
+mod axum_upgrade;
+mod forwarded;
 mod fragments;
 mod handshake;
 mod head;
@@ -26,6 +29,7 @@ pub use handshake::{
     TOKEN_PROTOCOL_PREFIX,
 };
 
+pub use forwarded::{ForwardedHeader, IpCidr};
 pub use rate::HandshakeRate;
 pub(crate) use rate::KeyedRate;
 
@@ -114,6 +118,21 @@ pub struct ServerConfig {
     /// principal's connections, in memory or in a shared [`QuotaStore`](crate::quota::QuotaStore).
     /// Default: handshakes 16/s with bursts of 64, in memory.
     pub quotas: QuotaPolicy,
+    /// Reverse proxies whose word on the client's address is taken: only from a TCP peer
+    /// in one of these blocks is the client read from `Forwarded` or `X-Forwarded-For`
+    /// (the rightmost hop that is not itself a trusted proxy), and then the per-IP cap,
+    /// the handshake rate, [`HandshakeRequest::peer`](crate::HandshakeRequest) and the
+    /// logs use it. A trusted peer whose headers name no readable client is answered 400.
+    /// Default: none (every peer is the client).
+    pub trusted_proxies: Vec<IpCidr>,
+    /// The header the trusted proxies write the client into; the other is ignored (a
+    /// proxy passes on what the client put in a header it does not write itself).
+    /// Default `X-Forwarded-For` (nginx, HAProxy, AWS ALB, Google Cloud).
+    pub forwarded_header: ForwardedHeader,
+    /// Answer `GET /healthz` (200 while the process serves) and `GET /readyz` (503 while
+    /// draining, shutting down or refusing handshakes for memory) on the server's own port,
+    /// before any upgrade: for Kubernetes probes and load balancers. Default on.
+    pub health_checks: bool,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +158,9 @@ impl Default for ServerConfig {
                 burst: 128,
             },
             quotas: QuotaPolicy::default(),
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
+            health_checks: true,
         }
     }
 }
@@ -202,6 +224,13 @@ impl ServerConfig {
     /// [`ServerConfig::handshake_rate_per_ip`]).
     pub fn handshake_rate(mut self, rate: HandshakeRate) -> Self {
         self.handshake_rate_per_ip = rate;
+        self
+    }
+
+    /// Builder: trusted reverse proxies, as addresses or CIDR blocks (`10.0.0.0/8`,
+    /// `::1`); entries that do not parse are ignored (see [`ServerConfig::trusted_proxies`]).
+    pub fn trusted_proxies<'a>(mut self, proxies: impl IntoIterator<Item = &'a str>) -> Self {
+        self.trusted_proxies = proxies.into_iter().filter_map(IpCidr::parse).collect();
         self
     }
 
@@ -276,12 +305,15 @@ struct Shared {
     preauth: PreAuth,
     handshake_rate: Mutex<KeyedRate<IpAddr>>,
     counters: Counters,
-    connections: Mutex<HashMap<u64, ConnectionHandle>>,
+    /// Live connections, with the principal each belongs to.
+    connections: Mutex<HashMap<u64, (String, ConnectionHandle)>>,
     next_id: AtomicU64,
     /// Where connections queue accepted sessions; taken when shutdown completes, so that
     /// [`Server::accept`] returns `None` once the last connection has gone.
     accepted: Mutex<Option<mpsc::Sender<Session>>>,
     shutdown: watch::Sender<bool>,
+    /// Told to drain: `/readyz` says no and every connection has had GOAWAY.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A running server. Take accepted sessions with [`Server::accept`].
@@ -321,6 +353,30 @@ impl Server {
         authorizer: impl Authorizer,
     ) -> std::io::Result<Server> {
         let local_addr = listener.local_addr()?;
+        let server = Server::build(local_addr, config, authenticator, authorizer);
+        tokio::spawn(serve::accept_loop(listener, server.shared.clone()));
+        Ok(server)
+    }
+
+    /// A server with no listener of its own: connections come from streams the application
+    /// accepted ([`ServerHandle::serve`], for TLS) or from axum
+    /// (`ServerHandle::upgrade_axum`, feature `axum`), with every check of a bound server.
+    /// Its [`local_addr`](Server::local_addr) is `0.0.0.0:0`.
+    pub fn detached(
+        config: ServerConfig,
+        authenticator: impl Authenticator,
+        authorizer: impl Authorizer,
+    ) -> Server {
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+        Server::build(unbound, config, authenticator, authorizer)
+    }
+
+    fn build(
+        local_addr: SocketAddr,
+        config: ServerConfig,
+        authenticator: impl Authenticator,
+        authorizer: impl Authorizer,
+    ) -> Server {
         let (accepted, sessions) = mpsc::channel(config.accept_queue.max(1));
         let (shutdown, _) = watch::channel(false);
         let registry = Registry::new(
@@ -341,13 +397,13 @@ impl Server {
             next_id: AtomicU64::new(1),
             accepted: Mutex::new(Some(accepted)),
             shutdown,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
-        tokio::spawn(serve::accept_loop(listener, shared.clone()));
-        Ok(Server {
+        Server {
             local_addr,
             sessions,
             shared,
-        })
+        }
     }
 
     /// The bound address.
@@ -368,12 +424,29 @@ impl Server {
     }
 }
 
+impl Shared {
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.config.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// Why `/readyz` says no, if it does.
+    fn not_ready(&self) -> Option<&'static str> {
+        if *self.shutdown.borrow() || self.draining.load(Ordering::Relaxed) {
+            Some("draining")
+        } else if self.budget.pressure() >= crate::Pressure::RefuseHandshakes {
+            Some("overloaded")
+        } else {
+            None
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         // Nobody can take sessions any more: stop accepting (the accept loop drops the
         // listener, so the port is free again) and end every connection.
         let _ = self.shared.shutdown.send(true);
-        for handle in lock(&self.shared.connections).values() {
+        for (_, handle) in lock(&self.shared.connections).values() {
             handle.close_soon(CloseCode::GOING_AWAY, "server dropped");
         }
         lock(&self.shared.accepted).take();
@@ -399,6 +472,23 @@ impl ServerHandle {
         }
     }
 
+    /// Starts draining for a rolling restart: `/readyz` answers 503 from now on (so the
+    /// load balancer stops sending new clients), every connection gets GOAWAY (clients
+    /// reconnect elsewhere after their sessions finish), and connections still arriving
+    /// are served but told to go away at once. Unlike [`ServerHandle::shutdown`] it
+    /// neither stops accepting nor closes anything.
+    pub async fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        for h in self.connections() {
+            h.go_away().await;
+        }
+    }
+
+    /// Whether `/readyz` would say yes now.
+    pub fn is_ready(&self) -> bool {
+        self.shared.not_ready().is_none()
+    }
+
     /// Serves a connection the application accepted itself (a TLS stream from
     /// tokio-rustls, a Unix socket) with every check of the server's own listener:
     /// admission, the handshake deadline, Origin, subprotocol, authentication, caps and
@@ -413,7 +503,21 @@ impl ServerHandle {
 
     /// Handles of the live connections (for per-connection stats).
     pub fn connections(&self) -> Vec<ConnectionHandle> {
-        lock(&self.shared.connections).values().cloned().collect()
+        lock(&self.shared.connections)
+            .values()
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
+    /// Handles of the live connections of one principal: to see how many it has, revoke
+    /// every session it holds ([`ConnectionHandle::revoke_sessions`], when its rights
+    /// change) or close them (when it logs out or is banned).
+    pub fn connections_of(&self, principal_id: &str) -> Vec<ConnectionHandle> {
+        lock(&self.shared.connections)
+            .values()
+            .filter(|(p, _)| p == principal_id)
+            .map(|(_, h)| h.clone())
+            .collect()
     }
 
     /// Graceful shutdown: stop accepting, send GOAWAY to every connection, let sessions

@@ -15,10 +15,11 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, info_span, warn};
 
+use super::forwarded;
 use super::fragments::FragmentCapped;
 use super::handshake::{bearer_token, parse_protocols};
-use super::head::{self, HeadError, UpgradeRequest};
-use super::limits::{IpPermit, PrincipalPermit, Refusal};
+use super::head::{self, Head, HeadError, Probe, UpgradeRequest};
+use super::limits::{ForwardedPermit, IpPermit, PrincipalPermit, Refusal};
 use super::{lock, Shared};
 use crate::auth::{HandshakeRequest, Principal};
 use crate::budget::{Pressure, CONNECTION_STATE};
@@ -76,6 +77,14 @@ pub(super) fn admit(shared: &Shared, peer: SocketAddr) -> Result<IpPermit, (u16,
     if shared.budget.pressure() >= Pressure::RefuseHandshakes {
         return refused(503, 1);
     }
+    if shared.is_trusted_proxy(peer.ip()) {
+        // The client behind the proxy is known only from the request: its rate and
+        // per-IP cap are checked once the head is read.
+        return match shared.registry.admit_trusted() {
+            Ok(permit) => Ok(permit),
+            Err(_) => refused(503, 1),
+        };
+    }
     let rate = lock(&shared.handshake_rate).check(peer.ip(), tokio::time::Instant::now());
     if let Err(wait) = rate {
         return refused(429, whole_seconds(wait));
@@ -88,7 +97,7 @@ pub(super) fn admit(shared: &Shared, peer: SocketAddr) -> Result<IpPermit, (u16,
 }
 
 /// A `Retry-After` value: whole seconds, rounded up, at least 1 (RFC 9110 has no fractions).
-fn whole_seconds(wait: Duration) -> u64 {
+pub(super) fn whole_seconds(wait: Duration) -> u64 {
     wait.as_secs()
         .saturating_add(u64::from(wait.subsec_nanos() > 0))
         .max(1)
@@ -122,6 +131,8 @@ enum Refused {
     Status(u16),
     /// Over the principal's handshake quota: 429 with this `Retry-After`.
     Quota(u64),
+    /// Not an upgrade but a health probe: answered, not counted as a refusal.
+    Probe(Probe),
     /// Malformed or oversized head: answer, counted as a failed handshake.
     Head(HeadError),
 }
@@ -152,7 +163,7 @@ where
     drop(place);
     drop(head_charge);
     let counters = &shared.counters;
-    let (principal, principal_permit, rest) = match outcome {
+    let (principal, principal_permit, client, rest) = match outcome {
         Some(Ok(Ok(upgraded))) => upgraded,
         None => {
             counters.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +185,17 @@ where
         Some(Ok(Err(refused))) => {
             let mut retry_after = 1;
             let status = match refused {
+                Refused::Probe(probe) => {
+                    let (ok, word) = match probe {
+                        Probe::Live => (true, "ok"),
+                        Probe::Ready => match shared.not_ready() {
+                            None => (true, "ready"),
+                            Some(why) => (false, why),
+                        },
+                    };
+                    head::answer_probe(stream.get_mut(), ok, word).await;
+                    return;
+                }
                 Refused::Quota(secs) => {
                     counters.refused_429.fetch_add(1, Ordering::Relaxed);
                     retry_after = secs;
@@ -203,41 +225,52 @@ where
             return;
         }
     };
+    let (client, forwarded_permit) = client;
     run(
         stream,
         rest,
-        peer,
+        client,
         &shared,
         accepted,
         principal,
         principal_permit,
     )
     .await;
+    drop(forwarded_permit);
     drop(ip_permit);
 }
 
+/// The client's address behind a trusted proxy, and its place under the per-IP cap.
+pub(super) type Client = (SocketAddr, Option<ForwardedPermit>);
+
 /// Reads the head and runs every check of spec/http.md after the admission ones; on
-/// success writes the 101 and returns the principal and the bytes read past the head.
+/// success writes the 101 and returns the principal, the client's address and the bytes
+/// read past the head.
 async fn handshake<S>(
     stream: &mut FragmentCapped<S>,
     peer: SocketAddr,
     shared: &Shared,
     stage: &mut Stage,
-) -> Result<(Principal, PrincipalPermit, Vec<u8>), Refused>
+) -> Result<(Principal, PrincipalPermit, Client, Vec<u8>), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &shared.config;
-    let (request, rest) = head::read_head(stream, config.max_request_head)
+    let (head, rest) = head::read_any(stream, config.max_request_head, config.health_checks)
         .await
         .map_err(Refused::Head)?;
-    let hs = check_request(&request, peer, shared).map_err(Refused::Status)?;
+    let request = match head {
+        Head::Upgrade(request) => request,
+        Head::Probe(probe) => return Err(Refused::Probe(probe)),
+    };
+    let client = forwarded_client(&request, peer, shared)?;
+    let hs = check_request_for(&request, client.0, shared).map_err(Refused::Status)?;
     *stage = Stage::Authenticating;
-    let principal = shared
-        .authenticator
-        .authenticate(&hs)
-        .await
-        .map_err(|_| Refused::Status(401))?;
+    let mut clock = crate::observe::Stopwatch::default();
+    clock.start();
+    let principal = shared.authenticator.authenticate(&hs).await;
+    crate::observe::authenticated(&mut clock, principal.is_ok());
+    let principal = principal.map_err(|_| Refused::Status(401))?;
     // Per principal across connections and reconnects (and nodes, with a shared store).
     if config.quotas.kinds.handshakes {
         let key = QuotaKey::Principal(principal.id.clone());
@@ -255,12 +288,56 @@ where
         .write_all(head::switching_protocols(&request.accept_key).as_bytes())
         .await
         .map_err(|_| Refused::Head(HeadError::Gone))?;
-    Ok((principal, permit, rest))
+    Ok((principal, permit, client, rest))
+}
+
+/// Behind a trusted proxy: the client it reports (400 if it cannot say), checked against
+/// the handshake rate and the per-IP cap as a direct client is at accept.
+fn forwarded_client(
+    request: &UpgradeRequest,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Client, Refused> {
+    forwarded_client_for(request, peer, shared).map_err(|(status, retry_after)| {
+        if status == 429 {
+            Refused::Quota(retry_after)
+        } else {
+            Refused::Status(status)
+        }
+    })
+}
+
+/// [`forwarded_client`] with the refusal as (status, `Retry-After`).
+pub(super) fn forwarded_client_for(
+    request: &UpgradeRequest,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<Client, (u16, u64)> {
+    let trusted = &shared.config.trusted_proxies;
+    if !shared.is_trusted_proxy(peer.ip()) {
+        return Ok((peer, None));
+    }
+    let client = forwarded::client_address(
+        peer,
+        &request.headers,
+        trusted,
+        shared.config.forwarded_header,
+    )
+    .map_err(|_| (400, 0))?;
+    let rate = lock(&shared.handshake_rate).check(client.ip(), tokio::time::Instant::now());
+    if let Err(wait) = rate {
+        return Err((429, whole_seconds(wait)));
+    }
+    let permit = shared
+        .registry
+        .admit_forwarded(client.ip())
+        .map_err(|_| (429, 1))?;
+    Ok((client, Some(permit)))
 }
 
 /// Origin (403) and subprotocol (400), then what the authenticator sees. Every check
 /// answers with a real status before any state is kept (spec/sessions.md).
-fn check_request(
+pub(super) fn check_request_for(
     request: &UpgradeRequest,
     peer: SocketAddr,
     shared: &Shared,
@@ -314,7 +391,6 @@ async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = &shared.config;
-    let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let fixed_cost = CONNECTION_STATE.saturating_add(config.read_buffer_size);
     let charge = Arc::new(shared.budget.charge(fixed_cost));
     stream.charge_to(charge.clone());
@@ -325,9 +401,32 @@ async fn run<S>(
         Some(config.websocket_config()),
     )
     .await;
+    let transport = TungsteniteTransport::new(ws);
+    run_transport(
+        transport, charge, fixed_cost, peer, shared, accepted, principal,
+    )
+    .await;
+    drop(principal_permit);
+}
+
+/// Runs an upgraded connection over any transport (tungstenite's here, axum's in the
+/// adapter): its memory account, the driver in this task, the registry of live
+/// connections.
+pub(super) async fn run_transport<T: crate::transport::Transport>(
+    transport: T,
+    charge: Arc<crate::budget::Charge>,
+    fixed_cost: usize,
+    peer: SocketAddr,
+    shared: &Shared,
+    accepted: tokio::sync::mpsc::Sender<crate::session::Session>,
+    principal: Principal,
+) {
+    let config = &shared.config;
+    let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     shared.counters.upgraded.fetch_add(1, Ordering::Relaxed);
     crate::observe::connection_opened();
     let span = info_span!("mux.conn", conn_id, %peer, principal = %principal.id);
+    let principal_id = principal.id.clone();
     let acceptor = Acceptor {
         principal: Some(principal),
         authorizer: shared.authorizer.clone(),
@@ -338,23 +437,22 @@ async fn run<S>(
     options.charge = Some(charge);
     options.fixed_cost = fixed_cost;
     let (handle, driver) = connection(
-        TungsteniteTransport::new(ws),
+        transport,
         Side::Server,
         config.protocol.clone(),
         options,
         acceptor,
         span.clone(),
     );
-    lock(&shared.connections).insert(conn_id, handle.clone());
-    // A server that is already shutting down tells late connections at once.
-    if *shared.shutdown.borrow() {
+    lock(&shared.connections).insert(conn_id, (principal_id, handle.clone()));
+    // A server that is already shutting down or draining tells late connections at once.
+    if *shared.shutdown.borrow() || shared.draining.load(Ordering::Relaxed) {
         handle.go_away().await;
     }
     let outcome = driver.await;
     lock(&shared.connections).remove(&conn_id);
     crate::observe::connection_closed(outcome.code);
     span.in_scope(|| info!(code = ?outcome.code, messages_in = outcome.stats.messages_received, messages_out = outcome.stats.messages_sent, "connection ended"));
-    drop(principal_permit);
 }
 
 /// Serves a stream the application accepted itself (a TLS stream, a Unix socket), with

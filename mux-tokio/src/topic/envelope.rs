@@ -1,11 +1,14 @@
-//! What a topic session carries from server to subscriber (spec/topics.md): a one-byte tag,
-//! then the body. Encoded once per publish and shared by every subscriber.
+//! What a topic session carries from server to subscriber (spec/topics.md#events): a one-byte
+//! tag, then the body. A message is encoded once per publish and shared by every subscriber
+//! and by the history.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// A published message follows.
+use super::{Epoch, StreamPosition};
+
+/// `u64` BE offset, then the published payload.
 pub(crate) const TAG_MESSAGE: u8 = 0x00;
-/// `u64` BE: messages dropped for this subscriber just before the next one (drop-oldest).
+/// `u64` BE: messages this subscriber will not receive just before the next one.
 pub(crate) const TAG_GAP: u8 = 0x01;
 /// A member joined: its id (UTF-8) follows.
 pub(crate) const TAG_JOIN: u8 = 0x02;
@@ -14,15 +17,27 @@ pub(crate) const TAG_LEAVE: u8 = 0x03;
 /// Who is present: `u8` flags (bit 0: truncated), `u16` BE count, then per member `u8` length
 /// and the id.
 pub(crate) const TAG_SNAPSHOT: u8 = 0x04;
+/// `u64` BE epoch, `u64` BE offset: the stream read and the offset the subscription starts
+/// after.
+pub(crate) const TAG_POSITION: u8 = 0x05;
+
+/// The gap count that means "unknown": the stream's epoch changed.
+const UNKNOWN: u64 = u64::MAX;
 
 /// What a subscriber receives on a topic session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TopicEvent {
-    /// A published message.
-    Message(Bytes),
-    /// This many messages were dropped (the subscriber was too slow) before the next one.
-    Gap(u64),
+    /// A published message and its offset in the topic's stream.
+    Message {
+        /// Its offset (spec/topics.md#streams).
+        offset: u64,
+        /// The payload, as published.
+        payload: Bytes,
+    },
+    /// This many messages will not arrive, just before the next one; `None` when the count is
+    /// unknown because the stream's epoch changed (treat the state built from it as stale).
+    Gap(Option<u64>),
     /// A member joined the topic.
     Join(String),
     /// A member left the topic.
@@ -34,14 +49,42 @@ pub enum TopicEvent {
         /// More members were present than the snapshot carries.
         truncated: bool,
     },
+    /// The stream this subscription reads, and the offset it starts after: the first event of
+    /// every subscription, and again if the stream was reset.
+    Position(StreamPosition),
+    /// An event of a later version of the profile (tags 0x06–0xff): ignore it (M-TOPIC-1).
+    Unknown {
+        /// Its tag.
+        tag: u8,
+    },
 }
 
-pub(crate) fn message(payload: &[u8]) -> Bytes {
-    tagged(TAG_MESSAGE, payload)
+/// A topic event the server encoded wrongly: the server's fault (spec/topics.md, M-TOPIC-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed topic event (tag {tag:?})")]
+pub struct MalformedEvent {
+    /// The tag of the malformed event; `None` for an empty message.
+    pub tag: Option<u8>,
 }
 
-pub(crate) fn gap(count: u64) -> Bytes {
-    tagged(TAG_GAP, &count.to_be_bytes())
+pub(crate) fn message(offset: u64, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len().saturating_add(9));
+    out.put_u8(TAG_MESSAGE);
+    out.put_u64(offset);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+pub(crate) fn gap(count: Option<u64>) -> Bytes {
+    tagged(TAG_GAP, &count.unwrap_or(UNKNOWN).to_be_bytes())
+}
+
+pub(crate) fn position(position: StreamPosition) -> Bytes {
+    let mut out = BytesMut::with_capacity(17);
+    out.put_u8(TAG_POSITION);
+    out.put_u64(position.epoch.get());
+    out.put_u64(position.offset);
+    out.freeze()
 }
 
 pub(crate) fn join(member: &str) -> Bytes {
@@ -61,11 +104,11 @@ pub(crate) fn snapshot<'a>(
     out.put_u8(TAG_SNAPSHOT);
     let listed: Vec<&str> = members
         .filter(|m| m.len() <= usize::from(u8::MAX))
-        .take(max)
+        .take(max.min(usize::from(u16::MAX)))
         .collect();
     out.put_u8(u8::from(listed.len() < total));
     out.put_u16(u16::try_from(listed.len()).unwrap_or(u16::MAX));
-    for m in listed.iter().take(usize::from(u16::MAX)) {
+    for m in &listed {
         out.put_u8(u8::try_from(m.len()).unwrap_or(u8::MAX));
         out.put_slice(m.as_bytes());
     }
@@ -75,8 +118,10 @@ pub(crate) fn snapshot<'a>(
 /// Encodes any event, for a hub that feeds events it did not produce (a broker's).
 pub(crate) fn encode(event: &TopicEvent) -> Bytes {
     match event {
-        TopicEvent::Message(payload) => message(payload),
+        TopicEvent::Message { offset, payload } => message(*offset, payload),
         TopicEvent::Gap(count) => gap(*count),
+        TopicEvent::Position(at) => position(*at),
+        TopicEvent::Unknown { tag } => tagged(*tag, &[]),
         TopicEvent::Join(member) => join(member),
         TopicEvent::Leave(member) => leave(member),
         TopicEvent::Snapshot { members, truncated } => {
@@ -92,14 +137,6 @@ pub(crate) fn encode(event: &TopicEvent) -> Bytes {
     }
 }
 
-/// The count of a queued gap event, so that dropping it loses no accounting.
-pub(crate) fn gap_count(item: &Bytes) -> Option<u64> {
-    match item.split_first() {
-        Some((&TAG_GAP, body)) => body.try_into().ok().map(u64::from_be_bytes),
-        _ => None,
-    }
-}
-
 fn tagged(tag: u8, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(body.len().saturating_add(1));
     out.put_u8(tag);
@@ -107,35 +144,51 @@ fn tagged(tag: u8, body: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Decodes what a topic session delivered. `None` for anything malformed.
-pub fn decode(message: &Bytes) -> Option<TopicEvent> {
-    let (&tag, body) = message.split_first()?;
-    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
-    Some(match tag {
-        TAG_MESSAGE => TopicEvent::Message(message.slice(1..)),
-        TAG_GAP => TopicEvent::Gap(u64::from_be_bytes(body.try_into().ok()?)),
+/// Decodes what a topic session delivered. A message's payload is a slice of `message`, not
+/// a copy.
+pub fn decode(message: &Bytes) -> Result<TopicEvent, MalformedEvent> {
+    let (&tag, body) = message.split_first().ok_or(MalformedEvent { tag: None })?;
+    let bad = MalformedEvent { tag: Some(tag) };
+    let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).map_err(|_| bad);
+    let u64_at = |b: &[u8]| b.try_into().map(u64::from_be_bytes).map_err(|_| bad);
+    Ok(match tag {
+        TAG_MESSAGE => {
+            let (offset, _) = body.split_first_chunk::<8>().ok_or(bad)?;
+            TopicEvent::Message {
+                offset: u64::from_be_bytes(*offset),
+                payload: message.slice(9..),
+            }
+        }
+        TAG_GAP => TopicEvent::Gap(Some(u64_at(body)?).filter(|&n| n != UNKNOWN)),
         TAG_JOIN => TopicEvent::Join(text(body)?),
         TAG_LEAVE => TopicEvent::Leave(text(body)?),
         TAG_SNAPSHOT => {
-            let (&flags, rest) = body.split_first()?;
-            let (count, mut rest) = rest.split_first_chunk::<2>()?;
+            let (&flags, rest) = body.split_first().ok_or(bad)?;
+            let (count, mut rest) = rest.split_first_chunk::<2>().ok_or(bad)?;
             let count = u16::from_be_bytes(*count);
             let mut members = Vec::new();
             for _ in 0..count {
-                let (&len, tail) = rest.split_first()?;
-                let (id, tail) = tail.split_at_checked(usize::from(len))?;
+                let (&len, tail) = rest.split_first().ok_or(bad)?;
+                let (id, tail) = tail.split_at_checked(usize::from(len)).ok_or(bad)?;
                 members.push(text(id)?);
                 rest = tail;
             }
             if !rest.is_empty() {
-                return None;
+                return Err(bad);
             }
             TopicEvent::Snapshot {
                 members,
                 truncated: flags & 1 != 0,
             }
         }
-        _ => return None,
+        TAG_POSITION => {
+            let (epoch, offset) = body.split_first_chunk::<8>().ok_or(bad)?;
+            TopicEvent::Position(StreamPosition {
+                epoch: Epoch::new(u64::from_be_bytes(*epoch)),
+                offset: u64_at(offset)?,
+            })
+        }
+        tag => TopicEvent::Unknown { tag },
     })
 }
 
@@ -152,22 +205,34 @@ mod tests {
     #[test]
     fn every_event_round_trips() {
         assert_eq!(
-            decode(&message(b"hi")),
-            Some(TopicEvent::Message(Bytes::from_static(b"hi")))
+            decode(&message(7, b"hi")),
+            Ok(TopicEvent::Message {
+                offset: 7,
+                payload: Bytes::from_static(b"hi")
+            })
         );
-        assert_eq!(decode(&gap(7)), Some(TopicEvent::Gap(7)));
-        assert_eq!(decode(&join("ann")), Some(TopicEvent::Join("ann".into())));
-        assert_eq!(decode(&leave("ann")), Some(TopicEvent::Leave("ann".into())));
+        assert_eq!(decode(&gap(Some(7))), Ok(TopicEvent::Gap(Some(7))));
+        assert_eq!(decode(&gap(None)), Ok(TopicEvent::Gap(None)));
+        let at = StreamPosition::new(Epoch::new(0xabc), 9);
+        assert_eq!(decode(&position(at)), Ok(TopicEvent::Position(at)));
+        assert_eq!(decode(&join("ann")), Ok(TopicEvent::Join("ann".into())));
+        assert_eq!(decode(&leave("ann")), Ok(TopicEvent::Leave("ann".into())));
         let members = ["a", "bb", "ccc"];
         assert_eq!(
             decode(&snapshot(members.iter().copied(), 2, 3)),
-            Some(TopicEvent::Snapshot {
+            Ok(TopicEvent::Snapshot {
                 members: vec!["a".into(), "bb".into()],
                 truncated: true
             })
         );
         for event in [
-            TopicEvent::Gap(3),
+            TopicEvent::Message {
+                offset: 4,
+                payload: Bytes::from_static(b"x"),
+            },
+            TopicEvent::Gap(Some(3)),
+            TopicEvent::Gap(None),
+            TopicEvent::Position(StreamPosition::new(Epoch::new(5), 6)),
             TopicEvent::Join("ann".into()),
             TopicEvent::Snapshot {
                 members: vec!["a".into()],
@@ -177,13 +242,17 @@ mod tests {
                 members: vec![],
                 truncated: false,
             },
+            TopicEvent::Unknown { tag: 9 },
         ] {
-            assert_eq!(decode(&encode(&event)), Some(event));
+            assert_eq!(decode(&encode(&event)), Ok(event));
         }
-        assert_eq!(gap_count(&gap(9)), Some(9));
-        assert_eq!(gap_count(&message(b"x")), None);
-        assert_eq!(decode(&Bytes::new()), None);
-        assert_eq!(decode(&Bytes::from_static(&[9])), None);
-        assert_eq!(decode(&Bytes::from_static(&[TAG_GAP, 1])), None);
+        assert_eq!(
+            decode(&Bytes::from_static(&[9])),
+            Ok(TopicEvent::Unknown { tag: 9 })
+        );
+        assert_eq!(decode(&Bytes::new()), Err(MalformedEvent { tag: None }));
+        for bad in [&[TAG_GAP, 1][..], &[TAG_MESSAGE, 0, 0], &[TAG_POSITION; 16]] {
+            assert!(decode(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The in-process hub: topics in a map, subscribers with bounded queues, and no task per
-//! subscriber. A publish queues the shared bytes straight into each subscriber's session
-//! while it has room; a subscriber whose session is out of credit keeps the rest in its own
-//! bounded queue and is pumped again by its session's waker when credit returns.
+//! subscriber. A publish gives the message its offset in the topic's stream, keeps it in the
+//! topic's bounded history, and queues the shared bytes for each subscriber, whose session
+//! takes them as it has room; a subscriber out of credit is pumped again by its session's
+//! waker when credit returns. A subscriber that resumes reads what it missed from the history
+//! before its queue (spec/topics.md#resuming).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,49 +13,32 @@ use std::task::{Context, Poll, Wake, Waker};
 use bytes::Bytes;
 use mux_proto::CloseCode;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::envelope;
-use super::{AttachError, PublishReport, SlowConsumerPolicy, SubscribeOptions, TopicOptions};
+use super::history::{Fill, History, Placed, Start};
+use super::queue::{start_items, Item, Offer, Queue};
+use super::{
+    AttachError, Epoch, HubOptions, PublishReport, SlowConsumerPolicy, StreamPosition,
+    SubscribeOptions, TopicKind, TopicOptions,
+};
 use crate::session::{Session, SessionSender};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What a subscriber holds that its session had no room for yet.
-#[derive(Debug, Default)]
-struct Queue {
-    items: VecDeque<Bytes>,
-    /// Messages dropped since the subscriber was last told (a gap event is owed).
-    dropped: u64,
-    /// The queue overflowed under the close policy.
-    overflowed: bool,
-    /// The subscription ended.
-    closed: bool,
-    /// Attached with [`LocalHub::attach_held`]: nothing is sent before
-    /// [`Subscription::release`].
-    held: bool,
-}
-
-/// The outcome of offering one message to one subscriber.
-enum Offer {
-    Queued,
-    Dropped,
-    Closed,
-    Gone,
-}
-
 /// One session subscribed to one topic.
 ///
-/// Lock order: a subscriber's `queue`, then its connection's state. The connection wakes
-/// this subscriber's wakers only after releasing its lock, only one pump runs at a time
-/// (`pumping`), and a publish walks a snapshot of the subscribers with no lock held, so a
-/// pump that ends its subscription can leave the topic from anywhere.
+/// Lock order: the hub's topic map, a topic's `order`, a subscriber's `queue`, then the
+/// topic's `history` or the connection's state. The connection wakes this subscriber's
+/// wakers only after releasing its lock, only one pump runs at a time (`pumping`), and a
+/// publish pumps with no lock held, so a pump that ends its subscription can leave the topic
+/// from anywhere.
 struct Subscriber {
     id: u64,
     member: String,
     policy: SlowConsumerPolicy,
-    capacity: usize,
     queue: Mutex<Queue>,
     sender: SessionSender,
     /// Woken when the session may have room again: pumps.
@@ -68,7 +53,6 @@ struct Subscriber {
     ended: Notify,
     hub: Weak<Inner>,
     topic: Weak<Topic>,
-    topic_name: String,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -103,36 +87,13 @@ impl Wake for SubscriberWaker {
 }
 
 impl Subscriber {
-    /// Adds `message` to the queue under the slow-consumer policy. The caller pumps.
-    fn offer(&self, message: Bytes) -> Offer {
-        let mut q = lock(&self.queue);
-        if q.closed || q.overflowed {
-            return Offer::Gone;
-        }
-        if q.items.len() < self.capacity {
-            q.items.push_back(message);
-            return Offer::Queued;
-        }
-        match self.policy {
-            SlowConsumerPolicy::DropOldest => {
-                // A queued gap (messages a broker lost, see `LocalHub::deliver`) stands for
-                // its count, so dropping it keeps `received + Σ gaps = published`.
-                let oldest = q.items.pop_front();
-                let missed = oldest.as_ref().and_then(envelope::gap_count).unwrap_or(1);
-                q.dropped = q.dropped.saturating_add(missed);
-                q.items.push_back(message);
-                Offer::Dropped
-            }
-            SlowConsumerPolicy::Close => {
-                q.overflowed = true;
-                q.items.clear();
-                Offer::Closed
-            }
-        }
+    /// Adds `item` to the queue under the slow-consumer policy. The caller pumps.
+    fn offer(&self, item: Item) -> Offer {
+        lock(&self.queue).offer(item, self.policy)
     }
 
-    /// Moves what the session has room for out of the queue. Whoever finds a pump running
-    /// leaves the work to it: that pump looks at the queue once more before it stops.
+    /// Moves what the session has room for out of the queue and the history. Whoever finds
+    /// a pump running leaves the work to it: that pump looks once more before it stops.
     fn pump(self: &Arc<Self>) {
         self.again.store(true, Ordering::Release);
         while self.again.load(Ordering::Acquire) {
@@ -169,20 +130,22 @@ impl Subscriber {
         if q.held {
             return false;
         }
+        let topic = self.topic.upgrade();
+        let now = Instant::now();
+        let mut history = |epoch: Epoch, next: u64, until: u64| match &topic {
+            Some(topic) => lock(&topic.history).fill(epoch, next, until, now),
+            None => {
+                (next <= until).then(|| Fill::Gap(until.saturating_add(1).saturating_sub(next)))
+            }
+        };
         let mut cx = Context::from_waker(&self.writable);
         loop {
-            let gap = q.dropped > 0;
-            let mut next = if gap {
-                Some(envelope::gap(q.dropped))
-            } else {
-                q.items.front().cloned()
-            };
-            if next.is_none() {
+            let Some((bytes, step)) = q.peek(&mut history) else {
                 return false;
-            }
+            };
+            let mut next = Some(bytes);
             match self.sender.poll_send(&mut cx, &mut next) {
-                Poll::Ready(Ok(())) if gap => q.dropped = 0,
-                Poll::Ready(Ok(())) => drop(q.items.pop_front()),
+                Poll::Ready(Ok(())) => q.advance(step),
                 // The session is out of room: `writable` is registered with it.
                 Poll::Pending => return false,
                 Poll::Ready(Err(_)) => {
@@ -206,7 +169,7 @@ impl Subscriber {
     /// The session ended or overflowed: leave the topic now, not at the next publish.
     fn leave(self: &Arc<Self>) {
         if let (Some(hub), Some(topic)) = (self.hub.upgrade(), self.topic.upgrade()) {
-            hub.detach(&self.topic_name, &topic, self);
+            hub.detach(&topic, self);
         } else {
             self.close();
         }
@@ -219,31 +182,124 @@ type Subscribers = Arc<Vec<Arc<Subscriber>>>;
 
 #[derive(Debug)]
 struct Topic {
+    name: String,
     options: TopicOptions,
     subscribers: Mutex<Subscribers>,
     /// Sessions per member id, for presence (bounded by the subscriber count).
     members: Mutex<HashMap<String, usize>>,
+    /// Held from giving a message its offset until it is in every subscriber's queue, so
+    /// each queue holds a topic's messages in offset order.
+    order: Mutex<()>,
+    history: Mutex<History>,
 }
 
 impl Topic {
-    /// Offers `message` to every subscriber but `except` and pumps each: the same `Bytes`
-    /// for all, no task and no wait per subscriber.
-    fn publish_raw(&self, message: &Bytes, except: Option<u64>) -> PublishReport {
+    fn new(name: &str, options: TopicOptions) -> Self {
+        Topic {
+            name: name.to_owned(),
+            options,
+            subscribers: Mutex::new(Arc::new(Vec::new())),
+            members: Mutex::new(HashMap::new()),
+            order: Mutex::new(()),
+            history: Mutex::new(History::new(
+                Epoch::random(),
+                options.history_len,
+                options.history_age,
+            )),
+        }
+    }
+
+    /// Publishes `payload` at the stream's next offset.
+    fn publish(&self, payload: &[u8], now: Instant) -> PublishReport {
+        let order = lock(&self.order);
+        let (position, items) = {
+            let mut history = lock(&self.history);
+            let mut items = Vec::new();
+            let appended = match history.append(payload, now) {
+                Some(appended) => appended,
+                None => {
+                    // Every offset of the epoch is used: a new epoch, announced as a reset.
+                    history.restart(Epoch::random());
+                    items.extend(restart(history.reset_start(now)));
+                    match history.append(payload, now) {
+                        Some(appended) => appended,
+                        // Unreachable: a restarted stream is at offset 0.
+                        None => return PublishReport::default(),
+                    }
+                }
+            };
+            let (offset, event) = appended;
+            items.push(Item::Message { offset, event });
+            (StreamPosition::new(history.epoch(), offset), items)
+        };
+        let (mut report, subscribers) = self.offer_all(&items, None);
+        drop(order);
+        pump_all(&subscribers);
+        report.position = Some(position);
+        report
+    }
+
+    /// Publishes a message a broker placed at `position`.
+    fn publish_at(&self, position: StreamPosition, payload: &[u8], now: Instant) -> PublishReport {
+        let order = lock(&self.order);
+        let items = match lock(&self.history).place(position, payload, now) {
+            Placed::Stale => Vec::new(),
+            Placed::Appended(event) => vec![Item::Message {
+                offset: position.offset,
+                event,
+            }],
+            Placed::Restarted(start, event) => restart(start)
+                .chain([Item::Message {
+                    offset: position.offset,
+                    event,
+                }])
+                .collect(),
+        };
+        let (mut report, subscribers) = self.offer_all(&items, None);
+        drop(order);
+        pump_all(&subscribers);
+        report.position = Some(position);
+        report
+    }
+
+    /// Offers `items` to every subscriber but `except`; the report, and the subscribers to
+    /// pump once the caller released `order`.
+    fn offer_all(&self, items: &[Item], except: Option<u64>) -> (PublishReport, Subscribers) {
         let mut report = PublishReport::default();
         let subscribers = self.snapshot();
+        if items.is_empty() {
+            return (report, subscribers);
+        }
         for sub in subscribers.iter().filter(|s| Some(s.id) != except) {
-            match sub.offer(message.clone()) {
+            let mut outcome = Offer::Gone;
+            for item in items {
+                match sub.offer(item.clone()) {
+                    Offer::Queued if outcome == Offer::Gone => outcome = Offer::Queued,
+                    Offer::Queued | Offer::Gone => {}
+                    worse => outcome = worse,
+                }
+            }
+            match outcome {
                 Offer::Queued => report.queued = report.queued.saturating_add(1),
                 Offer::Dropped => {
                     report.queued = report.queued.saturating_add(1);
                     report.dropped = report.dropped.saturating_add(1);
                 }
                 Offer::Closed => report.closed = report.closed.saturating_add(1),
-                Offer::Gone => continue,
+                Offer::Gone => {}
             }
-            sub.pump();
         }
-        report
+        (report, subscribers)
+    }
+
+    /// A presence event to every subscriber but `except`.
+    fn announce(&self, event: Bytes, except: Option<u64>) {
+        let item = Item::Event {
+            event,
+            droppable: true,
+        };
+        let (_, subscribers) = self.offer_all(&[item], except);
+        pump_all(&subscribers);
     }
 
     fn snapshot(&self) -> Subscribers {
@@ -260,10 +316,69 @@ impl Topic {
     }
 }
 
+/// What live subscribers get when the stream restarts in a new epoch.
+fn restart(start: Start) -> impl Iterator<Item = Item> {
+    let mark = Item::Restart {
+        epoch: start.position.epoch,
+        next: start.next,
+        until: start.until,
+    };
+    std::iter::once(mark).chain(start_items(start))
+}
+
+fn pump_all(subscribers: &Subscribers) {
+    for sub in subscribers.iter() {
+        sub.pump();
+    }
+}
+
+/// The topics in memory: those with subscribers, and idle ones kept for subscribers that
+/// come back, oldest idle first.
 #[derive(Debug, Default)]
+struct Topics {
+    map: HashMap<String, Arc<Topic>>,
+    /// When each idle topic lost its last subscriber; at most `max_idle_topics` after a sweep.
+    idle: VecDeque<(Instant, Arc<Topic>)>,
+}
+
+impl Topics {
+    /// Drops idle topics over the count or past their time; their epochs end with them.
+    fn sweep(&mut self, options: &HubOptions, now: Instant) {
+        while let Some((since, _)) = self.idle.front() {
+            let expired = now.saturating_duration_since(*since) >= options.idle_ttl;
+            if !expired && self.idle.len() <= options.max_idle_topics {
+                break;
+            }
+            if let Some((_, topic)) = self.idle.pop_front() {
+                let current = self
+                    .map
+                    .get(&topic.name)
+                    .is_some_and(|t| Arc::ptr_eq(t, &topic));
+                if current && topic.snapshot().is_empty() {
+                    self.map.remove(&topic.name);
+                }
+            }
+        }
+    }
+
+    fn set_idle(&mut self, topic: &Arc<Topic>, now: Instant) {
+        if !self.idle.iter().any(|(_, t)| Arc::ptr_eq(t, topic)) {
+            self.idle.push_back((now, topic.clone()));
+        }
+    }
+
+    fn set_busy(&mut self, topic: &Arc<Topic>) {
+        if let Some(at) = self.idle.iter().position(|(_, t)| Arc::ptr_eq(t, topic)) {
+            self.idle.remove(at);
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Inner {
-    topics: Mutex<HashMap<String, Arc<Topic>>>,
-    options: Mutex<HashMap<String, TopicOptions>>,
+    topics: Mutex<Topics>,
+    configured: Mutex<HashMap<String, TopicOptions>>,
+    options: HubOptions,
     next_id: AtomicU64,
     /// The [`TopicWatch`], if a broker hub mirrors this hub's topics.
     watch: Mutex<Option<Arc<Watched>>>,
@@ -288,7 +403,7 @@ impl Inner {
         }
     }
 
-    fn detach(&self, name: &str, topic: &Arc<Topic>, sub: &Arc<Subscriber>) {
+    fn detach(&self, topic: &Arc<Topic>, sub: &Arc<Subscriber>) {
         sub.close();
         let removed = topic.edit(|subs| match subs.iter().position(|s| s.id == sub.id) {
             Some(pos) => {
@@ -312,20 +427,26 @@ impl Inner {
                 }
             };
             if left {
-                topic.publish_raw(&envelope::leave(&sub.member), None);
+                topic.announce(envelope::leave(&sub.member), None);
             }
         }
-        // Forget the topic once empty, so topics do not accumulate. An attach holds the
-        // map's lock until its subscriber is on the topic, so it cannot land on a topic
-        // removed here.
+        // An empty topic is kept a while, bounded, for subscribers that resume. An attach
+        // holds the map's lock until its subscriber is on the topic, so it cannot land on a
+        // topic a sweep removes.
         let mut topics = lock(&self.topics);
         let empty = topic.snapshot().is_empty();
-        if empty && topics.get(name).is_some_and(|t| Arc::ptr_eq(t, topic)) {
-            topics.remove(name);
+        let current = topics
+            .map
+            .get(&topic.name)
+            .is_some_and(|t| Arc::ptr_eq(t, topic));
+        if empty && current {
+            let now = Instant::now();
+            topics.set_idle(topic, now);
+            topics.sweep(&self.options, now);
         }
         drop(topics);
         if removed {
-            self.touched(name);
+            self.touched(&topic.name);
         }
     }
 }
@@ -333,46 +454,149 @@ impl Inner {
 /// The in-process [`Hub`](super::Hub). Cheap to clone; all clones share the topics.
 ///
 /// Its methods are synchronous: nothing in-process needs to wait. A multi-node hub wraps
-/// one for its local fan-out and adds its broker behind the async [`Hub`](super::Hub).
-#[derive(Debug, Clone, Default)]
+/// one for its local fan-out and adds its broker behind the async [`Hub`](super::Hub),
+/// feeding it with [`LocalHub::publish_at`] and [`LocalHub::sync`].
+///
+/// # Memory
+///
+/// Per topic: its history (at most [`TopicOptions::history_len`] messages), and per
+/// subscriber its queue (at most [`SubscribeOptions::queue_capacity`] live events). A topic
+/// without subscribers is kept at most [`HubOptions::idle_ttl`], and at most
+/// [`HubOptions::max_idle_topics`] of them.
+#[derive(Debug, Clone)]
 pub struct LocalHub {
     inner: Arc<Inner>,
 }
 
+impl Default for LocalHub {
+    fn default() -> Self {
+        LocalHub::with_options(HubOptions::default())
+    }
+}
+
 impl LocalHub {
-    /// An empty hub.
+    /// An empty hub with the default [`HubOptions`].
     pub fn new() -> Self {
         LocalHub::default()
     }
 
-    /// Sets a topic's options (presence) before anyone subscribes to it.
+    /// An empty hub with these options.
+    pub fn with_options(options: HubOptions) -> Self {
+        LocalHub {
+            inner: Arc::new(Inner {
+                topics: Mutex::new(Topics::default()),
+                configured: Mutex::new(HashMap::new()),
+                options,
+                next_id: AtomicU64::new(0),
+                watch: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Sets a topic's options (presence, history) before anyone subscribes to it.
     pub fn configure_topic(&self, topic: &str, options: TopicOptions) {
-        lock(&self.inner.options).insert(topic.to_owned(), options);
+        lock(&self.inner.configured).insert(topic.to_owned(), options);
     }
 
     /// Subscribers of `topic` now.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         lock(&self.inner.topics)
+            .map
             .get(topic)
             .map_or(0, |t| t.snapshot().len())
     }
 
-    /// Topics with at least one subscriber (empty topics are removed).
+    /// Topics with at least one subscriber.
     pub fn topic_count(&self) -> usize {
-        lock(&self.inner.topics).len()
+        let topics = lock(&self.inner.topics);
+        topics.map.len().saturating_sub(topics.idle.len())
     }
 
-    /// Queues `message` for every current subscriber of `topic` on this node, encoded once
-    /// and shared. Never waits for a subscriber.
+    /// Topics without subscribers still in memory, for subscribers that resume (bounded by
+    /// [`HubOptions`]).
+    pub fn idle_topic_count(&self) -> usize {
+        lock(&self.inner.topics).idle.len()
+    }
+
+    /// Messages `topic`'s history keeps now (at most its `history_len`).
+    pub fn history_len(&self, topic: &str) -> usize {
+        self.find(topic).map_or(0, |t| lock(&t.history).len())
+    }
+
+    /// Where `topic`'s stream stands (its epoch and last offset), if the hub holds it.
+    pub fn position(&self, topic: &str) -> Option<StreamPosition> {
+        let topic = self.find(topic)?;
+        let position = lock(&topic.history).position();
+        Some(position)
+    }
+
+    /// Gives `message` the next offset of `topic`'s stream, keeps it in the topic's history
+    /// and queues it for every current subscriber on this node, encoded once and shared.
+    /// Never waits for a subscriber. A topic the hub does not hold (never subscribed, or idle
+    /// too long) keeps nothing: the report's position is `None`.
     pub fn publish(&self, topic: &str, message: Bytes) -> PublishReport {
-        let Some(topic) = lock(&self.inner.topics).get(topic).cloned() else {
-            return PublishReport::default();
-        };
-        topic.publish_raw(&envelope::message(&message), None)
+        match self.find(topic) {
+            Some(topic) => topic.publish(&message, Instant::now()),
+            None => PublishReport::default(),
+        }
     }
 
-    /// Subscribes an accepted `session` to the topic it was authorized for (its kind), until
-    /// the returned [`Subscription`] is dropped or the session ends.
+    /// Fans out a message whose position a broker assigned (a multi-node hub): kept in the
+    /// topic's history, queued for this node's subscribers, ignored if its offset is not past
+    /// the stream's last one. Another epoch restarts the stream: subscribers get a position
+    /// event and a gap of unknown count first (spec/topics.md#resuming). Do not mix with
+    /// [`LocalHub::publish`] on one topic.
+    pub fn publish_at(
+        &self,
+        topic: &str,
+        position: StreamPosition,
+        message: Bytes,
+    ) -> PublishReport {
+        match self.find(topic) {
+            Some(topic) => topic.publish_at(position, &message, Instant::now()),
+            None => PublishReport::default(),
+        }
+    }
+
+    /// Brings `topic`'s stream on this node to a broker's before a resuming session is
+    /// attached: its epoch, at least its last offset, and `backlog`, the `(offset, payload)`
+    /// the broker still holds after the subscriber's position. Messages already here win
+    /// over backlog copies. Creates the topic (idle) if the hub does not hold it.
+    pub fn sync(
+        &self,
+        topic: &str,
+        position: StreamPosition,
+        backlog: impl IntoIterator<Item = (u64, Bytes)>,
+    ) {
+        let now = Instant::now();
+        let topic = {
+            let mut topics = lock(&self.inner.topics);
+            topics.sweep(&self.inner.options, now);
+            let (topic, created) = self.topic_in(&mut topics, topic);
+            if created {
+                topics.set_idle(&topic, now);
+            }
+            topic
+        };
+        let order = lock(&topic.order);
+        let items: Vec<Item> = {
+            let mut history = lock(&topic.history);
+            if history.sync(position, backlog, now) {
+                // Replays the new epoch's history to every live subscriber.
+                restart(history.reset_start(now)).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let (_, subscribers) = topic.offer_all(&items, None);
+        drop(order);
+        pump_all(&subscribers);
+    }
+
+    /// Subscribes an accepted `session` to the topic of its kind (the one its authorizer
+    /// decided on), until the returned [`Subscription`] is dropped or the session ends. A
+    /// kind with a position resumes from it: the subscriber gets what it missed from the
+    /// history, or one gap for what history no longer holds (spec/topics.md#resuming).
     pub fn attach(
         &self,
         session: &Session,
@@ -390,26 +614,24 @@ impl LocalHub {
         if !session.may_send() {
             return Err(AttachError::NotPermitted);
         }
-        let name = session.kind().to_owned();
+        let kind = TopicKind::parse(session.kind())?;
         let member = session.principal().map_or_else(
             || format!("session-{}", session.id().get()),
             |p| p.id.clone(),
         );
-        // The topics map stays locked until the subscriber is on the topic: a detach of the
-        // last subscriber removes the topic under this lock once it is empty, so an attach
-        // in between must not add itself to a topic no longer in the map. (Lock order:
-        // topics map, then the topic's members and subscribers, as in `detach`.)
-        let topics = lock(&self.inner.topics);
-        let (topics, topic) = self.topic_in(topics, &name);
+        let now = Instant::now();
+        // The topics map stays locked until the subscriber is on the topic: a sweep removes
+        // an idle topic under this lock, so an attach must not add itself to a topic no
+        // longer in the map. (Lock order: topics map, then the topic's locks.)
+        let mut topics = lock(&self.inner.topics);
+        topics.sweep(&self.inner.options, now);
+        let (topic, _) = self.topic_in(&mut topics, kind.topic);
+        topics.set_busy(&topic);
         let sub = Arc::new_cyclic(|weak: &Weak<Subscriber>| Subscriber {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             member: member.clone(),
             policy: options.policy,
-            capacity: options.queue_capacity.max(1),
-            queue: Mutex::new(Queue {
-                held,
-                ..Queue::default()
-            }),
+            queue: Mutex::new(Queue::new(options.queue_capacity).held(held)),
             sender: session.sender(),
             writable: Waker::from(Arc::new(SubscriberWaker {
                 sub: weak.clone(),
@@ -425,40 +647,46 @@ impl LocalHub {
             ended: Notify::new(),
             hub: Arc::downgrade(&self.inner),
             topic: Arc::downgrade(&topic),
-            topic_name: name.clone(),
         });
         if !sub.sender.watch_close(&sub.end) {
             drop(topics);
-            self.inner.detach(&name, &topic, &sub);
+            self.inner.detach(&topic, &sub);
             return Err(AttachError::Closed);
         }
-        let joined = if topic.options.presence {
-            let (snapshot, joined) = {
-                let mut members = lock(&topic.members);
-                let total = members.len();
-                let max = if topic.options.max_snapshot == 0 {
-                    256
-                } else {
-                    topic.options.max_snapshot
-                };
-                let snapshot = envelope::snapshot(members.keys().map(String::as_str), max, total);
-                let n = members.entry(member.clone()).or_insert(0);
-                *n = n.saturating_add(1);
-                (snapshot, *n == 1)
+        let (snapshot, joined) = if topic.options.presence {
+            let mut members = lock(&topic.members);
+            let total = members.len();
+            let max = if topic.options.max_snapshot == 0 {
+                256
+            } else {
+                topic.options.max_snapshot
             };
-            // The snapshot is the new subscriber's first event; the others hear the join.
-            lock(&sub.queue).items.push_back(snapshot);
-            joined
+            let snapshot = envelope::snapshot(members.keys().map(String::as_str), max, total);
+            let n = members.entry(member.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            (Some(snapshot), *n == 1)
         } else {
-            false
+            (None, false)
         };
-        topic.edit(|subs| subs.push(sub.clone()));
+        {
+            // Under `order`: every message after the start position reaches the queue.
+            let _order = lock(&topic.order);
+            let start = lock(&topic.history).start(kind.resume, now);
+            {
+                let mut q = lock(&sub.queue);
+                q.begin(start);
+                if let Some(snapshot) = snapshot {
+                    q.push_event(snapshot);
+                }
+            }
+            topic.edit(|subs| subs.push(sub.clone()));
+        }
         // Publishing can end a subscription, and ending one takes the topics map: only
         // once it is released.
         drop(topics);
-        self.inner.touched(&name);
+        self.inner.touched(&topic.name);
         if joined {
-            topic.publish_raw(&envelope::join(&member), Some(sub.id));
+            topic.announce(envelope::join(&member), Some(sub.id));
         }
         sub.pump();
         Ok(Subscription {
@@ -468,30 +696,23 @@ impl LocalHub {
         })
     }
 
-    /// The topic `name`, created if missing, with the map's guard handed back.
-    fn topic_in<'a>(
-        &self,
-        mut topics: std::sync::MutexGuard<'a, HashMap<String, Arc<Topic>>>,
-        name: &str,
-    ) -> (
-        std::sync::MutexGuard<'a, HashMap<String, Arc<Topic>>>,
-        Arc<Topic>,
-    ) {
-        let topic = topics
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                let options = lock(&self.inner.options)
-                    .get(name)
-                    .copied()
-                    .unwrap_or_default();
-                Arc::new(Topic {
-                    options,
-                    subscribers: Mutex::new(Arc::new(Vec::new())),
-                    members: Mutex::new(HashMap::new()),
-                })
-            })
-            .clone();
-        (topics, topic)
+    /// The topic `name` if the hub holds it.
+    fn find(&self, name: &str) -> Option<Arc<Topic>> {
+        lock(&self.inner.topics).map.get(name).cloned()
+    }
+
+    /// The topic `name`, created if missing (true then).
+    fn topic_in(&self, topics: &mut Topics, name: &str) -> (Arc<Topic>, bool) {
+        if let Some(topic) = topics.map.get(name) {
+            return (topic.clone(), false);
+        }
+        let options = lock(&self.inner.configured)
+            .get(name)
+            .copied()
+            .unwrap_or(self.inner.options.default_topic);
+        let topic = Arc::new(Topic::new(name, options));
+        topics.map.insert(name.to_owned(), topic.clone());
+        (topic, true)
     }
 }
 
@@ -521,20 +742,18 @@ pub struct Subscription {
 impl Subscription {
     /// The topic.
     pub fn topic(&self) -> &str {
-        &self.sub.topic_name
+        &self.topic.name
     }
 
-    /// Messages waiting in this subscriber's queue for room in its session.
+    /// Live events waiting in this subscriber's queue for room in its session.
     pub fn queued(&self) -> usize {
-        lock(&self.sub.queue).items.len()
+        lock(&self.sub.queue).len()
     }
 
     /// Revokes the subscriber's authorization: it stops receiving at once and its session is
     /// closed with 4007 REVOKED.
     pub async fn revoke(self, reason: &str) {
-        self.hub
-            .inner
-            .detach(&self.sub.topic_name, &self.topic, &self.sub);
+        self.hub.inner.detach(&self.topic, &self.sub);
         self.sub.sender.reset(CloseCode::REVOKED, reason).await;
     }
 
@@ -560,9 +779,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub
-            .inner
-            .detach(&self.sub.topic_name, &self.topic, &self.sub);
+        self.hub.inner.detach(&self.topic, &self.sub);
     }
 }
 
@@ -583,26 +800,42 @@ impl LocalHub {
     }
 
     /// Hands `event` to every subscriber of `topic` on this node but the sessions of
-    /// `except_member`, encoded once and shared; never waits. A [`TopicEvent::Gap`] is
-    /// queued in order, for messages the broker lost (a reconnect), so each subscriber
-    /// still has `messages received + Σ gaps = messages published`. A member does not hear
-    /// its own join: pass it as `except_member`.
+    /// `except_member`, encoded once and shared; never waits. For the events a broker sends
+    /// that are not the topic's messages: joins, leaves, and a [`TopicEvent::Gap`]
+    /// (super::TopicEvent::Gap) for messages the broker lost (a reconnect), queued in order
+    /// and never dropped for room, so each subscriber still has `messages received + Σ gaps
+    /// = messages published`. A member does not hear its own join: pass it as
+    /// `except_member`. Messages go through [`LocalHub::publish`] or
+    /// [`LocalHub::publish_at`], which give them their offset: a message or position event
+    /// here is ignored (an empty report).
     pub fn deliver(
         &self,
         topic: &str,
         event: &super::TopicEvent,
         except_member: Option<&str>,
     ) -> PublishReport {
-        let Some(topic) = lock(&self.inner.topics).get(topic).cloned() else {
+        use super::TopicEvent;
+        let droppable = match event {
+            TopicEvent::Message { .. } | TopicEvent::Position(_) => {
+                return PublishReport::default()
+            }
+            TopicEvent::Join(_) | TopicEvent::Leave(_) => true,
+            _ => false,
+        };
+        let Some(topic) = self.find(topic) else {
             return PublishReport::default();
         };
-        let encoded = envelope::encode(event);
+        let item = Item::Event {
+            event: envelope::encode(event),
+            droppable,
+        };
         let mut report = PublishReport::default();
-        for sub in topic.snapshot().iter() {
+        let subscribers = topic.snapshot();
+        for sub in subscribers.iter() {
             if except_member.is_some_and(|m| m == sub.member) {
                 continue;
             }
-            match sub.offer(encoded.clone()) {
+            match sub.offer(item.clone()) {
                 Offer::Queued => report.queued = report.queued.saturating_add(1),
                 Offer::Dropped => {
                     report.queued = report.queued.saturating_add(1);
@@ -619,7 +852,7 @@ impl LocalHub {
     /// The members subscribed to `topic` on this node, each with its number of sessions,
     /// whether or not the topic has presence here.
     pub fn members(&self, topic: &str) -> Vec<(String, usize)> {
-        let Some(topic) = lock(&self.inner.topics).get(topic).cloned() else {
+        let Some(topic) = self.find(topic) else {
             return Vec::new();
         };
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -630,9 +863,15 @@ impl LocalHub {
         counts.into_iter().collect()
     }
 
-    /// The topics with at least one subscriber on this node.
+    /// The topics with at least one subscriber on this node (not the idle ones kept for
+    /// subscribers that resume).
     pub fn topics(&self) -> Vec<String> {
-        lock(&self.inner.topics).keys().cloned().collect()
+        lock(&self.inner.topics)
+            .map
+            .iter()
+            .filter(|(_, t)| !t.snapshot().is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Starts telling the returned watch which topics gain or lose subscribers. One watch
@@ -671,8 +910,8 @@ impl TopicWatch {
 
 impl Subscription {
     /// Ends the hold of [`LocalHub::attach_held`]: `first`, if any, is this subscriber's
-    /// first event, before everything queued meanwhile. Does nothing on a subscription that
-    /// was not held or was already released.
+    /// first event after its position (and the gap of a resume), before everything queued
+    /// meanwhile. Does nothing on a subscription that was not held or was already released.
     pub fn release(&self, first: Option<&super::TopicEvent>) {
         {
             let mut q = lock(&self.sub.queue);
@@ -681,7 +920,7 @@ impl Subscription {
             }
             q.held = false;
             if let Some(event) = first {
-                q.items.push_front(envelope::encode(event));
+                q.push_first(envelope::encode(event));
             }
         }
         self.sub.pump();

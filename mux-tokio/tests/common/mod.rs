@@ -360,3 +360,54 @@ pub async fn read_to_end(stream: &mut TcpStream, mut buf: Vec<u8>) -> Vec<u8> {
     })
     .await
 }
+
+/// The configuration the handshake matrix expects: one allowed origin, missing origins
+/// refused, at most 2 connections per principal.
+pub fn matrix_config() -> ServerConfig {
+    ServerConfig::default()
+        .origins(OriginPolicy::allow(["https://example.com"]))
+        .connection_limits(1000, 1000, 2)
+}
+
+/// spec/http.md's checks in order against a server built from [`matrix_config`] with
+/// [`token_authenticator`], whatever serves it (the plain server, axum): each refusal has
+/// its status (and `Retry-After` where the spec asks), each success echoes `mux.v1` and
+/// never the token.
+pub async fn handshake_matrix(addr: SocketAddr) {
+    const ORIGIN: (&str, &str) = ("Origin", "https://example.com");
+    const GOOD: (&str, &str) = ("Authorization", "Bearer good-token");
+    let cases: &[(&[(&str, &str)], u16)] = &[
+        (&[MUX, GOOD], 403),
+        (&[("Origin", "https://evil.example"), MUX, GOOD], 403),
+        (&[("Origin", "null"), MUX, GOOD], 403),
+        (&[ORIGIN, GOOD], 400),
+        (&[ORIGIN, ("Sec-WebSocket-Protocol", "mux.v2"), GOOD], 400),
+        (&[ORIGIN, MUX], 401),
+        (&[ORIGIN, MUX, ("Authorization", "Bearer wrong")], 401),
+        (&[ORIGIN, MUX, GOOD], 101),
+        (
+            &[
+                ORIGIN,
+                ("Sec-WebSocket-Protocol", "mux.v1, bearer.good-token"),
+            ],
+            101,
+        ),
+    ];
+    for (headers, want) in cases {
+        let response = raw_upgrade(addr, headers).await;
+        assert_eq!(response.status, *want, "{headers:?}: {}", response.head);
+        if *want == 101 {
+            assert_eq!(response.header("sec-websocket-protocol"), Some("mux.v1"));
+        }
+        assert!(!response.head.contains("good-token"), "{}", response.head);
+    }
+    // The per-principal cap (2): the third connection of one principal gets 429 with
+    // Retry-After while the first two are open.
+    let p = ("Authorization", "Bearer principal:capped");
+    let first = raw_upgrade(addr, &[ORIGIN, MUX, p]).await;
+    let second = raw_upgrade(addr, &[ORIGIN, MUX, p]).await;
+    assert_eq!((first.status, second.status), (101, 101));
+    let third = raw_upgrade(addr, &[ORIGIN, MUX, p]).await;
+    assert_eq!(third.status, 429, "{}", third.head);
+    assert!(third.header("retry-after").is_some(), "{}", third.head);
+}
