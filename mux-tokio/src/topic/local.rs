@@ -801,7 +801,7 @@ impl LocalHub {
 
     /// Hands `event` to every subscriber of `topic` on this node but the sessions of
     /// `except_member`, encoded once and shared; never waits. For the events a broker sends
-    /// that are not the topic's messages: joins, leaves, and a [`TopicEvent::Gap`]
+    /// that are not the topic's messages: joins, leaves, and a [`TopicEvent::Gap`](super::TopicEvent::Gap)
     /// (super::TopicEvent::Gap) for messages the broker lost (a reconnect), queued in order
     /// and never dropped for room, so each subscriber still has `messages received + Σ gaps
     /// = messages published`. A member does not hear its own join: pass it as

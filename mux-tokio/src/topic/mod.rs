@@ -11,7 +11,7 @@
 //! Every message of a topic has an offset in the topic's stream, named by an [`Epoch`]. A
 //! client that reconnects opens the topic again with its last [`StreamPosition`] in the kind
 //! ([`TopicKind`]) and receives what it missed from the topic's bounded history, or one gap
-//! event with the exact count of what history no longer holds. [`Client::subscribe`]
+//! event with the exact count of what history no longer holds. [`Client::subscribe`](crate::Client::subscribe)
 //! (crate::Client::subscribe) does this across reconnects.
 //!
 //! # Server side
