@@ -465,7 +465,8 @@ async fn slowloris_sockets_are_dropped_at_the_deadline_and_the_cap_holds() {
                     }
                     let pause = Duration::from_millis(300);
                     match tokio::time::timeout(pause, tcp.read(&mut buf)).await {
-                        Err(_) => assert!(started.elapsed() < DEADLINE * 3, "never dropped"),
+                        // Still held: keep trickling; the join below bounds the wait.
+                        Err(_) => {}
                         Ok(Ok(n)) if n > 0 => {
                             assert!(buf.starts_with(b"HTTP/1.1 429"), "{:?}", &buf[..n]);
                             return (false, started.elapsed());
@@ -498,7 +499,9 @@ async fn slowloris_sockets_are_dropped_at_the_deadline_and_the_cap_holds() {
 
     let mut admitted = 0;
     for attacker in attackers {
-        let (was_admitted, held) = attacker.await.expect("attacker task");
+        let (was_admitted, held) = within("a slowloris socket to be dropped", attacker)
+            .await
+            .expect("attacker task");
         if was_admitted {
             admitted += 1;
             assert!(
