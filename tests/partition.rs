@@ -4,7 +4,8 @@
 //! link (the server's end down) for longer than the keepalive deadline, then heals it:
 //! the client notices within the deadline, backs off while the link is down, reconnects
 //! after the heal and its sessions work again; the server frees the dead connection within
-//! its own deadline. Then 20 % loss and 200 ms of delay on the server's egress (tc netem
+//! its own deadline. A topic subscription rides through it: the messages published while the
+//! link was down arrive after the heal, resumed from the topic's history, each exactly once. Then 20 % loss and 200 ms of delay on the server's egress (tc netem
 //! where the kernel has it, otherwise the same impairment applied by a userspace wire over
 //! TUN devices that the server's packets are routed through): sessions keep working, slower.
 //!
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use mux_tokio::topic::{LocalHub, SubscribeOptions, TopicEvent, TopicOptions, TopicStream};
 use mux_tokio::{
     AllowAll, Backoff, Client, ClientConfig, ClientEvent, OriginPolicy, Server, ServerConfig,
     ServerHandle, Session,
@@ -223,6 +225,33 @@ async fn echo_numbers(
     rtts
 }
 
+/// The topic the subscriber follows through the partition.
+const NEWS: &str = "news";
+
+/// The next `n` messages of `stream`, skipping position events (each new subscription
+/// starts with one) and failing on a gap: with the history holding everything, none is due.
+async fn news(stream: &mut TopicStream, n: usize) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match stream.next().await {
+            Ok(TopicEvent::Message { payload, .. }) => {
+                got.push(u64::from_be_bytes(payload.as_ref().try_into().unwrap()));
+            }
+            Ok(TopicEvent::Position(_)) => {}
+            Ok(other) => panic!("unexpected topic event {other:?}"),
+            // A refused or ended subscription is retried by the next call.
+            Err(e) => println!("partition: topic: {e}"),
+        }
+    }
+    got
+}
+
+fn publish(hub: &LocalHub, numbers: std::ops::Range<u64>) {
+    for n in numbers {
+        hub.publish(NEWS, Bytes::from(n.to_be_bytes().to_vec()));
+    }
+}
+
 /// 20 % loss and 200 ms delay on the server's egress: netem if the kernel has it, else the
 /// userspace wire. The wire's task is returned to keep it running.
 async fn impair(t: &Topology) -> Option<tokio::task::JoinHandle<()>> {
@@ -331,17 +360,30 @@ async fn partitions_are_detected_healed_and_survived() {
         }
     };
     // The server, in its namespace.
-    let ((addr, handle), stop_server) = side(&topology.server_ns, || async {
+    let ((addr, handle, hub), stop_server) = side(&topology.server_ns, || async {
+        let hub = LocalHub::new();
+        hub.configure_topic(
+            NEWS,
+            TopicOptions::default().history(1_000, Duration::from_secs(600)),
+        );
         let config = ServerConfig::default()
             .origins(OriginPolicy::default().allow_missing(true))
             .protocol(protocol());
         let mut server = Server::bind(SocketAddr::from((SERVER_IP, 0)), config, AllowAll, AllowAll)
             .await
             .expect("bind in the server namespace");
-        let out: (SocketAddr, ServerHandle) = (server.local_addr(), server.handle());
+        let out: (SocketAddr, ServerHandle, LocalHub) =
+            (server.local_addr(), server.handle(), hub.clone());
         tokio::spawn(async move {
             while let Some(mut session) = server.accept().await {
+                let hub = hub.clone();
                 tokio::spawn(async move {
+                    if session.kind() != "echo" {
+                        // A topic session: subscribed for as long as it lives.
+                        let _subscription = hub.attach(&session, SubscribeOptions::default());
+                        while session.recv().await.is_some() {}
+                        return;
+                    }
                     while let Some(m) = session.recv().await {
                         if session.send(m).await.is_err() {
                             return;
@@ -372,6 +414,23 @@ async fn partitions_are_detected_healed_and_survived() {
     let mut session = None;
     echo_numbers(&mut client, &mut session, 0, 10).await;
     assert_eq!(handle.stats().connections, 1);
+    let mut topic = within(Duration::from_secs(10), "the subscription", async {
+        client.subscribe(NEWS, Bytes::new()).await
+    })
+    .await
+    .expect("subscribe");
+    // Subscribed once the server side has attached it (its open completes before that).
+    within(Duration::from_secs(10), "the server to attach", async {
+        while hub.subscriber_count(NEWS) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    publish(&hub, 0..5);
+    assert_eq!(
+        within(Duration::from_secs(10), "live news", news(&mut topic, 5)).await,
+        (0..5).collect::<Vec<_>>()
+    );
 
     // Cut: nothing passes either way, and nothing says so.
     topology.cut();
@@ -412,6 +471,8 @@ async fn partitions_are_detected_healed_and_survived() {
         "partition: the server freed it after {:?}",
         cut_at.elapsed()
     );
+    // Published while the subscriber cannot hear: kept in the topic's history.
+    publish(&hub, 5..25);
 
     // Heal: the next attempt connects and sessions work again.
     topology.heal();
@@ -424,6 +485,27 @@ async fn partitions_are_detected_healed_and_survived() {
     .await;
     session = None;
     let clean = echo_numbers(&mut client, &mut session, 10, 30).await;
+    // The subscription resumes from its position: what the cut hid, then live messages,
+    // each exactly once and in order.
+    assert_eq!(
+        within(
+            Duration::from_secs(15),
+            "the missed news",
+            news(&mut topic, 20)
+        )
+        .await,
+        (5..25).collect::<Vec<_>>()
+    );
+    publish(&hub, 25..30);
+    assert_eq!(
+        within(
+            Duration::from_secs(10),
+            "news after the heal",
+            news(&mut topic, 5)
+        )
+        .await,
+        (25..30).collect::<Vec<_>>()
+    );
 
     // Loss and delay: slower, still working.
     let wire = impair(&topology).await;
@@ -444,6 +526,7 @@ async fn partitions_are_detected_healed_and_survived() {
         "the delay was not applied"
     );
 
+    drop(topic);
     drop(session);
     drop(client);
     if let Some(wire) = wire {
