@@ -84,8 +84,8 @@ pub struct RedisHubStats {
     /// Messages this node missed while its link was down (the holes in the offsets it
     /// delivered, which its subscribers see as gaps).
     pub missed: u64,
-    /// Reads of a topic's stream before an attach that Redis did not answer (the subscriber
-    /// started from this node's stream instead).
+    /// Attaches that needed Redis's stream of their topic and could not read it (Redis did
+    /// not answer, or the link was down): the subscriber started from this node's stream.
     pub read_failures: u64,
     /// Times the pub/sub link was established.
     pub links: u64,

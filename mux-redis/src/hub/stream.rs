@@ -107,9 +107,10 @@ impl Shared {
     /// the resume position is of another epoch, so a reset replays everything kept). While
     /// following, the read stops at this node's last offset and the node keeps its position:
     /// raising it would turn messages still on their way over the link into gaps for the
-    /// subscribers already here. When Redis does not answer within the command timeout the
-    /// subscriber starts from this node's own stream (a position event and a gap of unknown
-    /// count if its epoch is not this node's).
+    /// subscribers already here. When Redis does not answer within the command timeout, or
+    /// the link is down (Redis is most likely away: attaches then do not each wait for the
+    /// timeout), the subscriber starts from this node's own stream (a position event and a
+    /// gap of unknown count if its epoch is not this node's).
     pub(super) async fn catch_up(
         &self,
         control: &Control,
@@ -118,6 +119,11 @@ impl Shared {
     ) {
         let following = self.follows(control, topic);
         if following && resume.is_none() {
+            return;
+        }
+        if control.link.is_none() {
+            bump(&self.stats.read_failures, 1);
+            tracing::debug!(topic, "redis link down; attaching from this node's stream");
             return;
         }
         let here = self.local.position(topic);
