@@ -294,3 +294,64 @@ async fn a_resumption_while_redis_is_unreachable_starts_from_the_node_with_a_res
     assert_eq!(next(&mut stream).await, TopicEvent::Gap(None));
     expect_messages(&mut stream, 7, 1, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_again_and_again_while_messages_flow_loses_nothing() {
+    let redis = RedisServer::start();
+    let config = NodeConfig::new(&redis.url(), "flow:")
+        .topic("news", TopicOptions::default().history(100_000, AGE));
+    let mut b = Node::start(config).await;
+    // B itself publishes without pause, on the connection its attaches read the stream on:
+    // a message Redis numbers just after a read comes back on B's link at once, often
+    // before the subscriber is on the topic.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (hub, stop) = (b.hub.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 1u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                hub.publish_to("news", numbered(n)).await.unwrap();
+                n += 1;
+            }
+        })
+    };
+    let mut position: Option<StreamPosition> = None;
+    for round in 0..30 {
+        let client = b.client("ann").await;
+        let mut stream = match position {
+            None => client.subscribe("news", Bytes::new()).await.unwrap(),
+            Some(p) => client
+                .subscribe_from("news", Bytes::new(), p)
+                .await
+                .unwrap(),
+        };
+        b.next_attach().await;
+        let start = match next(&mut stream).await {
+            TopicEvent::Position(p) => p,
+            other => panic!("round {round}: expected the position first, got {other:?}"),
+        };
+        if let Some(p) = position {
+            assert_eq!(start, p, "round {round}: resumed where it left");
+        }
+        // A few messages, each the next offset: no gap, no duplicate.
+        for i in 1..=5 {
+            match next(&mut stream).await {
+                TopicEvent::Message { offset, payload } => {
+                    assert_eq!(offset, start.offset + i, "round {round}");
+                    assert_eq!(number(&payload), offset, "round {round}");
+                }
+                other => panic!("round {round}: expected a message, got {other:?}"),
+            }
+        }
+        position = stream.position();
+        drop(stream);
+        client.close().await;
+        // B stops following the topic, so the next attach reads Redis's stream again.
+        support::wait_until("B left the topic", || {
+            b.hub.local().subscriber_count("news") == 0
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    within("the publisher", publisher).await.unwrap();
+}

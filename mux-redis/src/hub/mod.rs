@@ -406,7 +406,10 @@ impl Shared {
         // takes it to unsubscribe a topic left without subscribers) cannot undo the
         // subscription in between.
         let mut control = self.control.lock().await;
-        // Subscribed before the stream is read: what Redis numbers after the read arrives.
+        // Subscribed before the stream is read, and the topic held here from then on: what
+        // Redis numbers after the read arrives and is kept, even before the subscriber is on
+        // the topic.
+        self.hold(&topic);
         self.subscribe(&mut control, &topic).await;
         self.catch_up(&control, &topic, resume).await;
         // Held until its first event is known.
@@ -528,8 +531,8 @@ impl Shared {
         let Some(topic) = self.names.topic_of(channel) else {
             return;
         };
-        if self.local.subscriber_count(topic) == 0 {
-            // Left over from a subscription being undone.
+        if self.local.position(topic).is_none() {
+            // Not held here: left over from a subscription undone long ago.
             return;
         }
         match wire::decode(payload) {

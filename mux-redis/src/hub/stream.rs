@@ -147,8 +147,22 @@ impl Shared {
         }
     }
 
+    /// Makes sure this node's `LocalHub` holds `topic` (idle if it has no subscribers), so
+    /// that messages arriving before a subscriber is on it are kept in its stream.
+    pub(super) fn hold(&self, topic: &str) {
+        if self.local.position(topic).is_none() {
+            // Any epoch: the read that follows (or the first message) replaces it.
+            self.local.sync(
+                topic,
+                StreamPosition::new(Epoch::random(), 0),
+                std::iter::empty(),
+            );
+        }
+    }
+
     /// Hands a message Redis numbered to this node's subscribers, at its place in the stream
-    /// (a hole before it is a gap for them, counted in the stats).
+    /// (a hole before it is a gap for them, counted in the stats). A topic held without
+    /// subscribers (an attach under way, or one just undone) keeps it in its stream.
     pub(super) fn deliver_numbered(
         &self,
         topic: &str,
@@ -157,7 +171,8 @@ impl Shared {
     ) -> PublishReport {
         if let Some(here) = self.local.position(topic) {
             let next = here.offset.saturating_add(1);
-            if here.epoch == at.epoch && at.offset > next {
+            let watched = self.local.subscriber_count(topic) > 0;
+            if watched && here.epoch == at.epoch && at.offset > next {
                 bump(&self.stats.missed, at.offset.saturating_sub(next));
             }
         }
