@@ -110,6 +110,11 @@ async fn move_to_b_across_100(
         let node = if i % 2 == 0 { &a } else { &b };
         let published = node.hub.publish_to(topic, numbered(i)).await.unwrap();
         assert_eq!(published.seq, i);
+        assert_eq!(
+            published.local.position,
+            Some(StreamPosition::new(start.epoch, i)),
+            "the report names the message's place in the one stream"
+        );
     }
     forwarder.switch(Some(b.addr));
     // The stream re-opens the topic by itself, resuming from its position.

@@ -45,7 +45,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 ///
 /// [`Hub::publish`]'s report counts only what this node delivered during the call (while
 /// its link is down); otherwise every node, this one included, delivers the message as it
-/// comes back from Redis. [`RedisHub::publish_to`] also returns its number and how many
+/// comes back from Redis. Its position is the message's in the topic's stream, the same on
+/// every node (`None` when Redis did not number it). [`RedisHub::publish_to`] also returns its number and how many
 /// nodes received it.
 ///
 /// While Redis is unreachable the node keeps working alone: its publishes reach its own
@@ -67,7 +68,8 @@ pub struct Published {
     /// Nodes subscribed to the topic that Redis handed it to (this one included).
     pub nodes: u64,
     /// What this node's subscribers got during the call: nothing while linked (they get it
-    /// from Redis, like every other node's); everything while the link is down.
+    /// from Redis, like every other node's); everything while the link is down. Its
+    /// `position` is the message's in the topic's stream: Redis's epoch and `seq`.
     pub local: PublishReport,
 }
 
