@@ -51,12 +51,23 @@
 //! # }
 //! ```
 //!
-//! Topic history and resume (spec/topics.md#resuming) work per node: each node's `LocalHub`
-//! numbers the messages it delivers in its own stream and keeps its own history, so a
-//! subscriber resumes on the node it was on; on another node it gets that node's position and
-//! a gap of unknown count. Messages carry their number in Redis (`epoch`, `seq`), which is
-//! where one stream across nodes (`LocalHub::publish_at` and `sync`, over a Redis Streams
-//! history) would plug in.
+//! Each topic has one stream across nodes (spec/topics.md#streams): the publish script numbers
+//! every message in Redis (an epoch, the time Redis created the topic's counter, and a
+//! sequence) and, for a topic configured with `TopicOptions::history(max_len, max_age)`,
+//! appends it to a Redis Stream of at most `max_len` entries (expiring `max_age` after the
+//! last publish), in the same atomic step and the same one round trip. Every node delivers
+//! messages at Redis's offsets, so a position means the same on every node: a client that
+//! reconnects to another node resumes there (spec/topics.md#resuming). The node reads the
+//! topic's position and the history after the resume position from Redis before attaching
+//! (one more round trip per resumption, and per first subscriber of a topic on a node), so
+//! the subscriber receives exactly what it missed, or one gap with the exact count of what
+//! Redis's history no longer holds. When Redis lost the counter (restarted without
+//! persistence, or the key expired: [`RedisOptions::sequence_ttl`]) the next publish starts a
+//! new epoch, which subscribers see as the documented reset: a position event and a gap of
+//! unknown count. A resumption while Redis is unreachable starts from the node's own stream
+//! (the same reset if it is not in the subscriber's epoch) within the command timeout; a
+//! publish Redis did not number reaches this node's subscribers in a node-local epoch, and
+//! the next numbered message brings them back to Redis's, both as resets.
 #![forbid(unsafe_code)]
 
 mod error;

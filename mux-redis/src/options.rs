@@ -31,8 +31,11 @@ pub struct RedisOptions {
     /// A node's members leave every other node at most this long after it stops refreshing
     /// them (it died or lost Redis). Refreshed every third of it. Default 30 s.
     pub presence_ttl: Duration,
-    /// How long a topic's sequence number outlives its last publish. Default 24 h; when it
-    /// expires the numbering restarts, which subscribers see as nothing (no gap).
+    /// How long a topic's sequence number (and so its epoch) outlives its last publish.
+    /// Default 24 h; when it expires the numbering restarts in a new epoch, which subscribers
+    /// see as a reset (a position event and a gap of unknown count) and resuming clients
+    /// cannot resume exactly. A history (`TopicOptions::history`) expires sooner, with its
+    /// age; a resumption after that gets an exact gap.
     pub sequence_ttl: Duration,
     /// This node's id in presence entries and published messages: letters, digits, `-` and
     /// `_` only, at most 64. Default: 16 random hex digits per hub.

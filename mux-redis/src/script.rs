@@ -9,26 +9,94 @@ use redis::{Cmd, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use crate::BrokerError;
 
-/// Numbers a message in its topic and publishes it: one round trip per publish.
+/// Numbers a message in its topic, keeps it in the topic's history, and publishes it: one
+/// round trip per publish, and one atomic step, so a message is in the history exactly when
+/// it was published.
 ///
-/// KEYS[1] the topic's sequence (hash: `s` the last number, `e` its epoch, when Redis
-/// created it). ARGV[1] the channel, ARGV[2] `origin:counter:flags`,
-/// ARGV[3] the payload, ARGV[4] how long the sequence outlives this publish (ms).
+/// KEYS[1] the topic's sequence (hash: `s` the last number, `e` its epoch, the time Redis
+/// created it in µs), KEYS[2] the topic's history (a stream, entry ids `<seq>-0`, fields `t`
+/// Redis's time in ms and `d` the payload). ARGV[1] the channel, ARGV[2]
+/// `origin:counter:flags`, ARGV[3] the payload, ARGV[4] how long the sequence outlives this
+/// publish (ms), ARGV[5] the history's length (0: none), ARGV[6] its age (ms).
 /// Returns `{sequence, nodes that received it, epoch}`.
+///
+/// A sequence without an epoch (new, expired, or lost with a Redis that restarted without
+/// persistence) starts a new epoch, and drops any history left from the old one: offsets are
+/// only ever compared within one epoch. The history expires with its age: after that long
+/// without a publish it holds nothing worth replaying.
 pub(crate) const PUBLISH: &str = r"
-local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
-local epoch
-if seq == 1 then
-  local t = redis.call('TIME')
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local t = redis.call('TIME')
+if not epoch then
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('HSET', KEYS[1], 'e', epoch)
-else
-  epoch = redis.call('HGET', KEYS[1], 'e') or '0'
+  redis.call('DEL', KEYS[2])
 end
+local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local max_len = tonumber(ARGV[5])
+if max_len > 0 then
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('XADD', KEYS[2], 'MAXLEN', max_len, string.format('%d-0', seq),
+    't', string.format('%d', now), 'd', ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
 local body = 'm' .. epoch .. ':' .. string.format('%d', seq) .. ':' .. ARGV[2] .. '\n' .. ARGV[3]
 local nodes = redis.call('PUBLISH', ARGV[1], body)
 return {seq, nodes, tonumber(epoch)}
+";
+
+/// Reads a topic's stream for a subscriber that attaches: its epoch, its last number, and
+/// the messages the history still holds in a range, in one atomic step so the three agree.
+/// A topic Redis holds no sequence for gets one now (epoch, last number 0), so every node
+/// that attaches before the first publish agrees on the epoch.
+///
+/// KEYS as [`PUBLISH`]. ARGV[1] the last offset the subscriber has (the range starts after
+/// it; -1: no range), ARGV[2] the range's last offset (-1: up to the end), ARGV[3] the
+/// history's length (at most this many are returned), ARGV[4] its age (ms: older entries are
+/// not returned), ARGV[5] the sequence's lifetime (ms, for a new one), ARGV[6] the epoch of
+/// ARGV[1] (empty: Redis's): for another epoch the range starts at the history's start.
+/// Returns `{epoch, last, {offset, payload, offset, payload, ...}}`.
+pub(crate) const READ: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local t = redis.call('TIME')
+if not epoch then
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('DEL', KEYS[2])
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+local after = tonumber(ARGV[1])
+if after >= 0 and ARGV[6] ~= '' and ARGV[6] ~= epoch then
+  after = 0
+end
+local upto = tonumber(ARGV[2])
+if upto < 0 or upto > last then
+  upto = last
+end
+local max_len = tonumber(ARGV[3])
+local found = {}
+if after >= 0 and after < upto and max_len > 0 then
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local oldest = now - tonumber(ARGV[4])
+  local entries = redis.call('XRANGE', KEYS[2], string.format('%d-0', after + 1),
+    string.format('%d-0', upto), 'COUNT', max_len)
+  for _, entry in ipairs(entries) do
+    local id = entry[1]
+    local fields = entry[2]
+    local at, data
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then at = tonumber(fields[i + 1]) end
+      if fields[i] == 'd' then data = fields[i + 1] end
+    end
+    if at and data and at > oldest then
+      found[#found + 1] = string.sub(id, 1, string.find(id, '-', 1, true) - 1)
+      found[#found + 1] = data
+    end
+  end
+end
+return {tonumber(epoch), last, found}
 ";
 
 /// Presence: sweeps expired entries (a `leave` for each member no node holds any more),
@@ -180,6 +248,7 @@ impl Lua {
 #[derive(Debug, Clone)]
 pub(crate) struct Scripts {
     pub(crate) publish: Lua,
+    pub(crate) read: Lua,
     pub(crate) touch: Lua,
     pub(crate) leave: Lua,
 }
@@ -188,6 +257,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
             publish: Lua::new(PUBLISH),
+            read: Lua::new(READ),
             touch: Lua::new(TOUCH),
             leave: Lua::new(LEAVE),
         }
@@ -196,6 +266,7 @@ impl Scripts {
     /// Loads them all (best effort).
     pub(crate) async fn load(&self, con: &mut ConnectionManager) -> Result<(), BrokerError> {
         self.publish.load(con).await?;
+        self.read.load(con).await?;
         self.touch.load(con).await?;
         self.leave.load(con).await
     }

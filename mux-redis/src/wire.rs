@@ -12,8 +12,9 @@
 //! | `l` | the member id: it left (no node holds it any more) |
 //!
 //! `seq` numbers a topic's messages in Redis's order (1, 2, ...) within an `epoch` (when
-//! Redis created the counter, in µs), so a node that missed some (its link dropped) knows
-//! how many, and a counter Redis lost (a restart) is not mistaken for old messages; `origin`
+//! Redis created the counter, in µs): it is the message's offset in the topic's stream on
+//! every node, so a node that missed some (its link dropped) knows how many, and a counter
+//! Redis lost (a restart) is a new epoch, not mistaken for old messages; `origin`
 //! and `counter` identify the publishing node and its publish, and flag bit 0 says the
 //! origin already delivered it to its own subscribers.
 
@@ -45,6 +46,11 @@ impl Names {
     /// The topic's message counter.
     pub(crate) fn sequence(&self, topic: &str) -> String {
         format!("{}seq:{{{topic}}}", self.prefix)
+    }
+
+    /// The topic's history: a stream of its last messages, entry ids `<seq>-0`.
+    pub(crate) fn history(&self, topic: &str) -> String {
+        format!("{}h:{{{topic}}}", self.prefix)
     }
 
     /// The topic's presence entries (`node:member` scored by expiry).
@@ -177,5 +183,6 @@ mod tests {
         assert_eq!(n.entries("room"), "p:pz:{room}");
         assert_eq!(n.members("room"), "p:pm:{room}");
         assert_eq!(n.sequence("room"), "p:seq:{room}");
+        assert_eq!(n.history("room"), "p:h:{room}");
     }
 }

@@ -14,7 +14,7 @@ mod support;
 use std::collections::HashMap;
 
 use mux_redis::testing::RedisServer;
-use mux_tokio::topic::{Hub, SlowConsumerPolicy, SubscribeOptions, TopicEvent};
+use mux_tokio::topic::{Hub, SlowConsumerPolicy, SubscribeOptions, TopicEvent, TopicOptions};
 use support::{
     next_event, next_message, nodes_subscribed, number, numbered, wait_until, within, Node,
     NodeConfig,
@@ -88,7 +88,11 @@ async fn a_publish_on_one_node_reaches_every_node_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_round_trip_per_publish_whatever_the_subscribers() {
     let redis = RedisServer::start();
-    let config = NodeConfig::new(&redis.url(), "trips:");
+    // With a history: appending to it is part of the one publish script.
+    let config = NodeConfig::new(&redis.url(), "trips:").topic(
+        "t",
+        TopicOptions::default().history(100, std::time::Duration::from_secs(60)),
+    );
     let mut a = Node::start(config.clone()).await;
     let mut b = Node::start(config).await;
     let mut clients = Vec::new();
@@ -122,6 +126,7 @@ async fn one_round_trip_per_publish_whatever_the_subscribers() {
     assert_eq!(calls.get("evalsha"), Some(&PUBLISHES), "{calls:?}");
     // The script's own commands, once per publish; nothing per subscriber or per node.
     assert_eq!(calls.get("publish"), Some(&PUBLISHES), "{calls:?}");
+    assert_eq!(calls.get("xadd"), Some(&PUBLISHES), "{calls:?}");
     assert_eq!(calls.get("eval"), None, "{calls:?}");
 }
 

@@ -2,9 +2,10 @@
 //! (their bounded queues, slow-consumer policies and gaps work as on one node) and feeds it
 //! from one Redis pub/sub connection, subscribed to a topic's channel only while the node has
 //! subscribers of it. A publish is one script in Redis (one round trip, whatever the number
-//! of subscribers or nodes) that numbers the message in its topic and publishes it; every
-//! node, the publisher's included, delivers it as it comes back from Redis, so every
-//! subscriber on every node sees a topic's messages in the one order Redis gave them.
+//! of subscribers or nodes) that numbers the message in its topic, keeps it in the topic's
+//! history and publishes it; every node, the publisher's included, delivers it as it comes
+//! back from Redis at the offset Redis gave it, so every subscriber on every node sees a
+//! topic's messages in the one order Redis gave them, at the same offsets (`stream.rs`).
 //!
 //! Three tasks per hub and no task per subscriber: the link (the pub/sub connection: connect,
 //! subscribe, read, reconnect), the keeper (subscriptions and presence follow the local
@@ -13,8 +14,8 @@
 
 mod link;
 mod own;
-mod position;
 mod presence;
+mod stream;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use mux_tokio::topic::{
-    AttachError, Hub, HubError, LocalHub, PublishReport, SubscribeOptions, Subscription,
-    TopicEvent, TopicKind, TopicOptions,
+    AttachError, Epoch, Hub, HubError, LocalHub, PublishReport, StreamPosition, SubscribeOptions,
+    Subscription, TopicEvent, TopicKind, TopicOptions,
 };
 use mux_tokio::Session;
 use redis::aio::{ConnectionManager, PubSubSink};
@@ -44,13 +45,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 ///
 /// [`Hub::publish`]'s report counts only what this node delivered during the call (while
 /// its link is down); otherwise every node, this one included, delivers the message as it
-/// comes back from Redis. [`RedisHub::publish_to`] also returns its number and how many
+/// comes back from Redis. Its position is the message's in the topic's stream, the same on
+/// every node (`None` when Redis did not number it). [`RedisHub::publish_to`] also returns its number and how many
 /// nodes received it.
 ///
 /// While Redis is unreachable the node keeps working alone: its publishes reach its own
-/// subscribers and fail with [`PublishError`]; attaches succeed, with a snapshot of this
-/// node's members only, marked truncated. When Redis returns, the hub subscribes again,
-/// tells each subscriber how many messages it missed (a gap), and refreshes presence.
+/// subscribers (in a stream of this node's own, announced as a reset) and fail with
+/// [`PublishError`]; attaches succeed, with a snapshot of this node's members only, marked
+/// truncated, and resume from this node's stream. When Redis returns, the hub subscribes
+/// again, tells each subscriber how many messages it missed (a gap), and refreshes presence.
 #[derive(Debug, Clone)]
 pub struct RedisHub {
     shared: Arc<Shared>,
@@ -65,7 +68,8 @@ pub struct Published {
     /// Nodes subscribed to the topic that Redis handed it to (this one included).
     pub nodes: u64,
     /// What this node's subscribers got during the call: nothing while linked (they get it
-    /// from Redis, like every other node's); everything while the link is down.
+    /// from Redis, like every other node's); everything while the link is down. Its
+    /// `position` is the message's in the topic's stream: Redis's epoch and `seq`.
     pub local: PublishReport,
 }
 
@@ -79,8 +83,12 @@ pub struct RedisHubStats {
     pub publish_failures: u64,
     /// Messages received from Redis for topics with subscribers here.
     pub received: u64,
-    /// Messages this node missed while its link was down (sum of the gaps it reported).
+    /// Messages this node missed while its link was down (the holes in the offsets it
+    /// delivered, which its subscribers see as gaps).
     pub missed: u64,
+    /// Attaches that needed Redis's stream of their topic and could not read it (Redis did
+    /// not answer, or the link was down): the subscriber started from this node's stream.
+    pub read_failures: u64,
     /// Times the pub/sub link was established.
     pub links: u64,
     /// The pub/sub link is up now.
@@ -93,6 +101,7 @@ struct Counters {
     publish_failures: AtomicU64,
     received: AtomicU64,
     missed: AtomicU64,
+    read_failures: AtomicU64,
     links: AtomicU64,
 }
 
@@ -131,7 +140,9 @@ pub(crate) struct Shared {
     topics: Mutex<HashMap<String, TopicOptions>>,
     control: tokio::sync::Mutex<Control>,
     linked: watch::Sender<bool>,
-    positions: Mutex<position::Positions>,
+    /// Topics whose stream on this node left Redis's for a node-local epoch (failed
+    /// publishes delivered here), with that epoch; bounded by the topics with subscribers.
+    offline: Mutex<HashMap<String, Epoch>>,
     own: Mutex<own::Own>,
     counter: AtomicU64,
     stats: Counters,
@@ -180,7 +191,7 @@ impl RedisHub {
             topics: Mutex::new(HashMap::new()),
             control: tokio::sync::Mutex::new(Control::default()),
             linked: watch::Sender::new(false),
-            positions: Mutex::new(position::Positions::default()),
+            offline: Mutex::new(HashMap::new()),
             own: Mutex::new(own::Own::default()),
             counter: AtomicU64::new(0),
             stats: Counters::default(),
@@ -215,9 +226,9 @@ impl RedisHub {
     /// kept in Redis with a TTL, so every node's subscribers see every node's members.
     /// Every node must configure a topic the same way.
     ///
-    /// A history (`TopicOptions::history`) is kept by each node for its own subscribers:
-    /// offsets are this node's, so a subscriber resumes from it on the node it was on, and on
-    /// another node gets a new position and a gap of unknown count (spec/topics.md#resuming).
+    /// A history (`TopicOptions::history(max_len, max_age)`) is kept in Redis, appended by
+    /// the publish script, and by each node for its subscribers; offsets are Redis's, the
+    /// same on every node, so a subscriber resumes on any node (spec/topics.md#resuming).
     pub fn configure_topic(&self, topic: &str, options: TopicOptions) {
         lock(&self.shared.topics).insert(topic.to_owned(), options);
         // Presence spans the nodes through Redis: the local hub only keeps the history.
@@ -251,6 +262,7 @@ impl RedisHub {
             publish_failures: get(&s.publish_failures),
             received: get(&s.received),
             missed: get(&s.missed),
+            read_failures: get(&s.read_failures),
             links: get(&s.links),
             linked: self.is_linked(),
         }
@@ -327,33 +339,39 @@ impl Shared {
             wire::DELIVERED_AT_ORIGIN
         };
         let sequence = self.names.sequence(topic);
+        let history = self.names.history(topic);
         let channel = self.names.channel(topic);
         let header = wire::message_header(&self.node, counter, flags);
         let ttl = RedisOptions::millis(self.options.sequence_ttl);
+        let (max_len, max_age) = self.history_of(topic);
+        let age = RedisOptions::millis(max_age);
         let mut con = self.commands.clone();
         let result = self
             .bounded(
                 self.scripts
                     .publish
-                    .run::<(u64, u64, u64)>(&mut con, 1, |c| {
+                    .run::<(u64, u64, u64)>(&mut con, 2, |c| {
                         c.arg(&sequence)
+                            .arg(&history)
                             .arg(&channel)
                             .arg(&header)
                             .arg(&message[..])
-                            .arg(ttl);
+                            .arg(ttl)
+                            .arg(max_len)
+                            .arg(age);
                     }),
             )
             .await;
         match result {
             Ok((seq, nodes, epoch)) => {
+                let at = StreamPosition::new(Epoch::new(epoch), seq);
                 let mut local = PublishReport::default();
                 if linked {
                     lock(&self.own).confirmed(counter);
                 } else if self.local.subscriber_count(topic) > 0 {
-                    let missed = lock(&self.positions).advance(topic, (epoch, seq));
-                    self.missed(topic, missed);
-                    local = self.local.publish(topic, message);
+                    local = self.deliver_numbered(topic, at, message);
                 }
+                local.position = Some(at);
                 bump(&self.stats.published, 1);
                 Ok(Published { seq, nodes, local })
             }
@@ -363,7 +381,9 @@ impl Shared {
                 // now; if it reached Redis after all, its echo is skipped.
                 let mut local = PublishReport::default();
                 if !linked || lock(&self.own).failed(counter) {
-                    local = self.local.publish(topic, message);
+                    local = self.deliver_unnumbered(topic, message);
+                    // Not a position in the topic's stream: Redis never numbered it.
+                    local.position = None;
                 }
                 Err(PublishError { local, source })
             }
@@ -376,15 +396,26 @@ impl Shared {
         options: SubscribeOptions,
     ) -> Result<Subscription, AttachError> {
         // The kind may carry a resume position (spec/topics.md#resuming): the topic is its
-        // name. Resuming is served from this node's own history only (see the crate docs).
-        let topic = TopicKind::parse(session.kind())?.topic.to_owned();
+        // name.
+        let kind = TopicKind::parse(session.kind())?;
+        let (topic, resume) = (kind.topic.to_owned(), kind.resume);
+        if !session.may_send() {
+            return Err(AttachError::NotPermitted);
+        }
         let member = member_of(session);
         let presence = self.presence_of(&topic);
+        // Under the control lock until the subscriber is on the topic, so the keeper (which
+        // takes it to unsubscribe a topic left without subscribers) cannot undo the
+        // subscription in between.
         let mut control = self.control.lock().await;
-        // Held until its first event is known; on the topic before the keeper can look at
-        // it, so it can never see the topic empty and unsubscribe under this attach.
-        let sub = self.local.attach_held(session, options)?;
+        // Subscribed before the stream is read, and the topic held here from then on: what
+        // Redis numbers after the read arrives and is kept, even before the subscriber is on
+        // the topic.
+        self.hold(&topic);
         self.subscribe(&mut control, &topic).await;
+        self.catch_up(&control, &topic, resume).await;
+        // Held until its first event is known.
+        let sub = self.local.attach_held(session, options)?;
         let first = match presence {
             Some(max) => Some(self.join(&mut control, &topic, &member, max).await),
             None => None,
@@ -422,7 +453,7 @@ impl Shared {
 
     /// Unsubscribes the link from `topic`, which has no subscriber here any more.
     async fn unsubscribe(&self, control: &mut Control, topic: &str) {
-        lock(&self.positions).forget(topic);
+        lock(&self.offline).remove(topic);
         if !control.subscribed.remove(topic) {
             return;
         }
@@ -497,23 +528,13 @@ impl Shared {
         }
     }
 
-    /// Tells the topic's subscribers here they missed `count` messages (if any).
-    fn missed(&self, topic: &str, count: u64) {
-        if count > 0 {
-            bump(&self.stats.missed, count);
-            self.local
-                .deliver(topic, &TopicEvent::Gap(Some(count)), None);
-        }
-    }
-
     /// One message from the link, in Redis's order.
     fn receive(&self, channel: &str, payload: &[u8]) {
         let Some(topic) = self.names.topic_of(channel) else {
             return;
         };
-        if self.local.subscriber_count(topic) == 0 {
-            // Left over from a subscription being undone.
-            lock(&self.positions).forget(topic);
+        if self.local.position(topic).is_none() {
+            // Not held here: left over from a subscription undone long ago.
             return;
         }
         match wire::decode(payload) {
@@ -526,12 +547,11 @@ impl Shared {
                 payload,
             }) => {
                 bump(&self.stats.received, 1);
-                let missed = lock(&self.positions).advance(topic, (epoch, seq));
-                self.missed(topic, missed);
                 if origin == self.node && lock(&self.own).skip_echo(counter, flags) {
                     return;
                 }
-                self.local.publish(topic, Bytes::copy_from_slice(payload));
+                let at = StreamPosition::new(Epoch::new(epoch), seq);
+                self.deliver_numbered(topic, at, Bytes::copy_from_slice(payload));
             }
             Some(wire::Wire::Join(member)) if self.presence_of(topic).is_some() => {
                 let event = TopicEvent::Join(member.to_owned());

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,6 +85,8 @@ pub struct NodeConfig {
     pub redis_url: String,
     pub options: RedisOptions,
     pub presence: Vec<&'static str>,
+    /// Topics configured with these options (history, say).
+    pub topics: Vec<(&'static str, TopicOptions)>,
     pub quotas: Option<QuotaPolicy>,
     pub protocol: mux_tokio::Config,
     pub subscribe: SubscribeOptions,
@@ -95,6 +98,7 @@ impl NodeConfig {
             redis_url: redis_url.to_owned(),
             options: hub_options(prefix),
             presence: Vec::new(),
+            topics: Vec::new(),
             quotas: None,
             protocol: mux_tokio::Config::default(),
             subscribe: SubscribeOptions::default(),
@@ -103,6 +107,11 @@ impl NodeConfig {
 
     pub fn presence(mut self, topic: &'static str) -> Self {
         self.presence.push(topic);
+        self
+    }
+
+    pub fn topic(mut self, topic: &'static str, options: TopicOptions) -> Self {
+        self.topics.push((topic, options));
         self
     }
 
@@ -120,6 +129,9 @@ impl Node {
             .expect("a hub");
         for topic in &config.presence {
             hub.configure_topic(topic, TopicOptions::with_presence(64));
+        }
+        for (topic, options) in &config.topics {
+            hub.configure_topic(topic, *options);
         }
         let mut server_config = ServerConfig::default()
             .origins(OriginPolicy::default().allow_missing(true))
@@ -174,6 +186,13 @@ impl Node {
             .token(format!("user:{user}"))
             .reconnect(false);
         Client::connect(&self.url, config).await.expect("connect")
+    }
+
+    /// Waits until this node attached a session, and returns its kind.
+    pub async fn next_attach(&mut self) -> String {
+        within("the node's attach", self.attached.recv())
+            .await
+            .expect("the node runs")
     }
 
     /// Opens `topic` on `client` (connected to this node) and waits until the node attached
@@ -239,4 +258,72 @@ pub fn nodes_subscribed(redis: &mux_redis::testing::RedisServer, prefix: &str, t
             .arg(format!("{prefix}t:{topic}")),
     );
     n
+}
+
+/// A TCP forwarder on loopback in front of the nodes, standing in for a load balancer: it
+/// forwards each connection to the current target, and [`Forwarder::switch`] cuts every
+/// forwarded connection at once, as a node or a network path dying would.
+pub struct Forwarder {
+    pub addr: SocketAddr,
+    target: Arc<Mutex<Option<SocketAddr>>>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Forwarder {
+    pub async fn start(target: SocketAddr) -> Forwarder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(Some(target)));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+        let (t, c) = (target.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                // Held until the connection is listed, so a switch cuts it too. No target:
+                // the connection is refused (closed at once).
+                let current = t.lock().unwrap();
+                let Some(to) = *current else {
+                    continue;
+                };
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                let mut list = c.lock().unwrap();
+                list.retain(|h| !h.is_finished());
+                list.push(forward);
+                drop(list);
+                drop(current);
+            }
+        });
+        Forwarder {
+            addr,
+            target,
+            connections,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Cuts every forwarded connection; new ones go to `target` (none: refused).
+    pub fn switch(&self, target: Option<SocketAddr>) {
+        let mut current = self.target.lock().unwrap();
+        *current = target;
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
 }
