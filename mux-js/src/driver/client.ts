@@ -73,7 +73,8 @@ let port: MessagePort | null = null;
 function defer(fn: () => void): void {
   if (!port) {
     const ch = new MessageChannel();
-    ch.port1.onmessage = () => { const q = deferred; deferred = []; for (const f of q) f(); };
+    // Each as a microtask of its own, so one that throws does not hold back the others.
+    ch.port1.onmessage = () => { const q = deferred; deferred = []; for (const f of q) queueMicrotask(f); };
     (ch.port1 as { unref?: () => void }).unref?.();
     port = ch.port2;
   }
