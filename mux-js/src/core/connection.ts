@@ -283,8 +283,10 @@ export class Connection {
         out.push(f);
         size += len;
       }
-      // spec/sessions.md#scheduling: DATA only once no control frame is left waiting.
-      if (!this.#control.length) this.#writeData(out, size, limit, now);
+      // spec/sessions.md#scheduling: no DATA of a session whose OPEN is still waiting. Other
+      // control frames left waiting (a CREDIT paced by the budget) hold no DATA back.
+      const held = new Set(this.#control.map((q) => !(q instanceof Session) && q.type === "OPEN" && q.session_id));
+      this.#writeData(out, size, limit, now, held);
     }
     if (!out.length) return null;
     this.#lastSent = this.#now;
@@ -536,9 +538,9 @@ export class Connection {
   }
 
   /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
-  #writeData(out: Frame[], size: number, limit: number, now: number): void {
+  #writeData(out: Frame[], size: number, limit: number, now: number, held: Set<number | false>): void {
     for (const s of this.#sessions.values()) {
-      if (!s.inRing && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
+      if (!s.inRing && !held.has(s.id) && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
     }
     for (let s; (s = this.#ring[0]);) {
       if (!s.midTurn) { s.deficit += this.#peer!.max_frame_size; s.midTurn = true; }
