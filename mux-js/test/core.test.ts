@@ -387,6 +387,27 @@ test("control frames are paced within half the server's CONTROL_BUDGET", () => {
   assert.ok(s.drain().filter((f) => f.type === "OPEN").length >= 1);
 });
 
+test("a control frame waiting for the budget holds back only the DATA of a session whose OPEN it is", () => {
+  // Budget 2: the client may send one control frame at once, then one per 500 ms.
+  const s = Script.ready({ control_budget: 2 });
+  const a = s.client.open("a");
+  assert.deepEqual(s.drain().map((f) => f.type), ["OPEN"]);
+  s.accept(a);
+  const b = s.client.open("b");
+  s.client.send(a, new Uint8Array([1]));
+  s.client.send(b, new Uint8Array([2]));
+  assert.deepEqual(s.drain().map((f) => [f.type, f.session_id]), [["DATA", a]], "b's OPEN waits, and so does b's DATA");
+  s.advance();
+  assert.deepEqual(s.drain().map((f) => [f.type, f.session_id]), [["OPEN", b], ["DATA", b]]);
+  // A CREDIT waiting for the budget holds no DATA back.
+  for (let i = 0; i < 16; i++) s.send(data(a, i));
+  for (let i = 0; i < 16; i++) s.client.consumed(a, 1);
+  s.client.send(a, new Uint8Array([3]));
+  assert.deepEqual(s.drain().map((f) => f.type), ["DATA"], "the CREDIT waits for the budget, the DATA does not");
+  s.advance();
+  assert.deepEqual(s.drain().map((f) => [f.type, f.session_id]), [["CREDIT", a]]);
+});
+
 test("coalescing: frames ready together share one transport message", () => {
   const s = Script.ready();
   s.client.open("a");

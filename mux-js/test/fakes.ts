@@ -35,6 +35,8 @@ export class Clock {
   timers = {
     set: (fn: () => void, ms: number) => { const id = ++this.n; this.q.push({ at: this.now + ms, fn, id }); return id; },
     clear: (h: unknown) => { this.q = this.q.filter((t) => t.id !== h); },
+    // The driver's batching task: a macrotask, in order with the tests' setImmediate flushes.
+    defer: (fn: () => void) => { setImmediate(fn); },
   };
   advance(to: number): void {
     for (;;) {

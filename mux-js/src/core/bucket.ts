@@ -1,25 +1,27 @@
 // A token bucket on the host's clock (spec/sessions.md#rates): `rate` tokens per second,
 // at most `burst`, full when created, refilled continuously. Time is an input, in ms.
+import type { Grant } from "./types.js";
+
 export class Bucket {
   #tokens: number;
   #at: number;
   constructor(readonly rate: number, readonly burst: number, now: number) {
-    this.#tokens = Math.max(1, burst);
+    this.#tokens = this.burst = Math.max(1, burst);
     this.#at = now;
   }
   /** The tokens there now. */
   available(now: number): number {
     if (now > this.#at) {
-      this.#tokens = Math.min(Math.max(1, this.burst), this.#tokens + ((now - this.#at) * this.rate) / 1000);
+      this.#tokens = Math.min(this.burst, this.#tokens + ((now - this.#at) * this.rate) / 1000);
       this.#at = now;
     }
     return this.#tokens;
   }
   /** Takes `n` tokens if they are there. */
   take(n: number, now: number): boolean {
-    if (this.available(now) < n) return false;
-    this.#tokens -= n;
-    return true;
+    const ok = this.available(now) >= n;
+    if (ok) this.#tokens -= n;
+    return ok;
   }
   /** When `n` tokens will be there (now if they already are). */
   readyAt(n: number, now: number): number {
@@ -36,23 +38,21 @@ export class Bucket {
 export class Pacer {
   readonly #msgs: Bucket | null;
   readonly #bytes: Bucket | null;
-  constructor(messagesPerSec: number, bytesPerSec: number, burstMessages: number, burstBytes: number, now: number) {
-    const mirror = (rate: number, burst: number) =>
-      rate ? new Bucket(rate - rate / 32, Math.max(1, burst - Math.floor(burst / 4)), now) : null;
-    this.#msgs = mirror(messagesPerSec, burstMessages);
-    this.#bytes = mirror(bytesPerSec, burstBytes);
+  constructor(g: Grant, now: number) {
+    const mirror = (rate: number, burst: number) => rate ? new Bucket(rate - rate / 32, burst - Math.floor(burst / 4), now) : null;
+    this.#msgs = mirror(g.messagesPerSec, g.burstMessages);
+    this.#bytes = mirror(g.bytesPerSec, g.burstBytes);
   }
   /** Bytes the pacer lets through now for a frame (Infinity without a byte rate). */
   bytesAvailable(now: number): number { return this.#bytes ? Math.floor(this.#bytes.available(now)) : Infinity; }
   messageAvailable(now: number): boolean { return !this.#msgs || this.#msgs.available(now) >= 1; }
   take(startsMessage: boolean, len: number, now: number): void {
     if (startsMessage) this.#msgs?.take(1, now);
-    if (len) this.#bytes?.take(len, now);
+    this.#bytes?.take(len, now);
   }
   /** When a frame of `len` bytes (starting a message or not) could go. */
   readyAt(startsMessage: boolean, len: number, now: number): number {
-    const m = startsMessage && this.#msgs ? this.#msgs.readyAt(1, now) : now;
-    const b = this.#bytes ? this.#bytes.readyAt(Math.min(len, this.#bytes.burst), now) : now;
-    return Math.max(m, b);
+    const b = this.#bytes;
+    return Math.max(startsMessage && this.#msgs ? this.#msgs.readyAt(1, now) : now, b ? b.readyAt(Math.min(len, b.burst), now) : now);
   }
 }

@@ -7,8 +7,8 @@
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
 import {
-  HEADER_LEN, MIN_FRAGMENT, U32, decodeBody, encodeMessage, encodedLen, frameError, isFrameError, isValidWireCode,
-  parseHeader, settingsWithDefaults, type Frame, type Settings,
+  HEADER_LEN, MIN_FRAGMENT, U32, decodeBody, encodeMessage, encodedLen, frames, isFrameError, isValidWireCode,
+  settingsWithDefaults, type Frame, type Settings,
 } from "../codec/index.js";
 import { Bucket, Pacer } from "./bucket.js";
 import { Session } from "./session.js";
@@ -92,18 +92,17 @@ export class Connection {
     const maxFrame = this.own.max_frame_size;
     if (message.length > transportLimit(maxFrame)) return this.#fail(1009, "message over L");
     try {
-      if (!message.length) throw frameError("EmptyMessage");
-      for (let off = 0; off < message.length && !this.isClosed;) {
-        const header = parseHeader(message, off);
-        if (isFrameError(header)) throw header;
+      const error = frames(message, (h, payload) => {
+        this.#handleFrame(decodeBody(h, payload));
+        return this.isClosed;
+      }, (h) => {
         // spec/sessions.md#data-checks D0: the frame size is checked from the header, before the
         // payload is waited for and before the session is looked up.
-        if (!header.type && header.len > maxFrame) return this.#fail(1009, "frame over MAX_FRAME_SIZE");
-        const start = off + HEADER_LEN;
-        off = start + header.len;
-        if (off > message.length) throw frameError("TruncatedPayload");
-        this.#handleFrame(decodeBody(header, message.subarray(start, off)));
-      }
+        if (h.type || h.len <= maxFrame) return false;
+        this.#fail(1009, "frame over MAX_FRAME_SIZE");
+        return true;
+      });
+      if (error) throw error;
     } catch (e) {
       if (!isFrameError(e)) throw e;
       this.#fail(e.close_code, e.kind);
@@ -284,8 +283,10 @@ export class Connection {
         out.push(f);
         size += len;
       }
-      // spec/sessions.md#scheduling: DATA only once no control frame is left waiting.
-      if (!this.#control.length) this.#writeData(out, size, limit, now);
+      // spec/sessions.md#scheduling: no DATA of a session whose OPEN is still waiting. Other
+      // control frames left waiting (a CREDIT paced by the budget) hold no DATA back.
+      const held = new Set(this.#control.map((q) => !(q instanceof Session) && q.type === "OPEN" && q.session_id));
+      this.#writeData(out, size, limit, now, held);
     }
     if (!out.length) return null;
     this.#lastSent = this.#now;
@@ -397,14 +398,14 @@ export class Connection {
   }
 
   #onAccept(s: Session, f: Extract<Frame, { type: "ACCEPT" }>): void {
-    const { messages_per_sec: messagesPerSec, bytes_per_sec: bytesPerSec, burst_messages: burstMessages, burst_bytes: burstBytes } = f.rate;
+    const { rate: r, permissions: p } = f;
     const grant: Grant = {
-      send: (f.permissions & 1) > 0, receive: (f.permissions & 2) > 0,
-      maxMessageSize: (s.sendMax = f.max_message_size), messagesPerSec, bytesPerSec, burstMessages, burstBytes,
+      send: (p & 1) > 0, receive: p > 1, maxMessageSize: (s.sendMax = f.max_message_size),
+      messagesPerSec: r.messages_per_sec, bytesPerSec: r.bytes_per_sec, burstMessages: r.burst_messages, burstBytes: r.burst_bytes,
     };
     s.grant = grant;
     if (s.state === "opening") s.state = "open";
-    if (messagesPerSec || bytesPerSec) s.pacer = new Pacer(messagesPerSec, bytesPerSec, burstMessages, burstBytes, this.#now);
+    if (grant.messagesPerSec || grant.bytesPerSec) s.pacer = new Pacer(grant, this.#now);
     this.#events.push({ type: "opened", id: s.id, grant });
     // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
     // messages queued before the ACCEPT included.
@@ -537,9 +538,9 @@ export class Connection {
   }
 
   /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
-  #writeData(out: Frame[], size: number, limit: number, now: number): void {
+  #writeData(out: Frame[], size: number, limit: number, now: number, held: Set<number | false>): void {
     for (const s of this.#sessions.values()) {
-      if (!s.inRing && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
+      if (!s.inRing && !held.has(s.id) && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
     }
     for (let s; (s = this.#ring[0]);) {
       if (!s.midTurn) { s.deficit += this.#peer!.max_frame_size; s.midTurn = true; }

@@ -21,6 +21,11 @@ export type WebSocketConstructor = new (url: string, protocols: string[]) => Web
 export interface Timers {
   set(fn: () => void, ms: number): unknown;
   clear(handle: unknown): void;
+  /**
+   * Runs `fn` in a task of its own, after the tasks already queued; the writes the driver
+   * batches wait for it. Default: a MessageChannel message.
+   */
+  defer?(fn: () => void): void;
 }
 
 export interface ConnectOptions {
@@ -58,8 +63,25 @@ const toBytes = (data: Uint8Array | string): Uint8Array => (typeof data === "str
 
 /** @internal Dispatches a CustomEvent. */
 export const emit = (t: EventTarget, type: string, detail?: unknown): void => { t.dispatchEvent(new CustomEvent(type, { detail })); };
-/** @internal setTimeout and clearTimeout. */
-export const defaultTimers: Timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+let deferred: (() => void)[] = [];
+let port: MessagePort | null = null;
+/**
+ * A task after those already queued, without setTimeout's clamping of nested timers: one
+ * MessageChannel for the page, its port unreferenced where it can be (Node) so an idle one
+ * keeps no process alive.
+ */
+function defer(fn: () => void): void {
+  if (!port) {
+    const ch = new MessageChannel();
+    // Each as a microtask of its own, so one that throws does not hold back the others.
+    ch.port1.onmessage = () => { const q = deferred; deferred = []; for (const f of q) queueMicrotask(f); };
+    (ch.port1 as { unref?: () => void }).unref?.();
+    port = ch.port2;
+  }
+  if (deferred.push(fn) === 1) port.postMessage(0);
+}
+/** @internal setTimeout, clearTimeout and a MessageChannel task. */
+export const defaultTimers: Timers = { set: (fn, ms) => setTimeout(fn, ms), clear: (h) => clearTimeout(h as ReturnType<typeof setTimeout>), defer };
 
 export class MuxSession extends EventTarget {
   grant: Grant | null = null;
@@ -168,7 +190,10 @@ export class MuxClient extends EventTarget {
       const now = this.#clock();
       if (typeof ev.data === "string") this.#core.handleText(now);
       else this.#core.handleMessage(new Uint8Array(ev.data as ArrayBuffer), now);
-      this.pump();
+      // The replies the application makes to this message, and to the messages already queued
+      // behind it, leave together in the deferred pump.
+      this.#drainEvents();
+      this.#soon();
     };
     ws.onclose = (ev) => {
       this.#wsClosed = true;
@@ -212,13 +237,14 @@ export class MuxClient extends EventTarget {
   /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.#soon(); }
 
   /**
-   * A pump at the end of the current task's microtasks: sends and reads made together (one
-   * per session, say, as one message's replies) leave in one WebSocket message.
+   * A pump in a task after those already queued: sends and reads made together, or in reply to
+   * WebSocket messages that arrived together, leave in one WebSocket message. A send costs the
+   * browser far more per message than per byte, and waiting for one task is cheap by contrast.
    */
   #soon(): void {
     if (this.#pumpQueued) return;
     this.#pumpQueued = true;
-    queueMicrotask(() => { this.#pumpQueued = false; this.pump(); });
+    (this.#timers.defer ?? defer)(() => { this.#pumpQueued = false; this.pump(); });
   }
   /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
   /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
@@ -229,10 +255,14 @@ export class MuxClient extends EventTarget {
 
   /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
   pump(): void {
-    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#drainEvents();
     this.#flush();
-    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    this.#drainEvents();
     this.#arm();
+  }
+
+  #drainEvents(): void {
+    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
   }
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
