@@ -41,18 +41,27 @@ struct Mem {
     /// Live heap bytes (the server's counting allocator).
     heap: u64,
     conns: u64,
+    /// glibc's bytes in use and free in its arenas (zero with another allocator).
+    glibc_used: u64,
+    glibc_free: u64,
 }
 
 impl Mem {
     fn read(child: &mut ChildServer) -> Result<Mem, String> {
         let ChildStats {
-            rss, heap, conns, ..
+            rss,
+            heap,
+            conns,
+            glibc: (glibc_used, glibc_free, _),
+            ..
         } = child.peek()?;
         Ok(Mem {
             rss,
             anon: sys::rss_anon(&child.pid.to_string()).unwrap_or(0),
             heap,
             conns,
+            glibc_used,
+            glibc_free,
         })
     }
 }
@@ -127,13 +136,15 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
     let (unloaded, _) = victim.take();
     let idle = Mem::read(&mut child)?;
     println!(
-        "victim unloaded: p50 {:.3} ms, p99 {:.3} ms ({} echoes); server idle: RSS {:.1} MiB (anon {:.1}), heap {:.1} MiB, {} connections",
+        "victim unloaded: p50 {:.3} ms, p99 {:.3} ms ({} echoes); server idle: RSS {:.1} MiB (anon {:.1}), heap {:.1} MiB (glibc: {:.1} in use, {:.1} free), {} connections",
         ms(unloaded.value_at_quantile(0.5)),
         ms(unloaded.value_at_quantile(0.99)),
         unloaded.len(),
         mib(idle.rss),
         mib(idle.anon),
         mib(idle.heap),
+        mib(idle.glibc_used),
+        mib(idle.glibc_free),
         idle.conns
     );
     let attack_rt = crate::runtime(1, sys::Role::Client, "attack")?;
@@ -156,7 +167,7 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
     let end = Mem::read(&mut child)?;
     let limit = idle.rss + idle.rss / 10;
     println!(
-        "after the last attack: RSS {:.1} MiB against {:.1} MiB idle ({:.2}x; target idle + 10 % = {:.1} MiB: {}); anon {:.1} against {:.1} MiB ({:.2}x); heap {:.1} MiB",
+        "after the last attack: RSS {:.1} MiB against {:.1} MiB idle ({:.2}x; target idle + 10 % = {:.1} MiB: {}); anon {:.1} against {:.1} MiB ({:.2}x); heap {:.1} MiB (glibc: {:.1} in use, {:.1} free)",
         mib(end.rss),
         mib(idle.rss),
         end.rss as f64 / idle.rss.max(1) as f64,
@@ -165,8 +176,13 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
         mib(end.anon),
         mib(idle.anon),
         end.anon as f64 / idle.anon.max(1) as f64,
-        mib(end.heap)
+        mib(end.heap),
+        mib(end.glibc_used),
+        mib(end.glibc_free)
     );
+    if args.malloc_stats {
+        child.print_malloc_stats()?;
+    }
     let unexpected: Vec<&str> = rows
         .iter()
         .filter(|r| !r.as_expected)
@@ -437,6 +453,7 @@ impl Row {
              \"rss_before_mib\":{:.2},\"rss_peak_mib\":{:.2},\"rss_after_mib\":{:.2},\
              \"rss_after_over_before\":{:.3},\"anon_before_mib\":{:.2},\"anon_after_mib\":{:.2},\
              \"heap_before_mib\":{:.2},\"heap_after_mib\":{:.2},\
+             \"glibc_used_after_mib\":{:.2},\"glibc_free_after_mib\":{:.2},\
              \"connections_after\":{},\"victim_p50_ms\":{:.3},\"victim_p99_ms\":{:.3},\
              \"victim_p50_ratio\":{:.2},\"victim_p99_ratio\":{:.2},\"victim_echoes\":{},\
              \"victim_errors\":{},\"cut\":\"{cut}\",\"cut_count\":{count},\"cuts\":{{{}}},\
@@ -454,6 +471,8 @@ impl Row {
             mib(self.after.anon),
             mib(self.before.heap),
             mib(self.after.heap),
+            mib(self.after.glibc_used),
+            mib(self.after.glibc_free),
             self.after.conns,
             self.p50,
             self.p99,

@@ -336,6 +336,10 @@ pub struct AttackArgs {
     /// One JSON object per attack on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// At the end, have the server print glibc's per-arena statistics (`malloc_stats`) on
+    /// stderr: where the memory it keeps sits.
+    #[arg(long)]
+    malloc_stats: bool,
     /// List the attacks and exit.
     #[arg(long)]
     list: bool,
