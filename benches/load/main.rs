@@ -313,7 +313,8 @@ pub struct AttackArgs {
     /// conn-flood).
     #[arg(long)]
     attackers: Option<usize>,
-    /// Seconds of the victim's unloaded measurement.
+    /// Seconds of the victim's unloaded measurement: at the start, and at the end of each
+    /// attack's `--after` window; each attack is compared with the window just before it.
     #[arg(long, default_value_t = 3.0)]
     unloaded: f64,
     /// Seconds the server is watched after each attack's connections are gone.
