@@ -296,9 +296,9 @@ pub struct ServerStats {
     pub handshakes_evicted: u64,
     /// Connections in their handshake now.
     pub unauthenticated: usize,
-    /// Source addresses whose handshake rate is remembered now: those still within their
-    /// burst. Forgotten within about a second once their rate allows a full burst again,
-    /// so a flood from many addresses leaves nothing behind.
+    /// Source addresses whose handshake rate is remembered now: those whose burst has not
+    /// come back whole since their last handshake. Each is forgotten within about a second
+    /// of its burst coming back, so a flood from many addresses leaves nothing behind.
     pub rate_limited_sources: usize,
     /// The memory budget's state.
     pub memory: BudgetStats,
