@@ -7,6 +7,11 @@
 //! heap and connections then, the victim's p50/p99 against its unloaded figures, and how
 //! each attacking connection was cut and after how long.
 //!
+//! The unloaded figures an attack is compared with are the victim's last `--unloaded`
+//! seconds before it (the start, or the quiet end of the previous attack's `--after`
+//! window): loaded and unloaded windows alternate, so load from outside the run (other
+//! processes on the machine) weighs on both alike rather than on one baseline taken once.
+//!
 //! The attacks run against the defaults on purpose: when a default changes or a defence is
 //! added to the library, rerunning this shows its effect.
 
@@ -41,18 +46,27 @@ struct Mem {
     /// Live heap bytes (the server's counting allocator).
     heap: u64,
     conns: u64,
+    /// glibc's bytes in use and free in its arenas (zero with another allocator).
+    glibc_used: u64,
+    glibc_free: u64,
 }
 
 impl Mem {
     fn read(child: &mut ChildServer) -> Result<Mem, String> {
         let ChildStats {
-            rss, heap, conns, ..
+            rss,
+            heap,
+            conns,
+            glibc: (glibc_used, glibc_free, _),
+            ..
         } = child.peek()?;
         Ok(Mem {
             rss,
             anon: sys::rss_anon(&child.pid.to_string()).unwrap_or(0),
             heap,
             conns,
+            glibc_used,
+            glibc_free,
         })
     }
 }
@@ -127,13 +141,15 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
     let (unloaded, _) = victim.take();
     let idle = Mem::read(&mut child)?;
     println!(
-        "victim unloaded: p50 {:.3} ms, p99 {:.3} ms ({} echoes); server idle: RSS {:.1} MiB (anon {:.1}), heap {:.1} MiB, {} connections",
+        "victim unloaded: p50 {:.3} ms, p99 {:.3} ms ({} echoes); server idle: RSS {:.1} MiB (anon {:.1}), heap {:.1} MiB (glibc: {:.1} in use, {:.1} free), {} connections",
         ms(unloaded.value_at_quantile(0.5)),
         ms(unloaded.value_at_quantile(0.99)),
         unloaded.len(),
         mib(idle.rss),
         mib(idle.anon),
         mib(idle.heap),
+        mib(idle.glibc_used),
+        mib(idle.glibc_free),
         idle.conns
     );
     let attack_rt = crate::runtime(1, sys::Role::Client, "attack")?;
@@ -142,10 +158,14 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
         println!("{}", Row::header());
     }
     let mut rows = Vec::new();
+    let mut baseline = unloaded.clone();
+    let mut pooled = unloaded.clone();
     for class in classes {
-        let row = run_one(
-            class, &args, &attack_rt, &target, &victim, &mut child, &unloaded,
+        let (row, quiet) = run_one(
+            class, &args, &attack_rt, &target, &victim, &mut child, &baseline,
         )?;
+        let _ = pooled.add(&quiet);
+        baseline = quiet;
         if args.json {
             println!("{}", row.json());
         } else {
@@ -153,10 +173,16 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
         }
         rows.push(row);
     }
+    println!(
+        "victim unloaded, every quiet window pooled: p50 {:.3} ms, p99 {:.3} ms ({} echoes)",
+        ms(pooled.value_at_quantile(0.5)),
+        ms(pooled.value_at_quantile(0.99)),
+        pooled.len()
+    );
     let end = Mem::read(&mut child)?;
     let limit = idle.rss + idle.rss / 10;
     println!(
-        "after the last attack: RSS {:.1} MiB against {:.1} MiB idle ({:.2}x; target idle + 10 % = {:.1} MiB: {}); anon {:.1} against {:.1} MiB ({:.2}x); heap {:.1} MiB",
+        "after the last attack: RSS {:.1} MiB against {:.1} MiB idle ({:.2}x; target idle + 10 % = {:.1} MiB: {}); anon {:.1} against {:.1} MiB ({:.2}x); heap {:.1} MiB (glibc: {:.1} in use, {:.1} free)",
         mib(end.rss),
         mib(idle.rss),
         end.rss as f64 / idle.rss.max(1) as f64,
@@ -165,8 +191,13 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
         mib(end.anon),
         mib(idle.anon),
         end.anon as f64 / idle.anon.max(1) as f64,
-        mib(end.heap)
+        mib(end.heap),
+        mib(end.glibc_used),
+        mib(end.glibc_free)
     );
+    if args.malloc_stats {
+        child.print_malloc_stats()?;
+    }
     let unexpected: Vec<&str> = rows
         .iter()
         .filter(|r| !r.as_expected)
@@ -184,7 +215,9 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
-/// One attack: run it, stop it, watch the server for `--after` seconds.
+/// One attack: run it, stop it, watch the server for `--after` seconds. Returns its row
+/// (the victim compared with `unloaded`, its figures just before) and the victim's figures
+/// over the last `--unloaded` seconds of the watch, the next attack's unloaded ones.
 fn run_one(
     class: &'static Class,
     args: &AttackArgs,
@@ -193,7 +226,7 @@ fn run_one(
     victim: &Victim,
     child: &mut ChildServer,
     unloaded: &Histogram<u64>,
-) -> Result<Row, String> {
+) -> Result<(Row, Histogram<u64>), String> {
     let attackers = args.attackers.unwrap_or(class.attackers).clamp(1, 10_000);
     let limit = seconds(args.duration.unwrap_or(class.seconds));
     let pid = child.pid.to_string();
@@ -242,12 +275,19 @@ fn run_one(
     };
     let (loaded, victim_errors) = victim.take();
     let left = Instant::now();
+    let quiet_from = seconds(args.after).saturating_sub(seconds(args.unloaded));
+    let mut quiet = false;
     while left.elapsed() < seconds(args.after) {
+        if !quiet && left.elapsed() >= quiet_from {
+            let _ = victim.take();
+            quiet = true;
+        }
         sample();
     }
+    let (quiet, _) = victim.take();
     let after = Mem::read(child)?;
     peak = peak.max(after.rss);
-    Ok(Row::new(
+    let row = Row::new(
         class,
         attackers,
         ran,
@@ -258,7 +298,8 @@ fn run_one(
         unloaded,
         &loaded,
         victim_errors,
-    ))
+    );
+    Ok((row, quiet))
 }
 
 /// What one attack did to the server and the victim.
@@ -274,6 +315,8 @@ struct Row {
     p99: f64,
     p50_ratio: f64,
     p99_ratio: f64,
+    /// The victim's unloaded p99 this attack is compared with.
+    unloaded_p99: f64,
     victim_echoes: u64,
     victim_errors: u64,
     /// Cuts by kind: how many, and their times from each connection's attack start.
@@ -325,6 +368,7 @@ impl Row {
             p99,
             p50_ratio: p50 / q(unloaded, 0.5).max(0.001),
             p99_ratio: p99 / q(unloaded, 0.99).max(0.001),
+            unloaded_p99: q(unloaded, 0.99),
             victim_echoes: loaded.len(),
             victim_errors,
             cuts,
@@ -348,7 +392,7 @@ impl Row {
 
     fn header() -> String {
         format!(
-            "{:<17} {:>5} {:>22} {:>6} {:>11} {:>11} {:>5} {:>17} {:>17} {:<24} {:<22} ok",
+            "{:<17} {:>5} {:>22} {:>6} {:>11} {:>11} {:>5} {:>17} {:>8} {:>17} {:<24} {:<22} ok",
             "attack",
             "conns",
             "RSS before/peak/+10s",
@@ -357,6 +401,7 @@ impl Row {
             "heap b/+10s",
             "+10s",
             "victim p50 (x)",
+            "base p99",
             "victim p99 (x)",
             "cut",
             "after (median, max)",
@@ -395,7 +440,7 @@ impl Row {
             None => ("none".to_owned(), String::new()),
         };
         let mut line = format!(
-            "{:<17} {:>5} {:>22} {:>6.2} {:>11} {:>11} {:>5} {:>17} {:>17} {:<24} {:<22} {}",
+            "{:<17} {:>5} {:>22} {:>6.2} {:>11} {:>11} {:>5} {:>17} {:>8} {:>17} {:<24} {:<22} {}",
             self.name,
             self.connections,
             format!(
@@ -409,6 +454,7 @@ impl Row {
             format!("{:.1}/{:.1}", mib(self.before.heap), mib(self.after.heap)),
             self.after.conns,
             format!("{:.3} ms ({:.2})", self.p50, self.p50_ratio),
+            format!("{:.3}", self.unloaded_p99),
             format!("{:.3} ms ({:.2})", self.p99, self.p99_ratio),
             cut,
             after,
@@ -437,8 +483,9 @@ impl Row {
              \"rss_before_mib\":{:.2},\"rss_peak_mib\":{:.2},\"rss_after_mib\":{:.2},\
              \"rss_after_over_before\":{:.3},\"anon_before_mib\":{:.2},\"anon_after_mib\":{:.2},\
              \"heap_before_mib\":{:.2},\"heap_after_mib\":{:.2},\
+             \"glibc_used_after_mib\":{:.2},\"glibc_free_after_mib\":{:.2},\
              \"connections_after\":{},\"victim_p50_ms\":{:.3},\"victim_p99_ms\":{:.3},\
-             \"victim_p50_ratio\":{:.2},\"victim_p99_ratio\":{:.2},\"victim_echoes\":{},\
+             \"victim_p50_ratio\":{:.2},\"victim_p99_ratio\":{:.2},\"victim_unloaded_p99_ms\":{:.3},\"victim_echoes\":{},\
              \"victim_errors\":{},\"cut\":\"{cut}\",\"cut_count\":{count},\"cuts\":{{{}}},\
              \"in_flight\":{},\"cut_after_ms_median\":{:.1},\"cut_after_ms_max\":{:.1},\
              \"expected\":\"{}\",\"as_expected\":{}}}",
@@ -454,11 +501,14 @@ impl Row {
             mib(self.after.anon),
             mib(self.before.heap),
             mib(self.after.heap),
+            mib(self.after.glibc_used),
+            mib(self.after.glibc_free),
             self.after.conns,
             self.p50,
             self.p99,
             self.p50_ratio,
             self.p99_ratio,
+            self.unloaded_p99,
             self.victim_echoes,
             self.victim_errors,
             all.join(","),

@@ -313,7 +313,8 @@ pub struct AttackArgs {
     /// conn-flood).
     #[arg(long)]
     attackers: Option<usize>,
-    /// Seconds of the victim's unloaded measurement.
+    /// Seconds of the victim's unloaded measurement: at the start, and at the end of each
+    /// attack's `--after` window; each attack is compared with the window just before it.
     #[arg(long, default_value_t = 3.0)]
     unloaded: f64,
     /// Seconds the server is watched after each attack's connections are gone.
@@ -336,6 +337,10 @@ pub struct AttackArgs {
     /// One JSON object per attack on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// At the end, have the server print glibc's per-arena statistics (`malloc_stats`) on
+    /// stderr: where the memory it keeps sits.
+    #[arg(long)]
+    malloc_stats: bool,
     /// List the attacks and exit.
     #[arg(long)]
     list: bool,

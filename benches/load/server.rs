@@ -155,7 +155,9 @@ async fn serve_session(mut session: Session, hub: Option<LocalHub>) {
 /// `mux-load serve`: prints `pid=<pid> port=<port>`, then answers `stats` lines on stdin
 /// with `rss=<bytes> heap=<live heap bytes> conns=<n> sessions=<held>` (after returning
 /// freed heap to the OS), and `peek` lines with the same as they are (nothing returned
-/// first), until stdin closes or `lifetime` passes. With `trim_every`, a thread calls
+/// first), until stdin closes or `lifetime` passes; glibc's own counters follow
+/// (`glibc_used=`, `glibc_free=`, `glibc_mmap=`; zero with another allocator), and a
+/// `malloc` line prints glibc's per-arena statistics on stderr. With `trim_every`, a thread calls
 /// glibc's `malloc_trim(0)` that often and its cost is printed on stderr at exit.
 pub fn serve_main(
     port: u16,
@@ -210,7 +212,11 @@ pub fn serve_main(
         for line in stdin.lock().lines() {
             let Ok(line) = line else { break };
             let command = line.trim();
-            if command == "stats" || command == "peek" {
+            if command == "malloc" {
+                sys::print_malloc_stats();
+                println!("ok");
+                let _ = std::io::stdout().flush();
+            } else if command == "stats" || command == "peek" {
                 let sessions = {
                     let mut held = lock(&held);
                     held.retain(|s| s.close_reason().is_none());
@@ -223,7 +229,11 @@ pub fn serve_main(
                 let rss = sys::rss("self").unwrap_or(0);
                 let conns = handle.stats().connections;
                 let heap = sys::live_heap();
-                println!("rss={rss} heap={heap} conns={conns} sessions={sessions}");
+                let (used, free, mapped) = sys::glibc_heap().unwrap_or_default();
+                println!(
+                    "rss={rss} heap={heap} conns={conns} sessions={sessions} \
+                     glibc_used={used} glibc_free={free} glibc_mmap={mapped}"
+                );
                 let _ = std::io::stdout().flush();
             }
         }
@@ -258,6 +268,9 @@ pub struct ChildStats {
     pub heap: u64,
     pub conns: u64,
     pub sessions: u64,
+    /// glibc's bytes in use, free in its arenas, and in mmap'd chunks (zero with another
+    /// allocator).
+    pub glibc: (u64, u64, u64),
 }
 
 impl ChildServer {
@@ -355,7 +368,24 @@ impl ChildServer {
             heap: field("heap="),
             conns: field("conns="),
             sessions: field("sessions="),
+            glibc: (
+                field("glibc_used="),
+                field("glibc_free="),
+                field("glibc_mmap="),
+            ),
         })
+    }
+
+    /// Has the child print glibc's per-arena statistics on its stderr.
+    pub fn print_malloc_stats(&mut self) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("child closed")?;
+        writeln!(stdin, "malloc").map_err(|e| e.to_string())?;
+        stdin.flush().map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 

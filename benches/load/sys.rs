@@ -228,3 +228,53 @@ pub fn trim() {
         libc::malloc_trim(0);
     }
 }
+
+/// glibc's own view of its heap (`mallinfo2`): bytes in use in chunks it handed out
+/// (`uordblks`, which includes each chunk's header and rounding, unlike [`live_heap`]),
+/// free bytes it keeps in its arenas (`fordblks`) and bytes in chunks served by `mmap`
+/// (`hblkhd`). `None` with another allocator.
+pub fn glibc_heap() -> Option<(u64, u64, u64)> {
+    if backend() != GLIBC {
+        return None;
+    }
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 has no preconditions and returns a plain struct.
+        let info = unsafe { libc::mallinfo2() };
+        Some((
+            info.uordblks as u64,
+            info.fordblks as u64,
+            info.hblkhd as u64,
+        ))
+    }
+    #[cfg(not(target_env = "gnu"))]
+    None
+}
+
+/// Prints glibc's per-arena statistics on stderr (`malloc_stats`, then `malloc_info`'s
+/// XML: each arena's free chunks by size, its top chunk, and the mmap'd chunks): which
+/// arenas hold the memory, how much of it is in use, and whether what is free is top or
+/// fragments. Nothing with another allocator.
+pub fn print_malloc_stats() {
+    if backend() != GLIBC {
+        return;
+    }
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_stats has no preconditions and writes to stderr. The stream for
+    // malloc_info is opened on a duplicate of stderr's descriptor (so closing it leaves
+    // stderr open), checked for NULL, and closed once.
+    unsafe {
+        libc::malloc_stats();
+        let fd = libc::dup(2);
+        if fd < 0 {
+            return;
+        }
+        let stream = libc::fdopen(fd, c"w".as_ptr());
+        if stream.is_null() {
+            libc::close(fd);
+            return;
+        }
+        libc::malloc_info(0, stream);
+        libc::fclose(stream);
+    }
+}

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
+use crate::sparse::ShrinkSparse;
+
 /// Fraction of the budget (per mille) from which expensive connections stop reading.
 pub(crate) const PAUSE_READS: usize = 750;
 /// Fraction (per mille) from which idle connections release their buffers at once.
@@ -356,7 +358,11 @@ impl Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         let held = self.state.held.swap(0, Ordering::Relaxed);
-        lock(&self.budget.inner.table).charges.remove(&self.id);
+        {
+            let mut t = lock(&self.budget.inner.table);
+            t.charges.remove(&self.id);
+            t.charges.shrink_if_sparse();
+        }
         self.budget.update(held, 0);
     }
 }
@@ -370,6 +376,17 @@ impl Drop for Charge {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_of_accounts_shrinks_back_after_a_flood() {
+        let budget = Budget::new(1 << 30);
+        let charges: Vec<Charge> = (0..5000).map(|_| budget.charge(100)).collect();
+        assert!(lock(&budget.inner.table).charges.capacity() >= 5000);
+        drop(charges);
+        let t = lock(&budget.inner.table);
+        assert!(t.charges.is_empty());
+        assert!(t.charges.capacity() <= 128, "{}", t.charges.capacity());
+    }
 
     #[test]
     fn levels_follow_the_fill_and_drops_return_everything() {

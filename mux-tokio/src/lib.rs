@@ -64,6 +64,7 @@ pub mod quota;
 mod server;
 mod session;
 mod signal;
+mod sparse;
 mod tls;
 pub mod topic;
 mod transport;

@@ -72,6 +72,12 @@ pub type QuotaFuture = Pin<Box<dyn Future<Output = Result<QuotaDecision, QuotaEr
 pub trait QuotaStore: Send + Sync + 'static {
     /// Charges `cost` units of `kind` to `key`, or says when they would be available.
     fn charge(&self, kind: QuotaKind, key: &QuotaKey, cost: u32) -> QuotaFuture;
+
+    /// Forgets what no longer limits anyone (keys whose budget is whole again), so that a
+    /// burst of many principals leaves no memory behind once it has passed. The server
+    /// calls it about once a second; it must not wait. The default does nothing (a shared
+    /// store expires its keys itself).
+    fn sweep(&self) {}
 }
 
 /// What the server does when its store cannot decide.
@@ -240,11 +246,33 @@ impl MemoryQuotas {
             Err(retry_after) => QuotaDecision::Limited { retry_after },
         }
     }
+
+    /// Keys remembered now, over every kind (zero once every budget is whole again and the
+    /// store has been swept).
+    pub fn remembered(&self) -> usize {
+        self.tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(crate::server::KeyedRate::len)
+            .sum()
+    }
 }
 
 impl QuotaStore for MemoryQuotas {
     fn charge(&self, kind: QuotaKind, key: &QuotaKey, cost: u32) -> QuotaFuture {
         Box::pin(std::future::ready(Ok(self.charge_now(kind, key, cost))))
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for table in tables.iter_mut() {
+            table.sweep(now);
+        }
     }
 }
 
@@ -257,6 +285,35 @@ impl QuotaStore for MemoryQuotas {
 )]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_principals_is_forgotten_once_their_budgets_are_whole() {
+        let store = MemoryQuotas::new(Quotas::default());
+        for i in 0..3000 {
+            let key = QuotaKey::Principal(format!("p{i}"));
+            assert_eq!(
+                store.charge_now(QuotaKind::Handshakes, &key, 1),
+                QuotaDecision::Allowed
+            );
+        }
+        assert_eq!(store.remembered(), 3000);
+        // 16/s: one handshake each is whole again after 1/16 s. Not yet:
+        tokio::time::advance(Duration::from_millis(40)).await;
+        store.sweep();
+        assert_eq!(store.remembered(), 3000);
+        tokio::time::advance(Duration::from_millis(40)).await;
+        store.sweep();
+        assert_eq!(store.remembered(), 0);
+        let capacity = store
+            .tables
+            .lock()
+            .unwrap()
+            .iter()
+            .map(crate::server::KeyedRate::capacity)
+            .max()
+            .unwrap();
+        assert!(capacity <= 128, "capacity {capacity} after the sweep");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn principals_share_one_budget_and_kinds_are_separate() {

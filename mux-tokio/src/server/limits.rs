@@ -1,9 +1,12 @@
 //! Server-wide connection accounting: a global cap, per-IP and per-principal caps. The only
-//! state shared across connections; bounded by the global cap and released on drop.
+//! state shared across connections; bounded by the global cap and released on drop, the
+//! tables' capacity with it once they are mostly empty (`crate::sparse`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use crate::sparse::ShrinkSparse;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +151,13 @@ impl Registry {
         let c = self.lock();
         (c.per_ip.len(), c.per_principal.len())
     }
+
+    /// Room the per-IP and per-principal tables have without growing.
+    #[cfg(test)]
+    fn capacities(&self) -> (usize, usize) {
+        let c = self.lock();
+        (c.per_ip.capacity(), c.per_principal.capacity())
+    }
 }
 
 fn release_ip(c: &mut Counts, ip: &IpAddr) {
@@ -155,6 +165,7 @@ fn release_ip(c: &mut Counts, ip: &IpAddr) {
         *n = n.saturating_sub(1);
         if *n == 0 {
             c.per_ip.remove(ip);
+            c.per_ip.shrink_if_sparse();
         }
     }
 }
@@ -182,6 +193,7 @@ impl Drop for PrincipalPermit {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 c.per_principal.remove(&self.principal);
+                c.per_principal.shrink_if_sparse();
             }
         }
     }
@@ -212,5 +224,27 @@ mod tests {
         drop((p1, p2, p3, u));
         assert_eq!(r.total(), 0);
         assert_eq!(r.tracked_keys(), (0, 0));
+    }
+
+    #[test]
+    fn the_tables_give_back_what_a_flood_of_sources_grew_them_to() {
+        let r = Registry::new(10_000, 1, 1);
+        let mut held = Vec::new();
+        for i in 0..5000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x7f00_0000 | i));
+            held.push((
+                r.admit(ip).unwrap(),
+                r.admit_principal(&ip.to_string()).unwrap(),
+            ));
+        }
+        let (ips, principals) = r.capacities();
+        assert!(ips >= 5000 && principals >= 5000);
+        drop(held);
+        assert_eq!((r.total(), r.tracked_keys()), (0, (0, 0)));
+        let (ips, principals) = r.capacities();
+        assert!(
+            ips <= 128 && principals <= 128,
+            "capacities after the flood: {ips}, {principals}"
+        );
     }
 }

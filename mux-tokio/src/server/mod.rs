@@ -55,6 +55,10 @@ pub(crate) use head::MAX_HEADERS;
 /// Source addresses whose handshake rate is remembered at once (about 4 MiB at most).
 const RATE_KEYS: usize = 65_536;
 
+/// How often the server forgets the handshake-rate and quota keys that no longer limit
+/// anyone ([`Shared::housekeep`]).
+const HOUSEKEEPING: Duration = rate::SWEEP_EVERY;
+
 /// Server configuration. Every default is chosen for a browser-facing server.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -292,6 +296,10 @@ pub struct ServerStats {
     pub handshakes_evicted: u64,
     /// Connections in their handshake now.
     pub unauthenticated: usize,
+    /// Source addresses whose handshake rate is remembered now: those whose burst has not
+    /// come back whole since their last handshake. Each is forgotten within about a second
+    /// of its burst coming back, so a flood from many addresses leaves nothing behind.
+    pub rate_limited_sources: usize,
     /// The memory budget's state.
     pub memory: BudgetStats,
 }
@@ -368,7 +376,13 @@ impl Server {
         authorizer: impl Authorizer,
     ) -> Server {
         let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
-        Server::build(unbound, config, authenticator, authorizer)
+        let server = Server::build(unbound, config, authenticator, authorizer);
+        // A bound server's accept loop does the housekeeping; a detached one has a task for
+        // it when made inside a runtime (outside one, its tables are swept as they are used).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(housekeeping(Arc::downgrade(&server.shared)));
+        }
+        server
     }
 
     fn build(
@@ -425,6 +439,16 @@ impl Server {
 }
 
 impl Shared {
+    /// Forgets what no longer limits anyone: the sources and principals whose handshake
+    /// rate and quotas are whole again (a fresh key would be admitted the same way), with
+    /// the tables' capacity. Called about once a second (the accept loop, or
+    /// [`housekeeping`] for a detached server), so that memory a burst of many sources made
+    /// the server keep goes back even if no handshake follows it.
+    fn housekeep(&self) {
+        lock(&self.handshake_rate).sweep(tokio::time::Instant::now());
+        self.config.quotas.store.sweep();
+    }
+
     fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
         self.config.trusted_proxies.iter().any(|c| c.contains(ip))
     }
@@ -468,6 +492,7 @@ impl ServerHandle {
             handshake_failed: c.handshake_failed.load(Ordering::Relaxed),
             handshakes_evicted: c.handshakes_evicted.load(Ordering::Relaxed),
             unauthenticated: self.shared.preauth.len(),
+            rate_limited_sources: lock(&self.shared.handshake_rate).len(),
             memory: self.shared.budget.stats(),
         }
     }
@@ -553,6 +578,19 @@ impl ServerHandle {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A detached server's housekeeping, until the server is gone.
+async fn housekeeping(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        shared.housekeep();
+    }
 }
 
 #[cfg(test)]

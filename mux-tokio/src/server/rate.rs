@@ -3,12 +3,22 @@
 //! be admitted the same way), so they are swept when the table is full; if every key is
 //! still busy, an unknown key is admitted without being stored: the table never grows past
 //! its bound, and a flood of distinct sources meets the pre-authentication cap instead.
+//!
+//! They are also swept at most [`SWEEP_EVERY`] apart while the table is used, and whenever
+//! the server's housekeeping asks ([`KeyedRate::sweep`]), and the table then gives back the
+//! capacity it grew to: after a flood from many sources has passed, neither the keys (a
+//! `String` each for a principal) nor their buckets stay behind.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::sparse::ShrinkSparse;
+
+/// Stale keys are swept at least this often while the table is in use.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A rate: `per_second` on average, with bursts of up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +46,8 @@ pub(crate) struct KeyedRate<K> {
     /// How far ahead of now a key's TAT may be and still admit: interval × (burst − 1).
     tolerance: Duration,
     max_keys: usize,
+    /// When stale keys are swept next (`None`: at the next check).
+    next_sweep: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedRate<K> {
@@ -48,6 +60,7 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
             interval,
             tolerance: interval.saturating_mul(rate.burst.saturating_sub(1)),
             max_keys,
+            next_sweep: None,
         }
     }
 
@@ -61,8 +74,11 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
         if self.interval.is_zero() || n == 0 {
             return Ok(());
         }
+        if self.next_sweep.is_none_or(|next| now >= next) {
+            self.sweep(now);
+        }
         if !self.tat.contains_key(key) && self.tat.len() >= self.max_keys {
-            self.tat.retain(|_, tat| *tat > now);
+            self.sweep(now);
             if self.tat.len() >= self.max_keys {
                 return Ok(());
             }
@@ -83,10 +99,23 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
         Ok(())
     }
 
+    /// Forgets the keys whose timestamp has passed (they would be admitted as new ones
+    /// are) and gives back the capacity the table no longer uses.
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        self.tat.retain(|_, tat| *tat > now);
+        self.tat.shrink_if_sparse();
+        self.next_sweep = now.checked_add(SWEEP_EVERY);
+    }
+
     /// Keys stored now.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.tat.len()
+    }
+
+    /// Keys the table has room for without growing.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.tat.capacity()
     }
 }
 
@@ -133,6 +162,45 @@ mod tests {
         // Once their timestamps pass, stale keys make room for new ones.
         let later = t + Duration::from_secs(1);
         assert_eq!(r.check(1000, later), Ok(()));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_burst_of_sources_leaves_nothing_behind_once_it_has_passed() {
+        let mut r = KeyedRate::new(TEN_BURST_FOUR, 65_536);
+        let t = Instant::now();
+        for k in 0..10_000u32 {
+            assert_eq!(r.check(k, t), Ok(()));
+        }
+        assert_eq!(r.len(), 10_000);
+        let grown = r.capacity();
+        // Every timestamp is 100 ms ahead: swept by the housekeeping once they have passed,
+        // not before.
+        r.sweep(t + Duration::from_millis(50));
+        assert_eq!((r.len(), r.capacity()), (10_000, grown));
+        r.sweep(t + Duration::from_millis(100));
+        assert_eq!(r.len(), 0);
+        assert!(
+            r.capacity() <= 128,
+            "capacity {} after the sweep",
+            r.capacity()
+        );
+    }
+
+    #[test]
+    fn a_table_in_use_sweeps_itself_on_a_schedule() {
+        let mut r = KeyedRate::new(TEN_BURST_FOUR, 65_536);
+        let t = Instant::now();
+        for k in 0..1000u32 {
+            assert_eq!(r.check(k, t), Ok(()));
+        }
+        // Within SWEEP_EVERY of the last sweep, stale keys stay (no O(n) pass per check).
+        let soon = t + SWEEP_EVERY / 2;
+        assert_eq!(r.check(5000, soon), Ok(()));
+        assert_eq!(r.len(), 1001);
+        // After it, the next check sweeps: only the key just checked is left.
+        let later = t + SWEEP_EVERY;
+        assert_eq!(r.check(6000, later), Ok(()));
         assert_eq!(r.len(), 1);
     }
 

@@ -25,6 +25,7 @@ use crate::auth::{HandshakeRequest, Principal};
 use crate::budget::{Pressure, CONNECTION_STATE};
 use crate::driver::{connection, Acceptor};
 use crate::quota::{QuotaDecision, QuotaKey, QuotaKind};
+use crate::sparse::ShrinkSparse;
 use crate::transport::TungsteniteTransport;
 
 /// How long a refusal may take to write before the socket is simply closed.
@@ -32,9 +33,15 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
 pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut housekeeping = tokio::time::interval(super::HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
+            _ = housekeeping.tick() => {
+                shared.housekeep();
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
@@ -450,7 +457,11 @@ pub(super) async fn run_transport<T: crate::transport::Transport>(
         handle.go_away().await;
     }
     let outcome = driver.await;
-    lock(&shared.connections).remove(&conn_id);
+    {
+        let mut connections = lock(&shared.connections);
+        connections.remove(&conn_id);
+        connections.shrink_if_sparse();
+    }
     crate::observe::connection_closed(outcome.code);
     span.in_scope(|| info!(code = ?outcome.code, messages_in = outcome.stats.messages_received, messages_out = outcome.stats.messages_sent, "connection ended"));
 }
