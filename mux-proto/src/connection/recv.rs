@@ -415,11 +415,11 @@ impl Connection {
             self.end_session(now, id, close, Initiator::Peer, None);
             return;
         }
-        session.peer_close = Some(PendingClose {
+        session.peer_close = Some(Box::new(PendingClose {
             code: close.code,
             reason: close.reason,
             retry_after_ms: close.retry_after_ms,
-        });
+        }));
         // A message the peer left unfinished is never delivered, and what this side had
         // queued is never sent: release both from the buffer accounting now, or
         // `end_session` (which counts only what is still held) would leak them.
@@ -673,8 +673,7 @@ impl Connection {
             return false;
         };
         // Check every bucket before taking from any, so a refused frame costs no tokens.
-        let session_ok = session.recv.messages_bucket.can_take(now, messages)
-            && session.recv.bytes_bucket.can_take(now, bytes);
+        let session_ok = session.recv.rate_can_take(now, messages, bytes);
         let conn_ok =
             self.conn_messages.can_take(now, messages) && self.conn_bytes.can_take(now, bytes);
         let policy = session.recv.policy;
@@ -682,8 +681,7 @@ impl Connection {
             // Under the throttle an over-rate frame is accepted (it was within credit) and
             // its tokens become debt, so the credit it would earn back is withheld for as
             // long as the excess takes to refill: the sender is held to the rate over time.
-            session.recv.messages_bucket.force_take(now, messages);
-            session.recv.bytes_bucket.force_take(now, bytes);
+            session.recv.rate_force_take(now, messages, bytes);
             self.conn_messages.force_take(now, messages);
             self.conn_bytes.force_take(now, bytes);
         }
@@ -706,11 +704,7 @@ impl Connection {
             RatePolicy::CloseSession => {
                 // The frame needed every bucket: the hint is the wait for the slowest.
                 let session_wait = match self.sessions.get_mut(id) {
-                    Some(s) => s
-                        .recv
-                        .messages_bucket
-                        .time_until(now, messages)
-                        .max(s.recv.bytes_bucket.time_until(now, bytes)),
+                    Some(s) => s.recv.rate_wait(now, messages, bytes),
                     None => std::time::Duration::ZERO,
                 };
                 let retry = session_wait
