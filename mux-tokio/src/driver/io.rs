@@ -38,8 +38,9 @@ const READ_BATCH: usize = 32;
 /// Transmits written per pass before one flush.
 const WRITE_BATCH: usize = 32;
 
-/// The smallest transmit buffer reserved.
-const SMALL_TRANSMIT: usize = 1024;
+/// The smallest transmit buffer reserved: what an idle connection keeps (P7). A control
+/// frame or a small message fits; a larger transmit sizes the next reservation.
+const SMALL_TRANSMIT: usize = 256;
 /// An idle connection keeps a transmit buffer up to this size; a larger one is released.
 const KEPT_TRANSMIT_BUFFER: usize = 16 * 1024;
 
@@ -87,8 +88,9 @@ pub(crate) struct Driver<T> {
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
     /// Armed while the socket refuses to take or flush our bytes: a peer that stops reading
-    /// for this long is cut off (spec/sessions.md: slow consumers).
-    write_timer: Pin<Box<Sleep>>,
+    /// for this long is cut off (spec/sessions.md: slow consumers). Allocated on the first
+    /// stall: most connections never have one.
+    write_timer: Option<Pin<Box<Sleep>>>,
     write_stalled: bool,
     reading: bool,
     /// The peer closed or the transport failed: nothing more can be read.
@@ -185,7 +187,7 @@ impl<T: Transport> Driver<T> {
             unflushed: false,
             timer: Box::pin(sleep_until(now)),
             timer_deadline: None,
-            write_timer: Box::pin(sleep_until(now)),
+            write_timer: None,
             write_stalled: false,
             reading: true,
             peer_gone: false,
@@ -197,19 +199,26 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    pub(crate) async fn run(mut self) -> ConnectionOutcome {
-        let stop = poll_fn(|cx| self.poll_io(cx)).await;
-        if matches!(stop, Stop::Closed) {
-            self.close_websocket().await;
-        }
-        self.authorizing.abort_all();
-        self.inner.with(|state, wakers| {
-            state.fail_all(wakers);
-            ConnectionOutcome {
-                code: state.conn.close_code(),
-                stats: state.conn.stats(),
+    /// The connection's future. Not an `async fn`: one of those stores its `self` twice (the
+    /// argument and the binding it moves into), and this future lives as long as the
+    /// connection (P7); the block captures `self` once.
+    pub(crate) fn run(mut self) -> impl Future<Output = ConnectionOutcome> + Send + 'static {
+        async move {
+            let stop = poll_fn(|cx| self.poll_io(cx)).await;
+            if matches!(stop, Stop::Closed) {
+                // Boxed: the close and linger futures (three timeouts) would otherwise be
+                // part of every connection's future for its whole life.
+                Box::pin(self.close_websocket()).await;
             }
-        })
+            self.authorizing.abort_all();
+            self.inner.with(|state, wakers| {
+                state.fail_all(wakers);
+                ConnectionOutcome {
+                    code: state.conn.close_code(),
+                    stats: state.conn.stats(),
+                }
+            })
+        }
     }
 
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
@@ -235,7 +244,12 @@ impl<T: Transport> Driver<T> {
             }
             progress |= self.timers(cx);
             progress |= self.refill_quota(cx);
-            if self.write_stalled && self.write_timer.as_mut().poll(cx).is_ready() {
+            let write_expired = self.write_stalled
+                && self
+                    .write_timer
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+            if write_expired {
                 warn!(
                     reason = "peer did not read within the write deadline",
                     "closing connection"
@@ -493,7 +507,8 @@ impl<T: Transport> Driver<T> {
         let principal = self
             .acceptor
             .principal
-            .clone()
+            .as_deref()
+            .cloned()
             .unwrap_or_else(|| Principal::new("peer"));
         let authorizer = self.acceptor.authorizer.clone();
         let accepted = self.acceptor.accepted.clone();
@@ -701,7 +716,10 @@ impl<T: Transport> Driver<T> {
             let deadline = Instant::now()
                 .checked_add(self.options.write_timeout)
                 .unwrap_or_else(far_future);
-            self.write_timer.as_mut().reset(deadline);
+            match &mut self.write_timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.write_timer = Some(Box::pin(sleep_until(deadline))),
+            }
         }
     }
 

@@ -428,7 +428,7 @@ pub(super) async fn run_transport<T: crate::transport::Transport>(
     let span = info_span!("mux.conn", conn_id, %peer, principal = %principal.id);
     let principal_id = principal.id.clone();
     let acceptor = Acceptor {
-        principal: Some(principal),
+        principal: Some(Arc::new(principal)),
         authorizer: shared.authorizer.clone(),
         accepted,
         quotas: Some(config.quotas.clone()),
@@ -466,3 +466,4 @@ where
         Err((status, retry_after)) => refuse_unread(stream, status, retry_after).await,
     }
 }
+
