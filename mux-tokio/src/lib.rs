@@ -60,6 +60,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod observe;
+mod read_ahead;
 pub mod quota;
 mod server;
 mod session;
