@@ -492,7 +492,7 @@ impl Connection {
             .unwrap_or(session.recv.window);
         session.recv.queue.clear();
         if let Some(partial) = session.recv.partial.as_mut() {
-            *partial = BytesMut::new();
+            partial.buf = BytesMut::new();
         }
         session.recv.queued_bytes = 0;
         self.recv_buffered = self.recv_buffered.saturating_sub(released);

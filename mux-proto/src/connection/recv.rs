@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{Connection, State};
 use crate::code::CloseCode;
@@ -425,7 +425,7 @@ impl Connection {
         // `end_session` (which counts only what is still held) would leak them.
         let overhead = u64::from(self.config.limits.per_message_overhead);
         if let Some(partial) = session.recv.partial.take() {
-            let len = u64::try_from(partial.len()).unwrap_or(u64::MAX);
+            let len = u64::try_from(partial.buf.len()).unwrap_or(u64::MAX);
             session.recv.queued_bytes = session.recv.queued_bytes.saturating_sub(len);
             self.recv_buffered = self
                 .recv_buffered
@@ -575,10 +575,10 @@ impl Connection {
                     payload
                 });
             } else {
-                let partial = session.recv.partial.get_or_insert_with(BytesMut::new);
-                partial.extend_from_slice(&payload);
+                let partial = session.recv.partial.get_or_insert_with(Box::default);
+                partial.buf.extend_from_slice(&payload);
                 if end {
-                    completed = session.recv.partial.take().map(BytesMut::freeze);
+                    completed = session.recv.partial.take().map(|p| p.buf.freeze());
                 }
             }
         }
@@ -594,11 +594,12 @@ impl Connection {
         }
         let announce_fin = fin && session.phase == Phase::Open;
         let partial_held = session.recv.partial.is_some();
-        let began = partial_held && session.recv.partial_since.is_none();
-        session.recv.partial_since = if partial_held {
-            session.recv.partial_since.or(Some(now))
-        } else {
-            None
+        let began = match session.recv.partial.as_mut() {
+            Some(partial) if partial.since.is_none() => {
+                partial.since = Some(now);
+                true
+            }
+            _ => false,
         };
         if began {
             self.timers.arm_assembly(&self.config.timeouts, now);
@@ -646,7 +647,7 @@ impl Connection {
         if ends_message {
             session.recv.partial = None;
         } else if starting {
-            session.recv.partial = Some(BytesMut::new());
+            session.recv.partial = Some(Box::default());
         }
         // A message holds its message credit (and its overhead) from its first frame to
         // its END, as if it were being reassembled; its bytes are returned at once.

@@ -292,7 +292,7 @@ impl Connection {
             .sessions
             .iter()
             .filter(|s| {
-                let Some(t) = s.recv.partial_since else {
+                let Some(t) = s.recv.partial.as_ref().and_then(|p| p.since) else {
                     return false;
                 };
                 let late = now.saturating_duration_since(t) >= limit;

@@ -148,10 +148,9 @@ pub(crate) struct RecvHalf {
     pub(crate) queue: VecDeque<(Bytes, Timestamp)>,
     /// Payload bytes in `queue` and `partial`.
     pub(crate) queued_bytes: u64,
-    /// The message being reassembled from several frames.
-    pub(crate) partial: Option<BytesMut>,
-    /// When the first frame of `partial` arrived (spec/sessions.md#timers: assembly).
-    pub(crate) partial_since: Option<Timestamp>,
+    /// The message being reassembled from several frames (boxed: only a message larger
+    /// than a frame has one, and it allocates for its bytes anyway).
+    pub(crate) partial: Option<Box<Partial>>,
     /// Largest message the peer may send.
     pub(crate) max_message: u32,
     /// The peer half-closed.
@@ -176,7 +175,6 @@ impl RecvHalf {
             queue: VecDeque::new(),
             queued_bytes: 0,
             partial: None,
-            partial_since: None,
             max_message,
             fin: false,
             rate: None,
@@ -227,7 +225,7 @@ impl RecvHalf {
     }
 
     pub(crate) fn partial_len(&self) -> usize {
-        self.partial.as_ref().map_or(0, BytesMut::len)
+        self.partial.as_ref().map_or(0, |p| p.buf.len())
     }
 
     /// Messages held: complete ones plus one being reassembled.
@@ -259,6 +257,14 @@ impl RecvHalf {
             || self.credit.bytes < quarter_bytes.max(MIN_FRAGMENT);
         self.queue.is_empty() && low_credit
     }
+}
+
+/// A message being reassembled.
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    pub(crate) buf: BytesMut,
+    /// When its first frame arrived (spec/sessions.md#timers: assembly).
+    pub(crate) since: Option<Timestamp>,
 }
 
 /// The rate buckets of a session whose grant sets a rate (out of line: most have none).
@@ -296,9 +302,10 @@ pub(crate) struct Counters {
 ///
 /// `repr(C)` keeps the fields in this order: what receiving a DATA frame touches comes first
 /// (the receive half, activity, phase, the close states, then the counters), so that with
-/// thousands of sessions a frame for a cold one fetches four cache lines rather than all
-/// six (benches/dispatch.rs). What an idle session does not use (rate buckets, a close
-/// waiting for its queue) is boxed on first use, so the box stays small (P7).
+/// thousands of sessions a frame for a cold one fetches about three cache lines rather than
+/// all five (benches/dispatch.rs). What an idle session does not use (rate buckets, a close
+/// waiting for its queue, a message in reassembly) is boxed on first use, so the box stays
+/// small (P7).
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Session {
@@ -393,12 +400,14 @@ mod tests {
 
     /// An idle session's footprint (BENCHMARKS.md P7): the table boxes one `Session` per
     /// live session, so every byte here is paid by each of them. Cold state (rates, close
-    /// states) lives out of line; a change that grows this should move something out too.
+    /// states, reassembly) lives out of line; a change that grows this should move
+    /// something out too.
     #[test]
     fn an_idle_session_stays_small() {
-        // 560 bytes with the rate buckets, close states and full `SessionStats` inline.
+        // 560 bytes with the rate buckets, close states, reassembly and full `SessionStats`
+        // inline.
         assert!(
-            std::mem::size_of::<Session>() <= 352,
+            std::mem::size_of::<Session>() <= 312,
             "{}",
             std::mem::size_of::<Session>()
         );
