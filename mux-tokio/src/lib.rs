@@ -60,8 +60,8 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod observe;
-mod read_ahead;
 pub mod quota;
+mod read_ahead;
 mod server;
 mod session;
 mod signal;

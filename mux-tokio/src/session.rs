@@ -47,9 +47,9 @@ pub struct OpenInfo {
 pub struct Session {
     inner: Arc<Inner>,
     id: SessionId,
-    /// Boxed rather than a `String`: a session's handle is held for as long as the session,
-    /// so every word counts (P7).
-    kind: Box<str>,
+    /// Shared rather than a `String`: a session's handle is held for as long as the
+    /// session, and the driver gives sessions of the same kind one copy of it (P7).
+    kind: Arc<str>,
     principal: Option<Arc<crate::auth::Principal>>,
     /// Whether this side may send DATA on the session, per its grant.
     may_send: bool,
@@ -242,14 +242,14 @@ impl Session {
     pub(crate) fn new(
         inner: Arc<Inner>,
         id: SessionId,
-        kind: String,
+        kind: Arc<str>,
         principal: Option<Arc<crate::auth::Principal>>,
         may_send: bool,
     ) -> Session {
         Session {
             inner,
             id,
-            kind: kind.into_boxed_str(),
+            kind,
             principal,
             may_send,
             done: false,

@@ -82,6 +82,11 @@ pub(crate) struct Driver<T> {
     release_buffer: bool,
     /// A transmit the socket was not ready for.
     stash: Option<WsMessage>,
+    /// Sessions were authorized since the protocol's queues were last shrunk: once the
+    /// answers are written, the queues the burst of opens grew are freed (P7).
+    shrink_queues: bool,
+    /// The kind of the session accepted last, shared with the next of the same kind.
+    last_kind: Option<Arc<str>>,
     /// Messages were written since the last flush.
     unflushed: bool,
     /// The one protocol timer, reset only when its deadline changes.
@@ -184,6 +189,8 @@ impl<T: Transport> Driver<T> {
             last_transmit: 0,
             release_buffer: false,
             stash: None,
+            shrink_queues: false,
+            last_kind: None,
             unflushed: false,
             timer: Box::pin(sleep_until(now)),
             timer_deadline: None,
@@ -474,6 +481,11 @@ impl<T: Transport> Driver<T> {
             let next = {
                 let mut state = self.inner.lock();
                 let next = state.incoming.pop_front();
+                if state.incoming.is_empty() {
+                    // Opens come in bursts, between long quiet stretches: the queue is not
+                    // kept between them (P7). Empty and unallocated, this is a no-op.
+                    state.incoming.shrink_to_fit();
+                }
                 // An OPEN already reset (pipelined behind it in the same read) is not
                 // authorized at all: rapid reset must not start work for dead sessions.
                 next.map(|open| {
@@ -564,8 +576,13 @@ impl<T: Transport> Driver<T> {
     }
 
     fn decide(&mut self, (id, kind, decision, permit): Decision) {
+        self.shrink_queues = true;
         let accepted = self.inner.with(|state, wakers| {
             state.deciding.remove(&id);
+            if state.deciding.is_empty() {
+                // As `incoming`: not kept between bursts of opens.
+                state.deciding.shrink_to_fit();
+            }
             let now = state.now();
             let accepted = match (decision, permit.is_some()) {
                 (Ok(grant), true) => {
@@ -611,6 +628,16 @@ impl<T: Transport> Driver<T> {
         // `Drop` takes the lock.
         if let (Some(may_send), Some(permit)) = (accepted, permit) {
             let principal = self.acceptor.principal.clone();
+            // Sessions of one connection mostly share a few kinds: one that matches the
+            // last accepted shares its text instead of allocating its own (P7).
+            let kind = match &self.last_kind {
+                Some(last) if **last == *kind => last.clone(),
+                _ => {
+                    let new: Arc<str> = Arc::from(kind);
+                    self.last_kind = Some(new.clone());
+                    new
+                }
+            };
             permit.send(Session::new(
                 self.inner.clone(),
                 id,
@@ -629,6 +656,7 @@ impl<T: Transport> Driver<T> {
             if self.stash.is_none() {
                 let buf = &mut self.buf;
                 let last_len = self.last_transmit;
+                let shrink_queues = &mut self.shrink_queues;
                 let next = self.inner.with(|state, wakers| {
                     let now = state.now();
                     // Room for a transmit like the last one (a whole one after a large one),
@@ -641,6 +669,9 @@ impl<T: Transport> Driver<T> {
                         state.process_events(wakers);
                         Some(WsMessage::Binary(buf.split().freeze()))
                     } else {
+                        if std::mem::take(shrink_queues) {
+                            state.conn.shrink_to_fit();
+                        }
                         // Under the lock that saw nothing to write, so a handle queuing
                         // right after finds the waker.
                         state.park_driver(cx.waker());

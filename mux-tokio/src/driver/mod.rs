@@ -113,7 +113,7 @@ impl ConnectionHandle {
         Ok(Session::new(
             self.inner.clone(),
             id,
-            kind.to_owned(),
+            Arc::from(kind),
             None,
             may_send,
         ))
@@ -221,7 +221,6 @@ pub(crate) fn spawn_connection<T: Transport>(
     let (handle, driver) = connection(transport, side, config, options, acceptor, span);
     (handle, tokio::spawn(driver))
 }
-
 
 #[cfg(test)]
 mod tests {

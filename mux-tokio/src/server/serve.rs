@@ -474,7 +474,6 @@ where
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
