@@ -153,7 +153,6 @@ impl ConnCounters {
 }
 
 impl ConnectionStats {
-
     /// Sessions ended with `code`.
     pub fn closes(&self, code: CloseCode) -> u64 {
         self.closes_by_code

@@ -393,7 +393,6 @@ impl Session {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
