@@ -575,10 +575,19 @@ impl Connection {
                     payload
                 });
             } else {
-                let partial = session.recv.partial.get_or_insert_with(Box::default);
+                let spare = &mut session.recv.spare;
+                let partial = session
+                    .recv
+                    .partial
+                    .get_or_insert_with(|| spare.take().unwrap_or_default());
                 partial.buf.extend_from_slice(&payload);
                 if end {
-                    completed = session.recv.partial.take().map(|p| p.buf.freeze());
+                    completed = session.recv.partial.take().map(|mut done| {
+                        let message = std::mem::take(&mut done.buf).freeze();
+                        done.since = None;
+                        session.recv.spare = Some(done);
+                        message
+                    });
                 }
             }
         }

@@ -151,6 +151,9 @@ pub(crate) struct RecvHalf {
     /// The message being reassembled from several frames (boxed: only a message larger
     /// than a frame has one, and it allocates for its bytes anyway).
     pub(crate) partial: Option<Box<Partial>>,
+    /// The box of the last message reassembled, kept for the next: a session that
+    /// receives large messages allocates it once, not once per message.
+    pub(crate) spare: Option<Box<Partial>>,
     /// Largest message the peer may send.
     pub(crate) max_message: u32,
     /// The peer half-closed.
@@ -175,6 +178,7 @@ impl RecvHalf {
             queue: VecDeque::new(),
             queued_bytes: 0,
             partial: None,
+            spare: None,
             max_message,
             fin: false,
             rate: None,
@@ -406,7 +410,7 @@ mod tests {
         // 560 bytes with the rate buckets, close states, reassembly and full `SessionStats`
         // inline.
         assert!(
-            std::mem::size_of::<Session>() <= 312,
+            std::mem::size_of::<Session>() <= 320,
             "{}",
             std::mem::size_of::<Session>()
         );
