@@ -209,6 +209,10 @@ impl<T: Transport> Driver<T> {
     /// The connection's future. Not an `async fn`: one of those stores its `self` twice (the
     /// argument and the binding it moves into), and this future lives as long as the
     /// connection (P7); the block captures `self` once.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would store `self` twice for the connection's life"
+    )]
     pub(crate) fn run(mut self) -> impl Future<Output = ConnectionOutcome> + Send + 'static {
         async move {
             let stop = poll_fn(|cx| self.poll_io(cx)).await;
