@@ -44,6 +44,9 @@ const SMALL_TRANSMIT: usize = 256;
 /// An idle connection keeps a transmit buffer up to this size; a larger one is released.
 const KEPT_TRANSMIT_BUFFER: usize = 16 * 1024;
 
+/// The queues a burst of opens grew are freed at most this often (see `shrink_queues`).
+const SHRINK_EVERY: Duration = Duration::from_secs(1);
+
 /// How long a connection shed for memory tells its peer to wait before reconnecting.
 const SHED_RETRY_AFTER_MS: u32 = 1000;
 
@@ -82,9 +85,12 @@ pub(crate) struct Driver<T> {
     release_buffer: bool,
     /// A transmit the socket was not ready for.
     stash: Option<WsMessage>,
-    /// Sessions were authorized since the protocol's queues were last shrunk: once the
-    /// answers are written, the queues the burst of opens grew are freed (P7).
+    /// Sessions were authorized since the queues were last shrunk: once the answers are
+    /// written, the queues the burst of opens grew are freed (P7), at most once per
+    /// [`SHRINK_EVERY`] so a connection opening sessions all the time does not reallocate
+    /// them for every open.
     shrink_queues: bool,
+    last_shrink: Option<Instant>,
     /// The kind of the session accepted last, shared with the next of the same kind.
     last_kind: Option<Arc<str>>,
     /// Messages were written since the last flush.
@@ -190,6 +196,7 @@ impl<T: Transport> Driver<T> {
             release_buffer: false,
             stash: None,
             shrink_queues: false,
+            last_shrink: None,
             last_kind: None,
             unflushed: false,
             timer: Box::pin(sleep_until(now)),
@@ -485,11 +492,6 @@ impl<T: Transport> Driver<T> {
             let next = {
                 let mut state = self.inner.lock();
                 let next = state.incoming.pop_front();
-                if state.incoming.is_empty() {
-                    // Opens come in bursts, between long quiet stretches: the queue is not
-                    // kept between them (P7). Empty and unallocated, this is a no-op.
-                    state.incoming.shrink_to_fit();
-                }
                 // An OPEN already reset (pipelined behind it in the same read) is not
                 // authorized at all: rapid reset must not start work for dead sessions.
                 next.map(|open| {
@@ -583,10 +585,6 @@ impl<T: Transport> Driver<T> {
         self.shrink_queues = true;
         let accepted = self.inner.with(|state, wakers| {
             state.deciding.remove(&id);
-            if state.deciding.is_empty() {
-                // As `incoming`: not kept between bursts of opens.
-                state.deciding.shrink_to_fit();
-            }
             let now = state.now();
             let accepted = match (decision, permit.is_some()) {
                 (Ok(grant), true) => {
@@ -661,6 +659,7 @@ impl<T: Transport> Driver<T> {
                 let buf = &mut self.buf;
                 let last_len = self.last_transmit;
                 let shrink_queues = &mut self.shrink_queues;
+                let last_shrink = &mut self.last_shrink;
                 let next = self.inner.with(|state, wakers| {
                     let now = state.now();
                     // Room for a transmit like the last one (a whole one after a large one),
@@ -673,8 +672,12 @@ impl<T: Transport> Driver<T> {
                         state.process_events(wakers);
                         Some(WsMessage::Binary(buf.split().freeze()))
                     } else {
-                        if std::mem::take(shrink_queues) {
-                            state.conn.shrink_to_fit();
+                        if *shrink_queues
+                            && last_shrink.is_none_or(|at| at.elapsed() >= SHRINK_EVERY)
+                        {
+                            *shrink_queues = false;
+                            *last_shrink = Some(Instant::now());
+                            state.shrink_to_fit();
                         }
                         // Under the lock that saw nothing to write, so a handle queuing
                         // right after finds the waker.

@@ -222,6 +222,21 @@ impl State {
         }
     }
 
+    /// Frees the buffers of empty queues, the protocol's and the handles' (for a driver
+    /// whose burst of opens is over: P7).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.conn.shrink_to_fit();
+        if self.incoming.is_empty() {
+            self.incoming.shrink_to_fit();
+        }
+        if self.deciding.is_empty() {
+            self.deciding.shrink_to_fit();
+        }
+        if self.opening.is_empty() {
+            self.opening.shrink_to_fit();
+        }
+    }
+
     /// Called by the driver, under the same lock that saw nothing left to write, so work
     /// queued right after finds the waker (h2's `poll_complete`).
     pub(crate) fn park_driver(&mut self, waker: &Waker) {
