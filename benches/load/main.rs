@@ -192,7 +192,7 @@ pub struct P7Args {
     /// Idle sessions on one connection for part (b).
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// The spawned server's tungstenite read buffer per connection (default 8 KiB).
+    /// The spawned server's tungstenite read buffer per connection (default: ServerConfig's, 1 KiB).
     #[arg(long)]
     read_buffer: Option<usize>,
     /// No progress bar.
@@ -354,7 +354,7 @@ pub struct ServeArgs {
     /// Keep every session without a task (for idle-memory runs).
     #[arg(long)]
     hold: bool,
-    /// tungstenite's read buffer per connection in bytes (default 8 KiB).
+    /// tungstenite's read buffer per connection in bytes (default: ServerConfig's, 1 KiB).
     #[arg(long)]
     read_buffer: Option<usize>,
     /// Runtime worker threads.

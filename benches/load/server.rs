@@ -67,7 +67,7 @@ pub struct Running {
 pub struct Options {
     /// Keep every session's handle without a task.
     pub hold: bool,
-    /// tungstenite's per-connection read buffer (default: ServerConfig's, 8 KiB).
+    /// tungstenite's per-connection read buffer (default: ServerConfig's, 1 KiB).
     pub read_buffer: Option<usize>,
     /// The library's defaults (`ServerConfig::default()` and `mux_proto::Config::default()`,
     /// only the Origin policy set) instead of the load runs' lifted limits: what an attack

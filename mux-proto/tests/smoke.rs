@@ -97,3 +97,37 @@ fn credit_returns_as_the_application_reads() {
     }
     assert_eq!(received, 200);
 }
+
+/// `shrink_to_fit` only gives memory back: sessions carry on as before on both sides,
+/// whether it is called between messages or with work queued.
+#[test]
+fn shrinking_the_queues_changes_nothing_observable() {
+    let mut pair = Pair::connected();
+    let id = pair.open_accepted("chat", Grant::full());
+    let now = pair.now;
+    pair.client.conn.shrink_to_fit();
+    pair.server.conn.shrink_to_fit();
+    pair.client
+        .conn
+        .send(now, id, Bytes::from_static(b"one"))
+        .unwrap();
+    // Queued and not yet sent: shrinking must keep it.
+    pair.client.conn.shrink_to_fit();
+    pair.drive();
+    pair.server.conn.shrink_to_fit();
+    assert_eq!(
+        pair.server.recv_all(now, id),
+        vec![Bytes::from_static(b"one")]
+    );
+    pair.server.conn.shrink_to_fit();
+    pair.server
+        .conn
+        .send(now, id, Bytes::from_static(b"two"))
+        .unwrap();
+    pair.drive();
+    assert_eq!(
+        pair.client.recv_all(now, id),
+        vec![Bytes::from_static(b"two")]
+    );
+    assert!(pair.client.conn.is_open() && pair.server.conn.is_open());
+}

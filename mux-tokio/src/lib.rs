@@ -61,6 +61,7 @@ mod error;
 pub mod fuzzing;
 mod observe;
 pub mod quota;
+mod read_ahead;
 mod server;
 mod session;
 mod signal;
@@ -112,7 +113,7 @@ pub fn serve_transport<T: Transport>(
     accepted: tokio::sync::mpsc::Sender<Session>,
 ) -> (ConnectionHandle, tokio::task::JoinHandle<ConnectionOutcome>) {
     let acceptor = driver::Acceptor {
-        principal: Some(principal),
+        principal: Some(std::sync::Arc::new(principal)),
         authorizer: std::sync::Arc::new(authorizer),
         accepted,
         quotas: None,

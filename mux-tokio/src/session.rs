@@ -47,14 +47,17 @@ pub struct OpenInfo {
 pub struct Session {
     inner: Arc<Inner>,
     id: SessionId,
-    kind: String,
-    principal: Option<crate::auth::Principal>,
+    /// Shared rather than a `String`: a session's handle is held for as long as the
+    /// session, and the driver gives sessions of the same kind one copy of it (P7).
+    kind: Arc<str>,
+    principal: Option<Arc<crate::auth::Principal>>,
     /// Whether this side may send DATA on the session, per its grant.
     may_send: bool,
     /// `close` or `reset` already ended it: dropping is not an implicit end.
     done: bool,
-    /// How it ended, kept once seen so `close_reason` can lend it.
-    closed: OnceLock<SessionClosed>,
+    /// How it ended, kept once seen so `close_reason` can lend it (boxed: most handles
+    /// never ask).
+    closed: OnceLock<Box<SessionClosed>>,
 }
 
 impl fmt::Debug for Session {
@@ -72,7 +75,7 @@ impl fmt::Debug for Session {
 pub struct SessionSender {
     inner: Arc<Inner>,
     id: SessionId,
-    closed: OnceLock<SessionClosed>,
+    closed: OnceLock<Box<SessionClosed>>,
 }
 
 impl fmt::Debug for SessionSender {
@@ -110,13 +113,13 @@ async fn send_on(inner: &Inner, id: SessionId, message: Bytes) -> Result<(), Sen
 fn close_reason<'a>(
     inner: &Inner,
     id: SessionId,
-    cell: &'a OnceLock<SessionClosed>,
+    cell: &'a OnceLock<Box<SessionClosed>>,
 ) -> Option<&'a SessionClosed> {
     if cell.get().is_none() {
         let closed = inner.lock().close_reason(id)?;
-        let _ = cell.set(closed);
+        let _ = cell.set(Box::new(closed));
     }
-    cell.get()
+    cell.get().map(|closed| &**closed)
 }
 
 /// Waits until the session has ended (by either side, or with its connection).
@@ -239,8 +242,8 @@ impl Session {
     pub(crate) fn new(
         inner: Arc<Inner>,
         id: SessionId,
-        kind: String,
-        principal: Option<crate::auth::Principal>,
+        kind: Arc<str>,
+        principal: Option<Arc<crate::auth::Principal>>,
         may_send: bool,
     ) -> Session {
         Session {
@@ -266,7 +269,7 @@ impl Session {
 
     /// On the server: the authenticated principal of the connection that opened it.
     pub fn principal(&self) -> Option<&crate::auth::Principal> {
-        self.principal.as_ref()
+        self.principal.as_deref()
     }
 
     /// Sends one message, waiting while the session cannot take it (credit exhausted, its

@@ -162,13 +162,18 @@ mod tungstenite_adapter {
     /// tokio-tungstenite's WebSocket stream as a [`Transport`].
     #[derive(Debug)]
     pub struct TungsteniteTransport<S> {
-        inner: WebSocketStream<S>,
+        /// Boxed: the driver's future holds its transport for the connection's life, and
+        /// `async fn`s on the way store their arguments twice (P7); a pointer is cheap to
+        /// hold twice.
+        inner: Box<WebSocketStream<S>>,
     }
 
     impl<S> TungsteniteTransport<S> {
         /// Wraps an established WebSocket.
         pub fn new(inner: WebSocketStream<S>) -> Self {
-            TungsteniteTransport { inner }
+            TungsteniteTransport {
+                inner: Box::new(inner),
+            }
         }
     }
 
@@ -231,7 +236,7 @@ mod tungstenite_adapter {
         type Item = Result<WsMessage, TransportError>;
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            Pin::new(&mut *self.inner).poll_next(cx).map(|item| {
                 item.map(|r| {
                     r.map(|m| match m {
                         Message::Binary(b) => WsMessage::Binary(b),
@@ -254,7 +259,7 @@ mod tungstenite_adapter {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Result<(), Self::Error>> {
-            Pin::new(&mut self.inner).poll_ready(cx).map_err(err)
+            Pin::new(&mut *self.inner).poll_ready(cx).map_err(err)
         }
 
         fn start_send(mut self: Pin<&mut Self>, item: WsMessage) -> Result<(), Self::Error> {
@@ -269,7 +274,7 @@ mod tungstenite_adapter {
                 ),
                 WsMessage::Text | WsMessage::Control => return Ok(()),
             };
-            match Pin::new(&mut self.inner).start_send(message) {
+            match Pin::new(&mut *self.inner).start_send(message) {
                 // The peer closed first: tungstenite has already queued its reply to the
                 // peer's Close (RFC 6455 §5.5.1), which the flush that follows sends.
                 Err(WsError::Protocol(ProtocolError::SendAfterClosing)) if closing => Ok(()),
@@ -281,14 +286,14 @@ mod tungstenite_adapter {
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Result<(), Self::Error>> {
-            Pin::new(&mut self.inner).poll_flush(cx).map_err(err)
+            Pin::new(&mut *self.inner).poll_flush(cx).map_err(err)
         }
 
         fn poll_close(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
         ) -> Poll<Result<(), Self::Error>> {
-            Pin::new(&mut self.inner).poll_close(cx).map_err(err)
+            Pin::new(&mut *self.inner).poll_close(cx).map_err(err)
         }
     }
 }

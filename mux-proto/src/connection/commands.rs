@@ -145,8 +145,10 @@ impl Connection {
         session.recv.unannounced = session.recv.unannounced.checked_add(extra).unwrap_or(extra);
         session.recv.max_message = max_message;
         session.recv.policy = policy;
-        session.recv.messages_bucket = bucket(rate.messages_per_sec, rate.burst_messages, now);
-        session.recv.bytes_bucket = bucket(rate.bytes_per_sec, rate.burst_bytes, now);
+        session.recv.set_rate(
+            bucket(rate.messages_per_sec, rate.burst_messages, now),
+            bucket(rate.bytes_per_sec, rate.burst_bytes, now),
+        );
         let early_messages = !session.recv.queue.is_empty();
         let early_any = early_messages || session.recv.partial.is_some() || session.recv.fin;
         let early_too_big = session
@@ -464,11 +466,11 @@ impl Connection {
             self.end_session(now, id, close, Initiator::Local, Some(Frame::Close));
             return Ok(());
         }
-        session.local_close = Some(PendingClose {
+        session.local_close = Some(Box::new(PendingClose {
             code,
             reason: reason_text(reason),
             retry_after_ms: 0,
-        });
+        }));
         // Stop delivering: what was received but not read is discarded as if read, so its
         // credit goes back to the peer (a peer closing too must be able to drain its queue,
         // or both would wait for each other's credit forever). A message still arriving
@@ -490,7 +492,7 @@ impl Connection {
             .unwrap_or(session.recv.window);
         session.recv.queue.clear();
         if let Some(partial) = session.recv.partial.as_mut() {
-            *partial = BytesMut::new();
+            partial.buf = BytesMut::new();
         }
         session.recv.queued_bytes = 0;
         self.recv_buffered = self.recv_buffered.saturating_sub(released);
@@ -583,8 +585,7 @@ impl Connection {
         }
         // Credit waits for the session's buckets and the connection's (both throttle).
         let throttling = session.recv.policy == crate::config::RatePolicy::Throttle
-            && !(session.recv.messages_bucket.has_token(now)
-                && session.recv.bytes_bucket.has_token(now)
+            && !(session.recv.rate_has_token(now)
                 && self.conn_messages.has_token(now)
                 && self.conn_bytes.has_token(now));
         if throttling {

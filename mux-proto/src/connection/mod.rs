@@ -17,7 +17,7 @@ use crate::frame::{ConnClose, Frame, SessionClose, Text, MAX_REASON_LEN, MIN_FRA
 use crate::id::{SessionId, Side};
 use crate::rate::TokenBucket;
 use crate::session::{Phase, Session, Store, Window};
-use crate::stats::{ConnectionStats, SessionStats};
+use crate::stats::{ConnCounters, ConnectionStats, SessionStats};
 use crate::time::Timestamp;
 
 use timers::Timers;
@@ -121,7 +121,7 @@ pub struct Connection {
     conn_messages: TokenBucket,
     conn_bytes: TokenBucket,
     timers: Timers,
-    stats: ConnectionStats,
+    stats: ConnCounters,
 }
 
 impl Connection {
@@ -182,7 +182,7 @@ impl Connection {
                 now,
             ),
             timers,
-            stats: ConnectionStats::default(),
+            stats: ConnCounters::default(),
             config,
         }
     }
@@ -230,11 +230,35 @@ impl Connection {
 
     /// Connection counters, with current buffer levels.
     pub fn stats(&self) -> ConnectionStats {
-        let mut s = self.stats;
+        let mut s = self.stats.snapshot();
         s.sessions_live = self.local_live.saturating_add(self.peer_live);
         s.recv_buffered = self.recv_buffered;
         s.send_buffered = self.send_buffered;
         s
+    }
+
+    /// Frees the buffers of the connection's queues that are empty now (events, control
+    /// frames, pending opens, the scheduler's rings, tombstones), which otherwise keep the
+    /// capacity of their busiest moment. For a host whose connection has gone quiet after
+    /// a burst (BENCHMARKS.md P7: an idle connection keeps nothing it does not use); the
+    /// next use of a freed queue allocates again, so not for every message. Changes no
+    /// protocol state.
+    pub fn shrink_to_fit(&mut self) {
+        fn shrink<T>(queue: &mut VecDeque<T>) {
+            if queue.is_empty() {
+                queue.shrink_to_fit();
+            }
+        }
+        shrink(&mut self.events);
+        shrink(&mut self.control);
+        shrink(&mut self.pending);
+        shrink(&mut self.opening);
+        shrink(&mut self.ring);
+        shrink(&mut self.blocked);
+        shrink(&mut self.throttled);
+        shrink(&mut self.paced_credits);
+        shrink(&mut self.paced_sessions);
+        self.sessions.shrink_to_fit();
     }
 
     /// Bytes held now: (received and not yet read, queued for sending). The two buffer

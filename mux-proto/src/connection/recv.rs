@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{Connection, State};
 use crate::code::CloseCode;
@@ -415,17 +415,17 @@ impl Connection {
             self.end_session(now, id, close, Initiator::Peer, None);
             return;
         }
-        session.peer_close = Some(PendingClose {
+        session.peer_close = Some(Box::new(PendingClose {
             code: close.code,
             reason: close.reason,
             retry_after_ms: close.retry_after_ms,
-        });
+        }));
         // A message the peer left unfinished is never delivered, and what this side had
         // queued is never sent: release both from the buffer accounting now, or
         // `end_session` (which counts only what is still held) would leak them.
         let overhead = u64::from(self.config.limits.per_message_overhead);
         if let Some(partial) = session.recv.partial.take() {
-            let len = u64::try_from(partial.len()).unwrap_or(u64::MAX);
+            let len = u64::try_from(partial.buf.len()).unwrap_or(u64::MAX);
             session.recv.queued_bytes = session.recv.queued_bytes.saturating_sub(len);
             self.recv_buffered = self
                 .recv_buffered
@@ -575,10 +575,19 @@ impl Connection {
                     payload
                 });
             } else {
-                let partial = session.recv.partial.get_or_insert_with(BytesMut::new);
-                partial.extend_from_slice(&payload);
+                let spare = &mut session.recv.spare;
+                let partial = session
+                    .recv
+                    .partial
+                    .get_or_insert_with(|| spare.take().unwrap_or_default());
+                partial.buf.extend_from_slice(&payload);
                 if end {
-                    completed = session.recv.partial.take().map(BytesMut::freeze);
+                    completed = session.recv.partial.take().map(|mut done| {
+                        let message = std::mem::take(&mut done.buf).freeze();
+                        done.since = None;
+                        session.recv.spare = Some(done);
+                        message
+                    });
                 }
             }
         }
@@ -594,11 +603,12 @@ impl Connection {
         }
         let announce_fin = fin && session.phase == Phase::Open;
         let partial_held = session.recv.partial.is_some();
-        let began = partial_held && session.recv.partial_since.is_none();
-        session.recv.partial_since = if partial_held {
-            session.recv.partial_since.or(Some(now))
-        } else {
-            None
+        let began = match session.recv.partial.as_mut() {
+            Some(partial) if partial.since.is_none() => {
+                partial.since = Some(now);
+                true
+            }
+            _ => false,
         };
         if began {
             self.timers.arm_assembly(&self.config.timeouts, now);
@@ -646,7 +656,7 @@ impl Connection {
         if ends_message {
             session.recv.partial = None;
         } else if starting {
-            session.recv.partial = Some(BytesMut::new());
+            session.recv.partial = Some(Box::default());
         }
         // A message holds its message credit (and its overhead) from its first frame to
         // its END, as if it were being reassembled; its bytes are returned at once.
@@ -673,8 +683,7 @@ impl Connection {
             return false;
         };
         // Check every bucket before taking from any, so a refused frame costs no tokens.
-        let session_ok = session.recv.messages_bucket.can_take(now, messages)
-            && session.recv.bytes_bucket.can_take(now, bytes);
+        let session_ok = session.recv.rate_can_take(now, messages, bytes);
         let conn_ok =
             self.conn_messages.can_take(now, messages) && self.conn_bytes.can_take(now, bytes);
         let policy = session.recv.policy;
@@ -682,8 +691,7 @@ impl Connection {
             // Under the throttle an over-rate frame is accepted (it was within credit) and
             // its tokens become debt, so the credit it would earn back is withheld for as
             // long as the excess takes to refill: the sender is held to the rate over time.
-            session.recv.messages_bucket.force_take(now, messages);
-            session.recv.bytes_bucket.force_take(now, bytes);
+            session.recv.rate_force_take(now, messages, bytes);
             self.conn_messages.force_take(now, messages);
             self.conn_bytes.force_take(now, bytes);
         }
@@ -706,11 +714,7 @@ impl Connection {
             RatePolicy::CloseSession => {
                 // The frame needed every bucket: the hint is the wait for the slowest.
                 let session_wait = match self.sessions.get_mut(id) {
-                    Some(s) => s
-                        .recv
-                        .messages_bucket
-                        .time_until(now, messages)
-                        .max(s.recv.bytes_bucket.time_until(now, bytes)),
+                    Some(s) => s.recv.rate_wait(now, messages, bytes),
                     None => std::time::Duration::ZERO,
                 };
                 let retry = session_wait

@@ -292,7 +292,7 @@ impl Connection {
             .sessions
             .iter()
             .filter(|s| {
-                let Some(t) = s.recv.partial_since else {
+                let Some(t) = s.recv.partial.as_ref().and_then(|p| p.since) else {
                     return false;
                 };
                 let late = now.saturating_duration_since(t) >= limit;
@@ -338,9 +338,7 @@ impl Connection {
             if let Some(s) = self.sessions.get_mut(*id) {
                 let wait = s
                     .recv
-                    .messages_bucket
-                    .time_until(now, 1)
-                    .max(s.recv.bytes_bucket.time_until(now, 1))
+                    .rate_wait(now, 1, 1)
                     .max(conn_wait)
                     .max(Duration::from_millis(1));
                 next = next.min(now.saturating_add(wait));

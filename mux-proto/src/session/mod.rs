@@ -6,6 +6,7 @@ mod store;
 mod window;
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -147,17 +148,19 @@ pub(crate) struct RecvHalf {
     pub(crate) queue: VecDeque<(Bytes, Timestamp)>,
     /// Payload bytes in `queue` and `partial`.
     pub(crate) queued_bytes: u64,
-    /// The message being reassembled from several frames.
-    pub(crate) partial: Option<BytesMut>,
-    /// When the first frame of `partial` arrived (spec/sessions.md#timers: assembly).
-    pub(crate) partial_since: Option<Timestamp>,
+    /// The message being reassembled from several frames (boxed: only a message larger
+    /// than a frame has one, and it allocates for its bytes anyway).
+    pub(crate) partial: Option<Box<Partial>>,
+    /// The box of the last message reassembled, kept for the next: a session that
+    /// receives large messages allocates it once, not once per message.
+    pub(crate) spare: Option<Box<Partial>>,
     /// Largest message the peer may send.
     pub(crate) max_message: u32,
     /// The peer half-closed.
     pub(crate) fin: bool,
-    /// Rate buckets on the peer's DATA.
-    pub(crate) messages_bucket: TokenBucket,
-    pub(crate) bytes_bucket: TokenBucket,
+    /// Rate buckets on the peer's DATA; `None` while the session has no rate (the default),
+    /// so an unlimited session does not carry two idle buckets.
+    pub(crate) rate: Option<Box<RecvRate>>,
     pub(crate) policy: RatePolicy,
     /// Credit is being withheld until the rate buckets refill.
     pub(crate) throttled: bool,
@@ -175,18 +178,58 @@ impl RecvHalf {
             queue: VecDeque::new(),
             queued_bytes: 0,
             partial: None,
-            partial_since: None,
+            spare: None,
             max_message,
             fin: false,
-            messages_bucket: TokenBucket::unlimited(),
-            bytes_bucket: TokenBucket::unlimited(),
+            rate: None,
             policy,
             throttled: false,
         }
     }
 
+    /// Sets the rates policed on the peer's DATA; both unlimited keeps no buckets.
+    pub(crate) fn set_rate(&mut self, messages: TokenBucket, bytes: TokenBucket) {
+        self.rate = (!messages.is_unlimited() || !bytes.is_unlimited())
+            .then(|| Box::new(RecvRate { messages, bytes }));
+    }
+
+    /// Whether both buckets hold `messages` and `bytes` tokens (nothing is taken).
+    pub(crate) fn rate_can_take(&mut self, now: Timestamp, messages: u64, bytes: u64) -> bool {
+        match &mut self.rate {
+            Some(r) => r.messages.can_take(now, messages) && r.bytes.can_take(now, bytes),
+            None => true,
+        }
+    }
+
+    /// Takes the tokens of a frame, into debt where they are missing.
+    pub(crate) fn rate_force_take(&mut self, now: Timestamp, messages: u64, bytes: u64) {
+        if let Some(r) = &mut self.rate {
+            r.messages.force_take(now, messages);
+            r.bytes.force_take(now, bytes);
+        }
+    }
+
+    /// Whether both buckets hold a token.
+    pub(crate) fn rate_has_token(&mut self, now: Timestamp) -> bool {
+        match &mut self.rate {
+            Some(r) => r.messages.has_token(now) && r.bytes.has_token(now),
+            None => true,
+        }
+    }
+
+    /// How long until both buckets hold `messages` and `bytes` tokens.
+    pub(crate) fn rate_wait(&mut self, now: Timestamp, messages: u64, bytes: u64) -> Duration {
+        match &mut self.rate {
+            Some(r) => r
+                .messages
+                .time_until(now, messages)
+                .max(r.bytes.time_until(now, bytes)),
+            None => Duration::ZERO,
+        }
+    }
+
     pub(crate) fn partial_len(&self) -> usize {
-        self.partial.as_ref().map_or(0, BytesMut::len)
+        self.partial.as_ref().map_or(0, |p| p.buf.len())
     }
 
     /// Messages held: complete ones plus one being reassembled.
@@ -220,6 +263,21 @@ impl RecvHalf {
     }
 }
 
+/// A message being reassembled.
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    pub(crate) buf: BytesMut,
+    /// When its first frame arrived (spec/sessions.md#timers: assembly).
+    pub(crate) since: Option<Timestamp>,
+}
+
+/// The rate buckets of a session whose grant sets a rate (out of line: most have none).
+#[derive(Debug)]
+pub(crate) struct RecvRate {
+    messages: TokenBucket,
+    bytes: TokenBucket,
+}
+
 /// A graceful close waiting for something: this side's queue to drain before CLOSE goes
 /// out, or the application to read what the peer sent before its CLOSE.
 #[derive(Debug, Clone)]
@@ -229,12 +287,29 @@ pub(crate) struct PendingClose {
     pub(crate) retry_after_ms: u32,
 }
 
+/// A session's own counters; [`Session::snapshot`] adds the queue depths and credit that
+/// [`SessionStats`] reports, so they are not stored twice.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    pub(crate) messages_sent: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) messages_received: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) stalled: Duration,
+    /// Saturating at 2^32−1: a session stalls at most once per CREDIT it waits for.
+    pub(crate) credit_stalls: u32,
+    /// Saturating at 2^32−1.
+    pub(crate) rate_limit_hits: u32,
+}
+
 /// One session.
 ///
 /// `repr(C)` keeps the fields in this order: what receiving a DATA frame touches comes first
 /// (the receive half, activity, phase, the close states, then the counters), so that with
-/// thousands of sessions a frame for a cold one fetches five cache lines rather than all
-/// eight (benches/dispatch.rs).
+/// thousands of sessions a frame for a cold one fetches about three cache lines rather than
+/// all five (benches/dispatch.rs). What an idle session does not use (rate buckets, a close
+/// waiting for its queue, a message in reassembly) is boxed on first use, so the box stays
+/// small (P7).
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct Session {
@@ -247,10 +322,11 @@ pub(crate) struct Session {
     /// the deficit it has left and no new quantum.
     pub(crate) resume: bool,
     /// This side asked for a graceful close; CLOSE goes out when the send queue is empty.
-    pub(crate) local_close: Option<PendingClose>,
+    /// Boxed, like `peer_close`: only a close that waits for something has one.
+    pub(crate) local_close: Option<Box<PendingClose>>,
     /// The peer closed gracefully; the session ends when the application has read all.
-    pub(crate) peer_close: Option<PendingClose>,
-    pub(crate) stats: SessionStats,
+    pub(crate) peer_close: Option<Box<PendingClose>>,
+    pub(crate) stats: Counters,
     pub(crate) send: SendHalf,
     /// Deficit round robin state.
     pub(crate) weight: u32,
@@ -277,7 +353,7 @@ impl Session {
             in_ring: false,
             resume: false,
             last_activity: now,
-            stats: SessionStats::default(),
+            stats: Counters::default(),
         }
     }
 
@@ -297,7 +373,17 @@ impl Session {
 
     /// A snapshot of the counters with the current queue depths.
     pub(crate) fn snapshot(&self) -> SessionStats {
-        let mut s = self.stats;
+        let c = &self.stats;
+        let mut s = SessionStats {
+            messages_sent: c.messages_sent,
+            bytes_sent: c.bytes_sent,
+            messages_received: c.messages_received,
+            bytes_received: c.bytes_received,
+            credit_stalls: u64::from(c.credit_stalls),
+            stalled: c.stalled,
+            rate_limit_hits: u64::from(c.rate_limit_hits),
+            ..SessionStats::default()
+        };
         s.send_queued_messages = u32::try_from(self.send.queue.len()).unwrap_or(u32::MAX);
         s.send_queued_bytes = self.send.queued_bytes;
         s.recv_queued_messages = u32::try_from(self.recv.queue.len()).unwrap_or(u32::MAX);
@@ -308,5 +394,26 @@ impl Session {
         s.recv_unannounced = (self.recv.unannounced.messages, self.recv.unannounced.bytes);
         s.recv_held_messages = self.recv.held_messages();
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle session's footprint (BENCHMARKS.md P7): the table boxes one `Session` per
+    /// live session, so every byte here is paid by each of them. Cold state (rates, close
+    /// states, reassembly) lives out of line; a change that grows this should move
+    /// something out too.
+    #[test]
+    fn an_idle_session_stays_small() {
+        // 560 bytes with the rate buckets, close states, reassembly and full `SessionStats`
+        // inline.
+        assert!(
+            std::mem::size_of::<Session>() <= 320,
+            "{}",
+            std::mem::size_of::<Session>()
+        );
+        assert!(std::mem::size_of::<Counters>() <= 56);
     }
 }

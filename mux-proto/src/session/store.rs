@@ -62,7 +62,7 @@ impl Hasher for IdHasher {
 /// (checked before insertion), tombstones by `max_tombstones` (oldest evicted first).
 #[derive(Debug)]
 pub(crate) struct Store {
-    /// Boxed: a slot is 16 bytes, not a 512-byte session, so the table stays in cache with
+    /// Boxed: a slot is 16 bytes, not a 320-byte session, so the table stays in cache with
     /// thousands of sessions (finding one costs no miss of its own), its empty slots cost
     /// next to nothing (10,000 sessions inline took 16,384 slots, 8.5 MB), and growing it
     /// moves pointers rather than sessions (benches/dispatch.rs).
@@ -148,6 +148,14 @@ impl Store {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Frees the tombstone tables' buffers once none is kept.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        if self.expiry.is_empty() {
+            self.expiry.shrink_to_fit();
+            self.tombstones.shrink_to_fit();
         }
     }
 

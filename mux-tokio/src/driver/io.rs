@@ -38,10 +38,14 @@ const READ_BATCH: usize = 32;
 /// Transmits written per pass before one flush.
 const WRITE_BATCH: usize = 32;
 
-/// The smallest transmit buffer reserved.
-const SMALL_TRANSMIT: usize = 1024;
+/// The smallest transmit buffer reserved: what an idle connection keeps (P7). A control
+/// frame or a small message fits; a larger transmit sizes the next reservation.
+const SMALL_TRANSMIT: usize = 256;
 /// An idle connection keeps a transmit buffer up to this size; a larger one is released.
 const KEPT_TRANSMIT_BUFFER: usize = 16 * 1024;
+
+/// The queues a burst of opens grew are freed at most this often (see `shrink_queues`).
+const SHRINK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a connection shed for memory tells its peer to wait before reconnecting.
 const SHED_RETRY_AFTER_MS: u32 = 1000;
@@ -81,14 +85,23 @@ pub(crate) struct Driver<T> {
     release_buffer: bool,
     /// A transmit the socket was not ready for.
     stash: Option<WsMessage>,
+    /// Sessions were authorized since the queues were last shrunk: once the answers are
+    /// written, the queues the burst of opens grew are freed (P7), at most once per
+    /// [`SHRINK_EVERY`] so a connection opening sessions all the time does not reallocate
+    /// them for every open.
+    shrink_queues: bool,
+    last_shrink: Option<Instant>,
+    /// The kind of the session accepted last, shared with the next of the same kind.
+    last_kind: Option<Arc<str>>,
     /// Messages were written since the last flush.
     unflushed: bool,
     /// The one protocol timer, reset only when its deadline changes.
     timer: Pin<Box<Sleep>>,
     timer_deadline: Option<Instant>,
     /// Armed while the socket refuses to take or flush our bytes: a peer that stops reading
-    /// for this long is cut off (spec/sessions.md: slow consumers).
-    write_timer: Pin<Box<Sleep>>,
+    /// for this long is cut off (spec/sessions.md: slow consumers). Allocated on the first
+    /// stall: most connections never have one.
+    write_timer: Option<Pin<Box<Sleep>>>,
     write_stalled: bool,
     reading: bool,
     /// The peer closed or the transport failed: nothing more can be read.
@@ -182,10 +195,13 @@ impl<T: Transport> Driver<T> {
             last_transmit: 0,
             release_buffer: false,
             stash: None,
+            shrink_queues: false,
+            last_shrink: None,
+            last_kind: None,
             unflushed: false,
             timer: Box::pin(sleep_until(now)),
             timer_deadline: None,
-            write_timer: Box::pin(sleep_until(now)),
+            write_timer: None,
             write_stalled: false,
             reading: true,
             peer_gone: false,
@@ -197,19 +213,30 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    pub(crate) async fn run(mut self) -> ConnectionOutcome {
-        let stop = poll_fn(|cx| self.poll_io(cx)).await;
-        if matches!(stop, Stop::Closed) {
-            self.close_websocket().await;
-        }
-        self.authorizing.abort_all();
-        self.inner.with(|state, wakers| {
-            state.fail_all(wakers);
-            ConnectionOutcome {
-                code: state.conn.close_code(),
-                stats: state.conn.stats(),
+    /// The connection's future. Not an `async fn`: one of those stores its `self` twice (the
+    /// argument and the binding it moves into), and this future lives as long as the
+    /// connection (P7); the block captures `self` once.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an `async fn` would store `self` twice for the connection's life"
+    )]
+    pub(crate) fn run(mut self) -> impl Future<Output = ConnectionOutcome> + Send + 'static {
+        async move {
+            let stop = poll_fn(|cx| self.poll_io(cx)).await;
+            if matches!(stop, Stop::Closed) {
+                // Boxed: the close and linger futures (three timeouts) would otherwise be
+                // part of every connection's future for its whole life.
+                Box::pin(self.close_websocket()).await;
             }
-        })
+            self.authorizing.abort_all();
+            self.inner.with(|state, wakers| {
+                state.fail_all(wakers);
+                ConnectionOutcome {
+                    code: state.conn.close_code(),
+                    stats: state.conn.stats(),
+                }
+            })
+        }
     }
 
     fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
@@ -235,7 +262,12 @@ impl<T: Transport> Driver<T> {
             }
             progress |= self.timers(cx);
             progress |= self.refill_quota(cx);
-            if self.write_stalled && self.write_timer.as_mut().poll(cx).is_ready() {
+            let write_expired = self.write_stalled
+                && self
+                    .write_timer
+                    .as_mut()
+                    .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+            if write_expired {
                 warn!(
                     reason = "peer did not read within the write deadline",
                     "closing connection"
@@ -493,7 +525,8 @@ impl<T: Transport> Driver<T> {
         let principal = self
             .acceptor
             .principal
-            .clone()
+            .as_deref()
+            .cloned()
             .unwrap_or_else(|| Principal::new("peer"));
         let authorizer = self.acceptor.authorizer.clone();
         let accepted = self.acceptor.accepted.clone();
@@ -549,6 +582,7 @@ impl<T: Transport> Driver<T> {
     }
 
     fn decide(&mut self, (id, kind, decision, permit): Decision) {
+        self.shrink_queues = true;
         let accepted = self.inner.with(|state, wakers| {
             state.deciding.remove(&id);
             let now = state.now();
@@ -596,6 +630,16 @@ impl<T: Transport> Driver<T> {
         // `Drop` takes the lock.
         if let (Some(may_send), Some(permit)) = (accepted, permit) {
             let principal = self.acceptor.principal.clone();
+            // Sessions of one connection mostly share a few kinds: one that matches the
+            // last accepted shares its text instead of allocating its own (P7).
+            let kind = match &self.last_kind {
+                Some(last) if **last == *kind => last.clone(),
+                _ => {
+                    let new: Arc<str> = Arc::from(kind);
+                    self.last_kind = Some(new.clone());
+                    new
+                }
+            };
             permit.send(Session::new(
                 self.inner.clone(),
                 id,
@@ -614,6 +658,8 @@ impl<T: Transport> Driver<T> {
             if self.stash.is_none() {
                 let buf = &mut self.buf;
                 let last_len = self.last_transmit;
+                let shrink_queues = &mut self.shrink_queues;
+                let last_shrink = &mut self.last_shrink;
                 let next = self.inner.with(|state, wakers| {
                     let now = state.now();
                     // Room for a transmit like the last one (a whole one after a large one),
@@ -626,6 +672,13 @@ impl<T: Transport> Driver<T> {
                         state.process_events(wakers);
                         Some(WsMessage::Binary(buf.split().freeze()))
                     } else {
+                        if *shrink_queues
+                            && last_shrink.is_none_or(|at| at.elapsed() >= SHRINK_EVERY)
+                        {
+                            *shrink_queues = false;
+                            *last_shrink = Some(Instant::now());
+                            state.shrink_to_fit();
+                        }
                         // Under the lock that saw nothing to write, so a handle queuing
                         // right after finds the waker.
                         state.park_driver(cx.waker());
@@ -701,7 +754,10 @@ impl<T: Transport> Driver<T> {
             let deadline = Instant::now()
                 .checked_add(self.options.write_timeout)
                 .unwrap_or_else(far_future);
-            self.write_timer.as_mut().reset(deadline);
+            match &mut self.write_timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.write_timer = Some(Box::pin(sleep_until(deadline))),
+            }
         }
     }
 

@@ -53,7 +53,8 @@ impl Default for DriverOptions {
 /// Where sessions the peer opens go: the authorizer decides, accepted ones are queued here.
 #[derive(Clone)]
 pub(crate) struct Acceptor {
-    pub(crate) principal: Option<Principal>,
+    /// Shared with every session the connection accepts (no copy per session).
+    pub(crate) principal: Option<Arc<Principal>>,
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) accepted: mpsc::Sender<Session>,
     /// Quotas per principal (server side only).
@@ -112,7 +113,7 @@ impl ConnectionHandle {
         Ok(Session::new(
             self.inner.clone(),
             id,
-            kind.to_owned(),
+            Arc::from(kind),
             None,
             may_send,
         ))
@@ -219,4 +220,40 @@ pub(crate) fn spawn_connection<T: Transport>(
 ) -> (ConnectionHandle, tokio::task::JoinHandle<ConnectionOutcome>) {
     let (handle, driver) = connection(transport, side, config, options, acceptor, span);
     (handle, tokio::spawn(driver))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use super::*;
+    use crate::transport::TungsteniteTransport;
+
+    type Ws = TungsteniteTransport<tokio::io::DuplexStream>;
+
+    fn output_size<A, R>(_: fn(A) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    /// What every idle session costs the driver (BENCHMARKS.md P7): its slot, inline in the
+    /// handles' table, and its `Session` handle. Waiters and the close reason are boxed on
+    /// first use; a change that grows these should box something too.
+    #[test]
+    fn an_idle_session_costs_the_driver_little() {
+        // 104 bytes with the waiter lists and the close reason inline.
+        let stopwatch = size_of::<crate::observe::Stopwatch>();
+        assert!(size_of::<state::Slot>() <= 40 + stopwatch);
+        // 120 bytes with a `String` kind, the principal copied and the reason inline.
+        assert!(size_of::<Session>() <= 56, "{}", size_of::<Session>());
+    }
+
+    /// The connection's future holds the driver once, not twice (an `async fn` taking
+    /// `self` stores it as the argument and again as the binding), and not the close path's
+    /// futures either: together those were 1.1 KB of every connection's task.
+    #[test]
+    fn the_driver_future_is_the_driver() {
+        let driver = size_of::<io::Driver<Ws>>();
+        let future = output_size(io::Driver::<Ws>::run);
+        assert!(future <= driver + 64, "future {future}, driver {driver}");
+    }
 }

@@ -86,17 +86,18 @@ pub(crate) struct Opening {
     outcome: Option<Result<bool, OpenError>>,
 }
 
-/// The handles' record of one session. The protocol keeps its queues and credit.
+/// The handles' record of one session. The protocol keeps its queues and credit. Kept
+/// small (P7: one per idle session, inline in the table): what only a blocked sender, a
+/// close watcher or an ended session needs is boxed on first use.
 #[derive(Default)]
 pub(crate) struct Slot {
     /// The `Session` waiting in `recv`.
     reader: Option<Waker>,
-    /// Tasks waiting in `send` for room (the `Session` and its `SessionSender`s).
-    writers: Vec<Waker>,
-    /// Woken once when the session ends (a topic subscriber leaving its topic).
-    watchers: Vec<Waker>,
+    /// Tasks waiting for room or for the end; kept once allocated (a sender that blocked
+    /// once is likely to block again).
+    waiters: Option<Box<Waiters>>,
     /// How the session ended, once it has.
-    closed: Option<SessionClosed>,
+    closed: Option<Box<SessionClosed>>,
     /// The peer half-closed: once the queue is empty, `recv` returns `None`.
     peer_finished: bool,
     /// Whether this side may send DATA (and so FIN), per its grant.
@@ -106,6 +107,29 @@ pub(crate) struct Slot {
     handles: u32,
     /// Times a send's wait for room, for the credit-stall histogram (feature `metrics`).
     stall: crate::observe::Stopwatch,
+}
+
+/// The tasks waiting on one session other than its reader.
+#[derive(Default)]
+struct Waiters {
+    /// Tasks waiting in `send` for room (the `Session` and its `SessionSender`s).
+    writers: Vec<Waker>,
+    /// Woken once when the session ends (a topic subscriber leaving its topic).
+    watchers: Vec<Waker>,
+}
+
+impl Slot {
+    fn waiters(&mut self) -> &mut Waiters {
+        self.waiters.get_or_insert_with(Box::default)
+    }
+
+    fn wake_writers(&mut self, wakers: &mut WakeList) {
+        if let Some(w) = &mut self.waiters {
+            for waker in w.writers.drain(..) {
+                wakers.push(waker);
+            }
+        }
+    }
 }
 
 /// A peer-opened session for the driver to run through the authorizer.
@@ -198,6 +222,21 @@ impl State {
         }
     }
 
+    /// Frees the buffers of empty queues, the protocol's and the handles' (for a driver
+    /// whose burst of opens is over: P7).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.conn.shrink_to_fit();
+        if self.incoming.is_empty() {
+            self.incoming.shrink_to_fit();
+        }
+        if self.deciding.is_empty() {
+            self.deciding.shrink_to_fit();
+        }
+        if self.opening.is_empty() {
+            self.opening.shrink_to_fit();
+        }
+    }
+
     /// Called by the driver, under the same lock that saw nothing left to write, so work
     /// queued right after finds the waker (h2's `poll_complete`).
     pub(crate) fn park_driver(&mut self, waker: &Waker) {
@@ -240,7 +279,7 @@ impl State {
 
     pub(crate) fn close_reason(&self, id: SessionId) -> Option<SessionClosed> {
         match self.sessions.get(&id) {
-            Some(slot) => slot.closed.clone(),
+            Some(slot) => slot.closed.as_deref().cloned(),
             None if self.ended => Some(connection_ended()),
             None => None,
         }
@@ -250,7 +289,7 @@ impl State {
         SendError::Closed(
             self.sessions
                 .get(&id)
-                .and_then(|s| s.closed.clone())
+                .and_then(|s| s.closed.as_deref().cloned())
                 .unwrap_or_else(connection_ended),
         )
     }
@@ -284,7 +323,7 @@ impl State {
             }
             Err(mux_proto::SendError::Blocked) => {
                 if let Some(slot) = self.sessions.get_mut(&id) {
-                    register_in(&mut slot.writers, cx.waker());
+                    register_in(&mut slot.waiters().writers, cx.waker());
                     slot.stall.start();
                 }
                 // Blocking can change the timers (a paced session); let the driver see it.
@@ -371,7 +410,7 @@ impl State {
     pub(crate) fn watch_close(&mut self, id: SessionId, waker: &Waker) -> bool {
         match self.sessions.get_mut(&id) {
             Some(slot) if slot.closed.is_none() && !self.ended => {
-                register_in(&mut slot.watchers, waker);
+                register_in(&mut slot.waiters().watchers, waker);
                 true
             }
             _ => false,
@@ -555,9 +594,7 @@ impl State {
                 }
                 Event::Writable { id } => {
                     if let Some(slot) = self.sessions.get_mut(&id) {
-                        for waker in slot.writers.drain(..) {
-                            wakers.push(waker);
-                        }
+                        slot.wake_writers(wakers);
                     }
                 }
                 Event::Finished { id } => {
@@ -655,11 +692,11 @@ impl State {
         let Some(slot) = self.sessions.get_mut(&id) else {
             return;
         };
-        slot.closed = Some(SessionClosed {
+        slot.closed = Some(Box::new(SessionClosed {
             code,
             reason: reason.to_owned(),
             by_peer,
-        });
+        }));
         wake_slot(slot, wakers);
         if slot.handles == 0 {
             self.sessions.remove(&id);
@@ -681,11 +718,11 @@ impl State {
         let code = self.conn.close_code().unwrap_or(CloseCode::ABNORMAL);
         for slot in self.sessions.values_mut() {
             if slot.closed.is_none() {
-                slot.closed = Some(SessionClosed {
+                slot.closed = Some(Box::new(SessionClosed {
                     code,
                     reason: "connection closed".into(),
                     by_peer: false,
-                });
+                }));
             }
             wake_slot(slot, wakers);
         }
@@ -714,12 +751,12 @@ fn wake_slot(slot: &mut Slot, wakers: &mut WakeList) {
     if let Some(waker) = slot.reader.take() {
         wakers.push(waker);
     }
-    for waker in slot.writers.drain(..) {
-        wakers.push(waker);
-    }
+    slot.wake_writers(wakers);
     if slot.closed.is_some() {
-        for waker in slot.watchers.drain(..) {
-            wakers.push(waker);
+        if let Some(w) = &mut slot.waiters {
+            for waker in w.watchers.drain(..) {
+                wakers.push(waker);
+            }
         }
     }
 }

@@ -85,7 +85,9 @@ pub struct ServerConfig {
     /// Accepted sessions waiting for [`Server::accept`]; when full, opens wait and then are
     /// refused with 4003. Default 1,024.
     pub accept_queue: usize,
-    /// tungstenite's read buffer per connection. Default 8 KiB.
+    /// tungstenite's read buffer per connection, which it keeps for the connection's life.
+    /// Default 1 KiB: under it the server reads a burst in 64 KiB gulps into a buffer that
+    /// is freed when the burst ends, so an idle connection holds only this (P7).
     pub read_buffer_size: usize,
     /// WebSocket frames one message may have, and control frames amid one; past it the
     /// connection ends (a message of endless empty continuation frames would otherwise
@@ -151,7 +153,7 @@ impl Default for ServerConfig {
             authorize_timeout: Duration::from_secs(4),
             write_timeout: Duration::from_secs(10),
             accept_queue: 1024,
-            read_buffer_size: 8 * 1024,
+            read_buffer_size: 1024,
             max_message_frames: fragments::DEFAULT_MAX_FRAGMENTS,
             message_deadline: Duration::from_secs(10),
             memory_budget: 256 * 1024 * 1024,
@@ -622,6 +624,6 @@ mod tests {
         assert_eq!(ws.max_write_buffer_size, 200_020);
         let small = ServerConfig::default().websocket_config();
         assert_eq!(small.max_message_size, Some(65_546));
-        assert_eq!(small.read_buffer_size, 8 * 1024);
+        assert_eq!(small.read_buffer_size, 1024);
     }
 }
