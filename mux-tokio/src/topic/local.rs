@@ -558,10 +558,20 @@ impl LocalHub {
         }
     }
 
-    /// Brings `topic`'s stream on this node to a broker's before a resuming session is
-    /// attached: its epoch, at least its last offset, and `backlog`, the `(offset, payload)`
-    /// the broker still holds after the subscriber's position. Messages already here win
-    /// over backlog copies. Creates the topic (idle) if the hub does not hold it.
+    /// Brings `topic`'s stream on this node to a broker's: its epoch, at least its last
+    /// offset, and `backlog`, the `(offset, payload)` the broker still holds after the
+    /// position this node (or a resuming subscriber) had. Messages already here win over
+    /// backlog copies. Creates the topic (idle) if the hub does not hold it.
+    ///
+    /// Call it before a resuming session is attached, and when this node comes back to a
+    /// broker it lost for a while (the messages published meanwhile never reached it). Every
+    /// live subscriber moves on through the stream's new last offset: after what is queued
+    /// for it, it gets the backlog's messages in order, then one gap with the exact count of
+    /// the offsets the backlog no longer holds, before any newer live message, which is
+    /// never duplicated (a live copy of a message up to that offset is ignored). Another
+    /// epoch is a reset for them (a position event, a gap of unknown count, then what the
+    /// history holds). So `position.offset` must be the broker's last offset as of the
+    /// backlog: every offset up to it is in the backlog or lost.
     pub fn sync(
         &self,
         topic: &str,
@@ -579,16 +589,23 @@ impl LocalHub {
             topic
         };
         let order = lock(&topic.order);
-        let items: Vec<Item> = {
+        let (items, reached) = {
             let mut history = lock(&topic.history);
             if history.sync(position, backlog, now) {
                 // Replays the new epoch's history to every live subscriber.
-                restart(history.reset_start(now)).collect()
+                (restart(history.reset_start(now)).collect(), None)
             } else {
-                Vec::new()
+                (Vec::new(), Some(history.position()))
             }
         };
         let (_, subscribers) = topic.offer_all(&items, None);
+        if let Some(reached) = reached {
+            // Under `order`: no message past `reached` is queued yet, so the replay comes
+            // before every newer live one.
+            for sub in subscribers.iter() {
+                lock(&sub.queue).reach(reached.epoch, reached.offset);
+            }
+        }
         drop(order);
         pump_all(&subscribers);
     }
