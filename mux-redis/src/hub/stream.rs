@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use mux_tokio::topic::{Epoch, PublishReport, StreamPosition};
 
 use super::{bump, lock, Control, Shared};
@@ -143,6 +144,62 @@ impl Shared {
             Err(e) => {
                 bump(&self.stats.read_failures, 1);
                 tracing::warn!(topic, error = %e, "reading the topic's stream from redis failed; attaching from this node's");
+            }
+        }
+    }
+
+    /// Moves this node's subscribers of `topics` through what was published while its link
+    /// was down, as the link comes back (before it reads anything from the new connection,
+    /// which queues what arrives meanwhile). One read per topic of what Redis's history
+    /// holds after this node's last offset, at most the history's length, each bounded by
+    /// the command timeout, a few at a time: each topic's subscribers get the messages they
+    /// missed in order, then the newer ones live, and a gap only for what the history no
+    /// longer holds. Another epoch in Redis (it lost the stream, or this node's stream is
+    /// its own after failed publishes) is the reset that epoch change always is. A read that
+    /// fails leaves the topic as it was: the first live message shows the hole as a gap,
+    /// with its exact count, as without history.
+    pub(super) async fn recover(&self, topics: Vec<String>) {
+        /// Reads in flight at once: enough to overlap round trips, few enough that the
+        /// command connection still serves attaches and publishes in between.
+        const READS: usize = 16;
+        futures_util::stream::iter(topics)
+            .for_each_concurrent(READS, |topic| async move {
+                self.recover_topic(&topic).await;
+            })
+            .await;
+    }
+
+    async fn recover_topic(&self, topic: &str) {
+        let Some(here) = self.local.position(topic) else {
+            return;
+        };
+        if self.local.subscriber_count(topic) == 0 {
+            return;
+        }
+        match self.read_stream(topic, Some(here), None).await {
+            Ok(read) => {
+                // Read just before the sync: what this node delivered while the read was on
+                // its way (its own publishes) is not counted twice.
+                let before = self.local.position(topic).unwrap_or(here);
+                if before.epoch == read.position.epoch {
+                    let kept = read
+                        .backlog
+                        .iter()
+                        .filter(|(offset, _)| *offset > before.offset)
+                        .count();
+                    let kept = u64::try_from(kept).unwrap_or(u64::MAX);
+                    let lost = read
+                        .position
+                        .offset
+                        .saturating_sub(before.offset)
+                        .saturating_sub(kept);
+                    bump(&self.stats.missed, lost);
+                }
+                self.local.sync(topic, read.position, read.backlog);
+            }
+            Err(e) => {
+                bump(&self.stats.read_failures, 1);
+                tracing::warn!(topic, error = %e, "reading what the link missed from redis failed; its subscribers get a gap");
             }
         }
     }
