@@ -146,6 +146,19 @@ impl Queue {
         }
     }
 
+    /// Whether live message `offset` of `epoch` is the very next thing this subscriber is
+    /// to send: nothing queued before it, nothing to replay, not held and not ended. Then
+    /// it may go to the session without passing through the queue; `advance(Step::Replayed)`
+    /// records it.
+    pub(crate) fn idle_at(&self, epoch: Epoch, offset: u64) -> bool {
+        self.items.is_empty()
+            && !self.held
+            && !self.closed
+            && !self.overflowed
+            && self.epoch == epoch
+            && self.next == offset
+    }
+
     /// Live events waiting.
     pub(crate) fn len(&self) -> usize {
         self.items.len()
