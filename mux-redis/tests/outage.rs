@@ -389,3 +389,27 @@ async fn a_link_that_comes_back_while_the_history_cannot_be_read_gets_the_exact_
     assert_eq!(b.hub.stats().missed, N);
     assert!(b.hub.stats().read_failures >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_while_the_link_is_down_comes_after_what_others_published_meanwhile() {
+    let redis = RedisServer::start();
+    const N: u64 = 20;
+    let (a, b, user, _bob, mut on_b) = two_nodes_and_bob(&redis, "relink-own:", 1_000).await;
+    // B's link stays down (it may not SUBSCRIBE), but B may publish: Redis numbers B's
+    // message after A's, and B hands it to its own subscriber itself.
+    user.set(&["resetchannels"]);
+    wait_until("B noticed its link down", || !b.hub.is_linked()).await;
+    user.set(&["allchannels", "-subscribe"]);
+    for i in 1..=N {
+        a.hub.publish("news", numbered(i)).await.unwrap();
+    }
+    b.hub.publish("news", numbered(N + 1)).await.unwrap();
+    for i in 1..=N + 1 {
+        assert_eq!(number(&next_message(&mut on_b).await), i);
+    }
+    assert_eq!(b.hub.stats().missed, 0);
+    user.set(&["+subscribe"]);
+    within("B's link back", b.hub.linked()).await;
+    a.hub.publish("news", numbered(N + 2)).await.unwrap();
+    assert_eq!(number(&next_message(&mut on_b).await), N + 2);
+}

@@ -373,6 +373,9 @@ impl Shared {
                 if linked {
                     lock(&self.own).confirmed(counter);
                 } else if self.local.subscriber_count(topic) > 0 {
+                    // Others published before it while the link was down: what the history
+                    // holds of them goes first, so this message does not show them as a gap.
+                    self.fill_before(topic, at).await;
                     local = self.deliver_numbered(topic, at, message);
                 }
                 local.position = Some(at);
