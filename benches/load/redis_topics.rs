@@ -23,7 +23,7 @@ use mux_tokio::{
 use crate::echo::connect_all;
 use crate::server::{self, TOPIC};
 use crate::sys::{self, Role};
-use crate::topics::{message, subscriber, wait_until, WARMUP};
+use crate::topics::{message, patience, record, subscriber, wait_until, WARMUP};
 use crate::{histogram, median, RedisTopicArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +166,12 @@ fn run(
     let mut tasks = Vec::new();
     for (client, sessions) in clients {
         for session in sessions {
-            tasks.push(client_rt.spawn(subscriber(session, total, delivered.clone())));
+            tasks.push(client_rt.spawn(subscriber(
+                session,
+                total,
+                delivered.clone(),
+                patience(interval, total),
+            )));
         }
         keep.push(client);
     }
@@ -241,10 +246,10 @@ fn run(
     };
     let mut latency = histogram();
     for t in tasks {
-        if let Ok(Ok(h)) =
+        if let Ok(Ok(samples)) =
             client_rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), t).await })
         {
-            let _ = latency.add(&h);
+            record(&mut latency, &samples);
         }
     }
     let deliveries = f64::from(publishes) * subscribers as f64;

@@ -7,7 +7,8 @@
 //!   while it has subscribers of it, and keeps them in a
 //!   [`LocalHub`](mux_tokio::topic::LocalHub), so queues, slow-consumer policies and gaps
 //!   work as on one node (`spec/topics.md`); a node that missed messages while its link was
-//!   down tells each subscriber how many. A publish is one Redis round trip whatever the
+//!   down hands its subscribers those the topic's history in Redis still holds, in order,
+//!   and tells them how many it lost beyond those. A publish is one Redis round trip whatever the
 //!   number of subscribers. Presence is kept in Redis with a TTL that each node refreshes:
 //!   snapshots list every node's members, joins and leaves reach every node, and a node that
 //!   dies has its members leave everywhere within the TTL.

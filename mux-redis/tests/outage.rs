@@ -7,8 +7,8 @@
 )]
 //! Redis going away mid-run: nothing panics or blocks, each node keeps delivering its own
 //! publishes, publishes fail with `PublishError`, quotas fail open or closed as configured,
-//! and everything recovers when Redis is back; a dropped pub/sub link is a gap, counted
-//! exactly.
+//! and everything recovers when Redis is back; a dropped pub/sub link gets what it missed
+//! from the topic's history when it comes back, and a gap, counted exactly, for the rest.
 
 mod support;
 
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use mux_redis::testing::RedisServer;
 use mux_redis::{PublishError, RedisQuotas};
 use mux_tokio::quota::{OnStoreError, Quotas};
-use mux_tokio::topic::{Hub, HubError, SubscribeOptions, TopicEvent};
+use mux_tokio::topic::{Hub, HubError, SubscribeOptions, TopicEvent, TopicOptions};
 use mux_tokio::{Client, ClientConfig, ConnectError, HandshakeRate, Session};
 use support::{next_event, next_message, number, numbered, wait_until, within, Node, NodeConfig};
 
@@ -253,4 +253,163 @@ async fn a_dropped_pub_sub_link_is_a_gap_counted_exactly() {
     assert_eq!(a.hub.stats().missed, gaps_a);
     assert_eq!(b.hub.stats().missed, gaps_b);
     assert!(b.hub.stats().links >= 2);
+}
+
+/// How long the tests' histories keep a message: far longer than any test runs.
+const AGE: Duration = Duration::from_secs(600);
+
+/// Node B's own Redis user, so that a test cuts B's pub/sub link alone and keeps it down:
+/// taking the user's channel permissions away makes Redis disconnect its subscriber
+/// connection and refuse its SUBSCRIBE, while its commands (the history reads) go on.
+struct NodeUser<'a> {
+    redis: &'a RedisServer,
+    name: &'static str,
+}
+
+impl<'a> NodeUser<'a> {
+    fn create(redis: &'a RedisServer, name: &'static str) -> Self {
+        let _: String = redis.query(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg(name)
+                .arg("on")
+                .arg(">secret")
+                .arg("~*")
+                .arg("&*")
+                .arg("+@all"),
+        );
+        NodeUser { redis, name }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "redis://{}:secret@127.0.0.1:{}/",
+            self.name,
+            self.redis.port()
+        )
+    }
+
+    /// Applies ACL `rules` to the user.
+    fn set(&self, rules: &[&str]) {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(self.name);
+        for rule in rules {
+            cmd.arg(*rule);
+        }
+        let _: String = self.redis.query(&cmd);
+    }
+}
+
+/// Nodes A and B on one Redis, B as its own user; `bob` subscribed to "news" on B and
+/// already following the stream live (he got message 0).
+async fn two_nodes_and_bob<'a>(
+    redis: &'a RedisServer,
+    prefix: &str,
+    history: usize,
+) -> (Node, Node, NodeUser<'a>, Client, Session) {
+    let user = NodeUser::create(redis, "node-b");
+    let config = NodeConfig::new(&redis.url(), prefix)
+        .topic("news", TopicOptions::default().history(history, AGE));
+    let a = Node::start(config.clone()).await;
+    let mut b_config = config;
+    b_config.redis_url = user.url();
+    let mut b = Node::start(b_config).await;
+    let mut bob = b.client("bob").await;
+    let mut on_b = b.subscribe(&mut bob, "news").await;
+    a.hub.publish("news", numbered(0)).await.unwrap();
+    assert_eq!(number(&next_message(&mut on_b).await), 0);
+    (a, b, user, bob, on_b)
+}
+
+/// Cuts B's pub/sub link and keeps it down while A publishes messages 1 to `n`, each
+/// confirmed by Redis; then lets it come back with `rules` applied to B's user.
+async fn publish_while_b_is_cut_off(
+    a: &Node,
+    b: &Node,
+    user: &NodeUser<'_>,
+    n: u64,
+    rules: &[&str],
+) {
+    user.set(&["resetchannels"]);
+    wait_until("B noticed its link down", || !b.hub.is_linked()).await;
+    for i in 1..=n {
+        a.hub.publish("news", numbered(i)).await.unwrap();
+    }
+    user.set(rules);
+    within("B's link back", b.hub.linked()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_comes_back_gets_what_it_missed_from_the_history() {
+    let redis = RedisServer::start();
+    let (a, b, user, _bob, mut on_b) = two_nodes_and_bob(&redis, "relink:", 1_000).await;
+    const N: u64 = 100;
+    publish_while_b_is_cut_off(&a, &b, &user, N, &["allchannels"]).await;
+    a.hub.publish("news", numbered(N + 1)).await.unwrap();
+    // Every message once, in order, with no gap (`next_message` fails on one), the one
+    // published after the link was back last.
+    for i in 1..=N + 1 {
+        assert_eq!(number(&next_message(&mut on_b).await), i);
+    }
+    assert_eq!(b.hub.stats().missed, 0);
+    assert!(b.hub.stats().links >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_comes_back_gets_one_gap_for_what_the_history_no_longer_holds() {
+    let redis = RedisServer::start();
+    const HISTORY: u64 = 40;
+    const N: u64 = 100;
+    let (a, b, user, _bob, mut on_b) =
+        two_nodes_and_bob(&redis, "relink-short:", HISTORY as usize).await;
+    publish_while_b_is_cut_off(&a, &b, &user, N, &["allchannels"]).await;
+    // Without a publish after the link is back: the history's messages come by themselves.
+    assert_eq!(
+        next_event(&mut on_b).await,
+        TopicEvent::Gap(Some(N - HISTORY))
+    );
+    for i in N - HISTORY + 1..=N {
+        assert_eq!(number(&next_message(&mut on_b).await), i);
+    }
+    a.hub.publish("news", numbered(N + 1)).await.unwrap();
+    assert_eq!(number(&next_message(&mut on_b).await), N + 1);
+    assert_eq!(b.hub.stats().missed, N - HISTORY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_comes_back_while_the_history_cannot_be_read_gets_the_exact_gap() {
+    let redis = RedisServer::start();
+    const N: u64 = 30;
+    let (a, b, user, _bob, mut on_b) = two_nodes_and_bob(&redis, "relink-fail:", 1_000).await;
+    // B may subscribe again but not run the read script.
+    publish_while_b_is_cut_off(&a, &b, &user, N, &["allchannels", "-@scripting"]).await;
+    a.hub.publish("news", numbered(N + 1)).await.unwrap();
+    assert_eq!(next_event(&mut on_b).await, TopicEvent::Gap(Some(N)));
+    assert_eq!(number(&next_message(&mut on_b).await), N + 1);
+    assert_eq!(b.hub.stats().missed, N);
+    assert!(b.hub.stats().read_failures >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_while_the_link_is_down_comes_after_what_others_published_meanwhile() {
+    let redis = RedisServer::start();
+    const N: u64 = 20;
+    let (a, b, user, _bob, mut on_b) = two_nodes_and_bob(&redis, "relink-own:", 1_000).await;
+    // B's link stays down (it may not SUBSCRIBE), but B may publish: Redis numbers B's
+    // message after A's, and B hands it to its own subscriber itself.
+    user.set(&["resetchannels"]);
+    wait_until("B noticed its link down", || !b.hub.is_linked()).await;
+    user.set(&["allchannels", "-subscribe"]);
+    for i in 1..=N {
+        a.hub.publish("news", numbered(i)).await.unwrap();
+    }
+    b.hub.publish("news", numbered(N + 1)).await.unwrap();
+    for i in 1..=N + 1 {
+        assert_eq!(number(&next_message(&mut on_b).await), i);
+    }
+    assert_eq!(b.hub.stats().missed, 0);
+    user.set(&["+subscribe"]);
+    within("B's link back", b.hub.linked()).await;
+    a.hub.publish("news", numbered(N + 2)).await.unwrap();
+    assert_eq!(number(&next_message(&mut on_b).await), N + 2);
 }

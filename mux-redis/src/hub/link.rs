@@ -1,9 +1,10 @@
 //! The pub/sub link: one Redis connection in subscriber mode per hub. It connects (with
 //! backoff), subscribes every topic that has subscribers here, then reads messages in
 //! Redis's order and hands each to the `LocalHub` (which never waits, so the connection's
-//! queue inside the redis crate is drained as fast as it fills). A ping every
-//! `ping_interval` notices a Redis that went silent; any failure drops the connection and
-//! starts again.
+//! queue inside the redis crate is drained as fast as it fills). Before it reads, a link that
+//! came back moves the subscribers through what Redis's history kept of the messages it
+//! missed (`Shared::recover`). A ping every `ping_interval` notices a Redis that went silent;
+//! any failure drops the connection and starts again.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -31,9 +32,17 @@ pub(super) async fn run(
         match connect(&hub, &client, &mut closed).await {
             Step::Closed => return,
             Step::Retry => {}
-            Step::Linked(sink, stream, broken) => {
+            Step::Linked(sink, stream, broken, topics) => {
                 backoff = min;
                 relinked.notify_one();
+                // What was published while the link was down, before anything newer: the new
+                // connection queues what arrives meanwhile.
+                let Some(shared) = hub.upgrade() else { return };
+                tokio::select! {
+                    _ = closed.changed() => return,
+                    () = shared.recover(topics) => {}
+                }
+                drop(shared);
                 if read(&hub, sink, stream, &broken, &mut closed).await {
                     return;
                 }
@@ -58,6 +67,7 @@ enum Step {
         redis::aio::PubSubSink,
         redis::aio::PubSubStream,
         Arc<Notify>,
+        Vec<String>,
     ),
 }
 
@@ -107,7 +117,7 @@ async fn connect(
         }
     }
     let broken = Arc::new(Notify::new());
-    control.subscribed = topics.into_iter().collect();
+    control.subscribed = topics.iter().cloned().collect();
     control.link = Some(Link {
         sink: sink.clone(),
         broken: broken.clone(),
@@ -115,7 +125,7 @@ async fn connect(
     shared.linked.send_replace(true);
     bump(&shared.stats.links, 1);
     tracing::info!(node = %shared.node, topics = control.subscribed.len(), "redis pub/sub link up");
-    Step::Linked(sink, stream, broken)
+    Step::Linked(sink, stream, broken, topics)
 }
 
 /// Reads until the connection fails or is dropped (false) or the hub is (true).

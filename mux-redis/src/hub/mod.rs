@@ -53,7 +53,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// subscribers (in a stream of this node's own, announced as a reset) and fail with
 /// [`PublishError`]; attaches succeed, with a snapshot of this node's members only, marked
 /// truncated, and resume from this node's stream. When Redis returns, the hub subscribes
-/// again, tells each subscriber how many messages it missed (a gap), and refreshes presence.
+/// again, hands each subscriber the messages it missed that the topic's history in Redis
+/// still holds, in order and before newer ones, tells it how many it missed beyond those (a
+/// gap), and refreshes presence.
 #[derive(Debug, Clone)]
 pub struct RedisHub {
     shared: Arc<Shared>,
@@ -83,11 +85,13 @@ pub struct RedisHubStats {
     pub publish_failures: u64,
     /// Messages received from Redis for topics with subscribers here.
     pub received: u64,
-    /// Messages this node missed while its link was down (the holes in the offsets it
-    /// delivered, which its subscribers see as gaps).
+    /// Messages this node missed while its link was down and could not get back from
+    /// Redis's history (the holes in the offsets it delivered, which its subscribers see as
+    /// gaps).
     pub missed: u64,
-    /// Attaches that needed Redis's stream of their topic and could not read it (Redis did
-    /// not answer, or the link was down): the subscriber started from this node's stream.
+    /// Reads of Redis's stream of a topic that failed (Redis did not answer, or the link
+    /// was down): an attach that needed one started from this node's stream; a link that
+    /// came back left its subscribers a gap for what it missed.
     pub read_failures: u64,
     /// Times the pub/sub link was established.
     pub links: u64,
@@ -369,6 +373,9 @@ impl Shared {
                 if linked {
                     lock(&self.own).confirmed(counter);
                 } else if self.local.subscriber_count(topic) > 0 {
+                    // Others published before it while the link was down: what the history
+                    // holds of them goes first, so this message does not show them as a gap.
+                    self.fill_before(topic, at).await;
                     local = self.deliver_numbered(topic, at, message);
                 }
                 local.position = Some(at);

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use mux_tokio::topic::{Epoch, PublishReport, StreamPosition};
 
 use super::{bump, lock, Control, Shared};
@@ -143,6 +144,118 @@ impl Shared {
             Err(e) => {
                 bump(&self.stats.read_failures, 1);
                 tracing::warn!(topic, error = %e, "reading the topic's stream from redis failed; attaching from this node's");
+            }
+        }
+    }
+
+    /// Moves this node's subscribers of `topics` through what was published while its link
+    /// was down, as the link comes back (before it reads anything from the new connection,
+    /// which queues what arrives meanwhile). One read per topic of what Redis's history
+    /// holds after this node's last offset, at most the history's length, each bounded by
+    /// the command timeout, a few at a time: each topic's subscribers get the messages they
+    /// missed in order, then the newer ones live, and a gap only for what the history no
+    /// longer holds. Another epoch in Redis (it lost the stream, or this node's stream is
+    /// its own after failed publishes) is the reset that epoch change always is. A topic
+    /// without a history, or a read that fails, is left as it was: the first live message
+    /// shows the hole as a gap with its exact count.
+    pub(super) async fn recover(&self, topics: Vec<String>) {
+        /// Reads in flight at once: enough to overlap round trips, few enough that the
+        /// command connection still serves attaches and publishes in between.
+        const READS: usize = 16;
+        futures_util::stream::iter(topics)
+            .for_each_concurrent(READS, |topic| async move {
+                self.recover_topic(&topic).await;
+            })
+            .await;
+    }
+
+    async fn recover_topic(&self, topic: &str) {
+        let Some(here) = self.local.position(topic) else {
+            return;
+        };
+        if self.local.subscriber_count(topic) == 0 {
+            return;
+        }
+        match self.read_stream(topic, Some(here), None).await {
+            Ok(read) => {
+                // Read just before the sync: what this node delivered while the read was on
+                // its way (its own publishes) is not counted twice.
+                let before = self.local.position(topic).unwrap_or(here);
+                let same = before.epoch == read.position.epoch;
+                // The stream goes up to the newest message the history returned, not to
+                // Redis's last offset: what Redis numbered after that newest one was not in
+                // the history only because the topic keeps none (or the read raced it), and
+                // may still be on its way over the new link, which delivers it live; the
+                // offsets it never brings show as a gap before the next one it does.
+                let Some(reached) = read.backlog.iter().map(|(offset, _)| *offset).max() else {
+                    if !same {
+                        // Another epoch with nothing kept: the reset, at its start.
+                        let start = StreamPosition::new(read.position.epoch, 0);
+                        self.local.sync(topic, start, std::iter::empty());
+                    }
+                    return;
+                };
+                if same && reached > before.offset {
+                    let kept = read
+                        .backlog
+                        .iter()
+                        .filter(|(offset, _)| *offset > before.offset)
+                        .count();
+                    let kept = u64::try_from(kept).unwrap_or(u64::MAX);
+                    let lost = reached.saturating_sub(before.offset).saturating_sub(kept);
+                    bump(&self.stats.missed, lost);
+                }
+                let position = StreamPosition::new(read.position.epoch, reached);
+                self.local.sync(topic, position, read.backlog);
+            }
+            Err(e) => {
+                bump(&self.stats.read_failures, 1);
+                tracing::warn!(topic, error = %e, "reading what the link missed from redis failed; its subscribers get a gap");
+            }
+        }
+    }
+
+    /// Before this node delivers its own message `at` while its link is down: if offsets
+    /// between this node's last one and `at` are missing here (other nodes published them),
+    /// reads what Redis's history holds of them (one read, within the command timeout) and
+    /// syncs it, so that the subscribers get them before `at` and a gap only for what the
+    /// history lost. A failed read leaves the hole to `at`'s delivery: an exact gap.
+    pub(super) async fn fill_before(&self, topic: &str, at: StreamPosition) {
+        let Some(here) = self.local.position(topic) else {
+            return;
+        };
+        if here.epoch != at.epoch || at.offset <= here.offset.saturating_add(1) {
+            return;
+        }
+        let upto = at.offset.saturating_sub(1);
+        match self.read_stream(topic, Some(here), Some(upto)).await {
+            Ok(read) if read.position.epoch == at.epoch => {
+                // Up to the newest message returned, as `recover_topic` does; a hole after
+                // it is `at`'s delivery's gap.
+                let Some(reached) = read.backlog.iter().map(|(offset, _)| *offset).max() else {
+                    return;
+                };
+                let before = self.local.position(topic).unwrap_or(here);
+                if before.epoch == at.epoch && before.offset < reached {
+                    let kept = read
+                        .backlog
+                        .iter()
+                        .filter(|(offset, _)| *offset > before.offset)
+                        .count();
+                    let kept = u64::try_from(kept).unwrap_or(u64::MAX);
+                    bump(
+                        &self.stats.missed,
+                        reached.saturating_sub(before.offset).saturating_sub(kept),
+                    );
+                }
+                self.local
+                    .sync(topic, StreamPosition::new(at.epoch, reached), read.backlog);
+            }
+            // Redis moved to another epoch since: `at`'s delivery is the reset.
+            Ok(_) => {}
+            Err(e) => {
+                bump(&self.stats.read_failures, 1);
+                tracing::debug!(topic, error = %e, "reading the messages before this node's own from redis failed; a gap");
             }
         }
     }

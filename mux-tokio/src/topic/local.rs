@@ -1,8 +1,8 @@
 //! The in-process hub: topics in a map, subscribers with bounded queues, and no task per
 //! subscriber. A publish gives the message its offset in the topic's stream, keeps it in the
-//! topic's bounded history, and queues the shared bytes for each subscriber, whose session
-//! takes them as it has room; a subscriber out of credit is pumped again by its session's
-//! waker when credit returns. A subscriber that resumes reads what it missed from the history
+//! topic's bounded history, and hands the shared bytes to each subscriber's session, or to
+//! the subscriber's queue when the session has no room or the subscriber is still behind; a
+//! subscriber out of credit is pumped again by its session's waker when credit returns. A subscriber that resumes reads what it missed from the history
 //! before its queue (spec/topics.md#resuming).
 
 use std::collections::{HashMap, VecDeque};
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::envelope;
 use super::history::{Fill, History, Placed, Start};
-use super::queue::{start_items, Item, Offer, Queue};
+use super::queue::{start_items, Item, Offer, Queue, Step};
 use super::{
     AttachError, Epoch, HubOptions, PublishReport, SlowConsumerPolicy, StreamPosition,
     SubscribeOptions, TopicKind, TopicOptions,
@@ -90,6 +90,40 @@ impl Subscriber {
     /// Adds `item` to the queue under the slow-consumer policy. The caller pumps.
     fn offer(&self, item: Item) -> Offer {
         lock(&self.queue).offer(item, self.policy)
+    }
+
+    /// Hands the live message `offset` of `epoch` straight to the session when it is all
+    /// this subscriber waits for (nothing queued, nothing to replay, not held or ending);
+    /// otherwise queues it as [`Subscriber::offer`] does. The common case of a publish then
+    /// takes this subscriber's lock once, with no queue traffic and no pump after it. Under
+    /// the queue's lock, so it cannot overtake a pump (which holds it while it sends). True
+    /// when the subscriber still needs a pump.
+    fn send_or_offer(&self, epoch: Epoch, offset: u64, event: &Bytes) -> (Offer, bool) {
+        let mut q = lock(&self.queue);
+        if !q.idle_at(epoch, offset) || self.session_ended.load(Ordering::Acquire) {
+            let item = Item::Message {
+                offset,
+                event: event.clone(),
+            };
+            return (q.offer(item, self.policy), true);
+        }
+        let mut cx = Context::from_waker(&self.writable);
+        let mut next = Some(event.clone());
+        match self.sender.poll_send(&mut cx, &mut next) {
+            Poll::Ready(Ok(())) => {
+                q.advance(Step::Replayed);
+                (Offer::Queued, false)
+            }
+            // Out of room (`writable` is registered and pumps when it returns), or the
+            // session failed (the pump finds out and leaves the topic): queued, pumped.
+            Poll::Pending | Poll::Ready(Err(_)) => {
+                let item = Item::Message {
+                    offset,
+                    event: event.clone(),
+                };
+                (q.offer(item, self.policy), true)
+            }
+        }
     }
 
     /// Moves what the session has room for out of the queue and the history. Whoever finds
@@ -232,9 +266,7 @@ impl Topic {
             items.push(Item::Message { offset, event });
             (StreamPosition::new(history.epoch(), offset), items)
         };
-        let (mut report, subscribers) = self.offer_all(&items, None);
-        drop(order);
-        pump_all(&subscribers);
+        let mut report = self.fan_out(position, &items, order);
         report.position = Some(position);
         report
     }
@@ -255,10 +287,41 @@ impl Topic {
                 }])
                 .collect(),
         };
-        let (mut report, subscribers) = self.offer_all(&items, None);
-        drop(order);
-        pump_all(&subscribers);
+        let mut report = self.fan_out(position, &items, order);
         report.position = Some(position);
+        report
+    }
+
+    /// Hands a publish's `items` to every subscriber, then releases `order` and pumps those
+    /// that need it. A lone message (the common case) goes straight into the session of
+    /// each subscriber that waits for nothing else ([`Subscriber::send_or_offer`]).
+    fn fan_out(
+        &self,
+        position: StreamPosition,
+        items: &[Item],
+        order: std::sync::MutexGuard<'_, ()>,
+    ) -> PublishReport {
+        let [Item::Message { offset, event }] = items else {
+            let (report, subscribers) = self.offer_all(items, None);
+            drop(order);
+            pump_all(&subscribers);
+            return report;
+        };
+        let mut report = PublishReport::default();
+        let subscribers = self.snapshot();
+        // Allocated only when some subscriber is behind.
+        let mut behind = Vec::new();
+        for sub in subscribers.iter() {
+            let (outcome, pump) = sub.send_or_offer(position.epoch, *offset, event);
+            report.count(outcome);
+            if pump {
+                behind.push(sub);
+            }
+        }
+        drop(order);
+        for sub in behind {
+            sub.pump();
+        }
         report
     }
 
@@ -279,15 +342,7 @@ impl Topic {
                     worse => outcome = worse,
                 }
             }
-            match outcome {
-                Offer::Queued => report.queued = report.queued.saturating_add(1),
-                Offer::Dropped => {
-                    report.queued = report.queued.saturating_add(1);
-                    report.dropped = report.dropped.saturating_add(1);
-                }
-                Offer::Closed => report.closed = report.closed.saturating_add(1),
-                Offer::Gone => {}
-            }
+            report.count(outcome);
         }
         (report, subscribers)
     }
@@ -313,6 +368,21 @@ impl Topic {
         let answer = change(&mut next);
         *subscribers = Arc::new(next);
         answer
+    }
+}
+
+impl PublishReport {
+    /// Counts one subscriber's outcome.
+    fn count(&mut self, outcome: Offer) {
+        match outcome {
+            Offer::Queued => self.queued = self.queued.saturating_add(1),
+            Offer::Dropped => {
+                self.queued = self.queued.saturating_add(1);
+                self.dropped = self.dropped.saturating_add(1);
+            }
+            Offer::Closed => self.closed = self.closed.saturating_add(1),
+            Offer::Gone => {}
+        }
     }
 }
 
@@ -558,10 +628,20 @@ impl LocalHub {
         }
     }
 
-    /// Brings `topic`'s stream on this node to a broker's before a resuming session is
-    /// attached: its epoch, at least its last offset, and `backlog`, the `(offset, payload)`
-    /// the broker still holds after the subscriber's position. Messages already here win
-    /// over backlog copies. Creates the topic (idle) if the hub does not hold it.
+    /// Brings `topic`'s stream on this node to a broker's: its epoch, at least its last
+    /// offset, and `backlog`, the `(offset, payload)` the broker still holds after the
+    /// position this node (or a resuming subscriber) had. Messages already here win over
+    /// backlog copies. Creates the topic (idle) if the hub does not hold it.
+    ///
+    /// Call it before a resuming session is attached, and when this node comes back to a
+    /// broker it lost for a while (the messages published meanwhile never reached it). Every
+    /// live subscriber moves on through the stream's new last offset: after what is queued
+    /// for it, it gets the backlog's messages in order, then one gap with the exact count of
+    /// the offsets the backlog no longer holds, before any newer live message, which is
+    /// never duplicated (a live copy of a message up to that offset is ignored). Another
+    /// epoch is a reset for them (a position event, a gap of unknown count, then what the
+    /// history holds). So `position.offset` must be the broker's last offset as of the
+    /// backlog: every offset up to it is in the backlog or lost.
     pub fn sync(
         &self,
         topic: &str,
@@ -579,16 +659,23 @@ impl LocalHub {
             topic
         };
         let order = lock(&topic.order);
-        let items: Vec<Item> = {
+        let (items, reached) = {
             let mut history = lock(&topic.history);
             if history.sync(position, backlog, now) {
                 // Replays the new epoch's history to every live subscriber.
-                restart(history.reset_start(now)).collect()
+                (restart(history.reset_start(now)).collect(), None)
             } else {
-                Vec::new()
+                (Vec::new(), Some(history.position()))
             }
         };
         let (_, subscribers) = topic.offer_all(&items, None);
+        if let Some(reached) = reached {
+            // Under `order`: no message past `reached` is queued yet, so the replay comes
+            // before every newer live one.
+            for sub in subscribers.iter() {
+                lock(&sub.queue).reach(reached.epoch, reached.offset);
+            }
+        }
         drop(order);
         pump_all(&subscribers);
     }

@@ -126,6 +126,39 @@ impl Queue {
         });
     }
 
+    /// Moves the subscriber's replay on to `until` in `epoch`: the stream now holds (or has
+    /// lost for good) every message up to there, so none of them will arrive live, and the
+    /// subscriber reads them from the history once it has sent what is queued before them. A
+    /// restart still queued decides where the subscriber stands once it reaches it, so that
+    /// is what moves on. Another epoch's subscriber is left alone: its restart is on the way.
+    pub(crate) fn reach(&mut self, epoch: Epoch, until: u64) {
+        let restart = self.items.iter_mut().rev().find_map(|i| match i {
+            Item::Restart {
+                epoch, until: to, ..
+            } => Some((*epoch, to)),
+            _ => None,
+        });
+        match restart {
+            Some((queued, to)) if queued == epoch => *to = (*to).max(until),
+            Some(_) => {}
+            None if self.epoch == epoch => self.until = self.until.max(until),
+            None => {}
+        }
+    }
+
+    /// Whether live message `offset` of `epoch` is the very next thing this subscriber is
+    /// to send: nothing queued before it, nothing to replay, not held and not ended. Then
+    /// it may go to the session without passing through the queue; `advance(Step::Replayed)`
+    /// records it.
+    pub(crate) fn idle_at(&self, epoch: Epoch, offset: u64) -> bool {
+        self.items.is_empty()
+            && !self.held
+            && !self.closed
+            && !self.overflowed
+            && self.epoch == epoch
+            && self.next == offset
+    }
+
     /// Live events waiting.
     pub(crate) fn len(&self) -> usize {
         self.items.len()
@@ -311,6 +344,36 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn reaching_an_offset_replays_up_to_it_after_what_is_queued_and_before_newer_ones() {
+        let mut q = Queue::new(8);
+        q.begin(Start {
+            position: StreamPosition::new(Epoch::new(1), 0),
+            unknown_gap: false,
+            next: 1,
+            until: 0,
+        });
+        q.offer(message(1), SlowConsumerPolicy::DropOldest);
+        // Offsets 2 to 5 came from a broker's history (this drain has none: a gap); another
+        // epoch's offsets move nothing.
+        q.reach(Epoch::new(1), 5);
+        q.reach(Epoch::new(2), 9);
+        q.offer(message(6), SlowConsumerPolicy::DropOldest);
+        let events = drain(&mut q);
+        assert_eq!(events[2], TopicEvent::Gap(Some(4)));
+        assert!(matches!(events[3], TopicEvent::Message { offset: 6, .. }));
+        assert_eq!(events.len(), 4);
+        // A queued restart is where the subscriber will stand: that is what moves on.
+        for item in restart(3) {
+            q.offer(item, SlowConsumerPolicy::DropOldest);
+        }
+        q.reach(Epoch::new(3), 2);
+        let events = drain(&mut q);
+        assert_eq!(events[1], TopicEvent::Gap(None));
+        assert_eq!(events[2], TopicEvent::Gap(Some(2)));
+        assert_eq!(events.len(), 3);
     }
 
     #[test]
