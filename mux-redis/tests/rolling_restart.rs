@@ -19,6 +19,8 @@
 #[path = "../../mux-tokio/tests/proxy/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../../mux-tokio/tests/proxy/pki.rs"]
+mod pki;
 mod support;
 
 use std::path::Path;
@@ -29,55 +31,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use harness::{Kind, Options, Proxy};
 use mux_redis::testing::RedisServer;
-use mux_tokio::rustls;
 use mux_tokio::topic::{TopicEvent, TopicOptions, TopicStreamError};
 use mux_tokio::{Backoff, Client, ClientConfig};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use pki::Pki;
 use support::{number, numbered, wait_until, within, Node, NodeConfig};
 
 /// The last message the publisher sends: the subscriber stops there.
 const END: u64 = u64::MAX;
-
-/// A private CA, and a certificate for 127.0.0.1 it signed (PEM, for the proxy).
-struct Pki {
-    ca: rustls::pki_types::CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "mux rolling restart test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        Pki {
-            ca: ca.der().clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    fn client_tls(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
-    }
-}
 
 /// HAProxy's readiness checks, fast enough for a test (nginx has none: it fails over when
 /// the node refuses connections).

@@ -21,6 +21,8 @@ mod common;
 #[path = "proxy/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "proxy/pki.rs"]
+mod pki;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -38,8 +40,8 @@ use mux_tokio::{
     HandshakeRequest, OpenError, OriginPolicy, Principal, Server, ServerConfig, ServerHandle,
     Session,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
+use pki::Pki;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio_rustls::TlsConnector;
@@ -52,47 +54,6 @@ async fn within<T>(secs: u64, what: &str, future: impl Future<Output = T>) -> T 
     match tokio::time::timeout(Duration::from_secs(secs), future).await {
         Ok(value) => value,
         Err(_) => panic!("timed out after {secs} s waiting for {what}"),
-    }
-}
-
-/// A private CA and a certificate for 127.0.0.1 and localhost that it signed.
-struct Pki {
-    ca: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "mux proxy test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        Pki {
-            ca: ca.der().clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    fn client_tls(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
     }
 }
 
