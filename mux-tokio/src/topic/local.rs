@@ -2,8 +2,9 @@
 //! subscriber. A publish gives the message its offset in the topic's stream, keeps it in the
 //! topic's bounded history, and hands the shared bytes to each subscriber's session, or to
 //! the subscriber's queue when the session has no room or the subscriber is still behind; a
-//! subscriber out of credit is pumped again by its session's waker when credit returns. A subscriber that resumes reads what it missed from the history
-//! before its queue (spec/topics.md#resuming).
+//! subscriber out of credit is pumped again by its session's waker when credit returns. A
+//! subscriber that resumes reads what it missed from the history before its queue
+//! (spec/topics.md#resuming).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -48,7 +48,8 @@ pub(crate) enum Step {
     Front,
     /// The front item, message `offset`, was sent.
     Message(u64),
-    /// The next message was sent from the history.
+    /// The next message was sent without passing through the queue: from the history, or
+    /// handed straight to the session by a publish (`idle_at`).
     Replayed,
     /// A gap of this many was sent.
     Skipped(u64),
