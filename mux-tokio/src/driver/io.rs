@@ -32,8 +32,15 @@ const LINGER: Duration = Duration::from_secs(1);
 /// A lingering close ends once the peer has sent nothing for this long.
 const LINGER_QUIET: Duration = Duration::from_millis(100);
 
-/// WebSocket messages read per pass before the driver looks at its other work.
-const READ_BATCH: usize = 32;
+/// What the driver reads in one poll before it yields to the scheduler, in units of one
+/// per WebSocket message plus one per [`READ_UNIT_BYTES`] of it: a peer flooding small
+/// messages or control frames, or one sending large ones, holds the worker thread for a
+/// bounded stretch (tens of microseconds) before other connections run, which is what keeps
+/// their latency when one connection is busy or hostile.
+const READ_SLICE: usize = 64;
+
+/// Bytes of a message that cost one more unit of the read slice.
+const READ_UNIT_BYTES: usize = 4096;
 
 /// Transmits written per pass before one flush.
 const WRITE_BATCH: usize = 32;
@@ -249,9 +256,10 @@ impl<T: Transport> Driver<T> {
         if let Err(stop) = self.check_shed(cx) {
             return Poll::Ready(stop);
         }
+        let mut slice = READ_SLICE;
         for _ in 0..PASSES {
             let mut progress = false;
-            match self.read(cx) {
+            match self.read(cx, &mut slice) {
                 Ok(read) => progress |= read,
                 Err(stop) => return Poll::Ready(stop),
             }
@@ -277,6 +285,11 @@ impl<T: Transport> Driver<T> {
             }
             if !progress {
                 return Poll::Pending;
+            }
+            if slice == 0 {
+                // The read slice is spent and the socket may hold more: run again after
+                // the other tasks (the writes of this pass are already out).
+                break;
             }
         }
         cx.waker().wake_by_ref();
@@ -405,9 +418,9 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// Reads what the socket has, up to a batch, while the protocol wants input.
-    /// `Ok(progress)`, or the reason to stop.
-    fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, Stop> {
+    /// Reads until the socket has nothing, the protocol or the memory budget wants no
+    /// more, or `slice` is spent. `Ok(progress)`, or the reason to stop.
+    fn read(&mut self, cx: &mut Context<'_>, slice: &mut usize) -> Result<bool, Stop> {
         let mut progress = false;
         let mut wants_read = self.reading && self.inner.lock().conn.wants_read();
         if wants_read {
@@ -417,15 +430,19 @@ impl<T: Transport> Driver<T> {
             }
         }
 
-        for _ in 0..READ_BATCH {
-            if !wants_read {
-                break;
-            }
+        while wants_read && *slice > 0 {
             let message = match Pin::new(&mut self.transport).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(message) => message,
             };
             progress = true;
+            let cost = match &message {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    (bytes.len() / READ_UNIT_BYTES).saturating_add(1)
+                }
+                _ => 1,
+            };
+            *slice = slice.saturating_sub(cost);
             let mut answer_close = false;
             wants_read = self.inner.with(|state, wakers| {
                 let now = state.now();

@@ -32,11 +32,22 @@ use crate::transport::TungsteniteTransport;
 /// How long a refusal may take to write before the socket is simply closed.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 
+/// Connections the accept loop takes in one go before it yields to the scheduler: each
+/// costs syscalls and a spawn, and without a bound (tokio's budget allows 128) a storm of
+/// them would hold the worker thread for a millisecond while established connections wait.
+const ACCEPT_SLICE: usize = 8;
+
 pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut housekeeping = tokio::time::interval(super::HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since_yield = 0usize;
     loop {
+        if since_yield >= ACCEPT_SLICE {
+            // A storm of connections: let the ones already running have the thread first.
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
             _ = housekeeping.tick() => {
@@ -54,6 +65,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        since_yield = since_yield.saturating_add(1);
         let _ = tcp.set_nodelay(true);
         match admit(&shared, peer) {
             Ok(permit) => {
