@@ -126,15 +126,30 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
     }
     let addr = SocketAddr::from(([127, 0, 0, 1], child.port));
     println!("{}", crate::machine_line());
+    let pinning = Pinning::parse(&args.server_cpus)?;
+    if let Some(p) = &pinning {
+        if !sys::pin_process(child.pid, &p.server) || !sys::pin_thread(0, &p.others) {
+            return Err("could not pin the server or this tool to its CPUs".into());
+        }
+        println!(
+            "pinned: server on CPU {:?}, victim, attackers (nice {}) and the tool on CPU {:?}",
+            p.server, args.attacker_nice, p.others
+        );
+    }
     println!(
-        "attack: server pid {} on {addr} (library defaults, {} worker thread(s)), allocator {}{}",
+        "attack: server pid {} on {addr} (library defaults, {} worker thread(s)), allocator {}{}; attackers at nice {}",
         child.pid,
         args.server_threads,
         args.allocator,
-        trim_every.map_or(String::new(), |d| format!(" every {d:?}"))
+        trim_every.map_or(String::new(), |d| format!(" every {d:?}")),
+        args.attacker_nice
     );
 
-    let victim = Victim::start(&child.url(), args.victim_rate)?;
+    let victim = Victim::start(
+        &child.url(),
+        args.victim_rate,
+        pinning.as_ref().map(|p| p.others.clone()),
+    )?;
     std::thread::sleep(Duration::from_millis(500));
     let _ = victim.take();
     std::thread::sleep(seconds(args.unloaded));
@@ -152,7 +167,17 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
         mib(idle.glibc_free),
         idle.conns
     );
-    let attack_rt = crate::runtime(1, sys::Role::Client, "attack")?;
+    let nice = args.attacker_nice;
+    let attack_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("attack")
+        .on_thread_start(move || {
+            sys::set_role(sys::Role::Client);
+            sys::set_thread_nice(nice);
+        })
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let target = Target::new(addr);
     if !args.json {
         println!("{}", Row::header());
@@ -209,6 +234,32 @@ pub fn main(args: AttackArgs) -> Result<(), String> {
     victim.stop();
     drop(attack_rt);
     Ok(())
+}
+
+/// Which CPUs the server (with the victim) and everything else run on.
+struct Pinning {
+    server: Vec<usize>,
+    others: Vec<usize>,
+}
+
+impl Pinning {
+    /// `none`, or a comma-separated CPU list; `None` also when no CPU would be left over.
+    fn parse(spec: &str) -> Result<Option<Pinning>, String> {
+        if spec.trim() == "none" {
+            return Ok(None);
+        }
+        let server = spec
+            .split(',')
+            .map(|c| c.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--server-cpus {spec}: {e}"))?;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let others: Vec<usize> = (0..cores).filter(|c| !server.contains(c)).collect();
+        if others.is_empty() || server.iter().any(|&c| c >= cores) {
+            return Ok(None);
+        }
+        Ok(Some(Pinning { server, others }))
+    }
 }
 
 fn ms(us: u64) -> f64 {
@@ -536,8 +587,19 @@ struct Victim {
 }
 
 impl Victim {
-    fn start(url: &str, rate: u32) -> Result<Victim, String> {
-        let rt = crate::runtime(1, sys::Role::Client, "victim")?;
+    fn start(url: &str, rate: u32, cpus: Option<Vec<usize>>) -> Result<Victim, String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("victim")
+            .on_thread_start(move || {
+                sys::set_role(sys::Role::Client);
+                if let Some(cpus) = &cpus {
+                    sys::pin_thread(0, cpus);
+                }
+            })
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut slots = Vec::with_capacity(VICTIM_CONNECTIONS);
         for _ in 0..VICTIM_CONNECTIONS {
             slots.push(rt.block_on(victim_session(url))?);

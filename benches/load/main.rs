@@ -331,6 +331,18 @@ pub struct AttackArgs {
     /// Worker threads of the server's runtime.
     #[arg(long, default_value_t = 1)]
     server_threads: usize,
+    /// The nice value of the attacking threads. Attackers are other machines in a
+    /// deployment; on one machine their own CPU use would compete with the server and the
+    /// victim for the same cores, so by default they run at the lowest priority (19) and
+    /// only the work they cause the server is measured. 0 runs them like any other thread.
+    #[arg(long, default_value_t = 19)]
+    attacker_nice: i32,
+    /// CPUs (comma-separated) the server process runs on; the victim, the attackers and
+    /// this tool's other threads get the rest, so that what the attack costs the server is
+    /// the work it causes there, not CPU time the attacking processes take from it (they
+    /// are other machines in a deployment). `none` leaves every thread to the scheduler.
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
     /// Victim echoes per second (64 B, one in flight, over 2 connections x 2 sessions).
     #[arg(long, default_value_t = 500)]
     victim_rate: u32,

@@ -215,6 +215,58 @@ fn status_bytes(who: &str, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Sets the calling thread's nice value (on Linux a thread's own, not the process's), so
+/// that the scheduler gives it the CPU only when nothing of normal priority wants it.
+pub fn set_thread_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory preconditions; `who` 0 is the calling thread.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+    }
+}
+
+/// Restricts thread `tid` (0: the calling thread) to `cpus`; false if the kernel refused.
+pub fn pin_thread(tid: i32, cpus: &[usize]) -> bool {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `set` is a plain bitmask owned by this frame; CPU_SET ignores indexes past
+    // its size, and sched_setaffinity only reads `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (tid, cpus);
+        false
+    }
+}
+
+/// Restricts every thread of process `pid` to `cpus` (threads it starts later inherit it
+/// from the thread that starts them); false if any thread could not be pinned.
+pub fn pin_process(pid: u32, cpus: &[usize]) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut all = true;
+    for task in tasks.flatten() {
+        if let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        {
+            all &= pin_thread(tid, cpus);
+        }
+    }
+    all
+}
+
 /// Returns freed heap to the OS (glibc's `malloc_trim(0)`: the top of every arena, and
 /// every free page inside one), so RSS reflects what is live. Nothing to do for jemalloc and
 /// mimalloc, which purge by themselves.
