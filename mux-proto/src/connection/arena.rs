@@ -17,8 +17,8 @@
 //! `max(32 KiB, max_recv_buffer)`: within the "twice the receive cap" of the connection's
 //! memory budget (spec/security.md#memory). Messages queued unread are charged at least
 //! their size, so a queue of small messages grows the arena only as far as its charge; a
-//! few held tiny messages pinning otherwise empty chunks stop it at [`BASE`] plus what is
-//! charged, and past that the caller copies each message on its own, as before. Handles
+//! few held tiny messages pinning otherwise empty chunks stop it at the larger of [`BASE`]
+//! and what is charged, and past that the caller copies each message on its own, as before. Handles
 //! are dropped only for chunks no message holds ([`Arena::release_free`]), or all at once
 //! when the connection ends (no chunk is cut after that).
 //!
