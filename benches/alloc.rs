@@ -506,7 +506,7 @@ fn main() {
     }
     println!();
     for (size, b, c) in table {
-        println!("ratio (b)/(c) at {size} B: {:.2}", b / c);
+        println!("ratio (b)/(c) at {size} B: {:.3}", b / c);
     }
     println!();
     println!("== P10 allocations per session open -> first byte -> close (both endpoints; {OPENS} opens) ==");

@@ -12,9 +12,10 @@
 //! - **transmit**: the `poll_transmit` calls (into a reused `BytesMut`) that write it;
 //! - **credit in**: `handle_message` + `poll_event` of the CREDIT that replenishes it.
 //!
-//! Receiving a one-frame message must not allocate at all, and neither may turning down a
-//! malformed frame (`Header::parse` and `Frames` on a header that breaks each rule in turn,
-//! and on a missing payload). The numbers are printed
+//! Receiving a one-frame message must not allocate at all, alone in its WebSocket message or
+//! sharing it with others (then it is copied into the receive arena), and neither may
+//! turning down a malformed frame (`Header::parse` and `Frames` on a header that breaks each
+//! rule in turn, and on a missing payload). The numbers are printed
 //! (`cargo test --test alloc -- --nocapture`) and held to the bounds measured when this
 //! test was written.
 //!
@@ -334,6 +335,50 @@ fn receiving_a_one_frame_message_allocates_nothing() {
         assert_eq!(send, 0.0, "{size} B: send");
         assert_eq!(transmit, 0.0, "{size} B: poll_transmit");
         assert_eq!(credit_in, 0.0, "{size} B: the CREDIT received");
+    }
+}
+
+/// Small messages that share their WebSocket message are copied (a slice would pin the
+/// whole message), into the receive arena's recycled chunks: none allocates once warm.
+#[test]
+fn small_messages_sharing_a_websocket_message_allocate_nothing() {
+    for size in [64, 1024] {
+        let mut conn = server();
+        let frame = || {
+            Frame::Data(Data {
+                session_id: SESSION,
+                end: true,
+                fin: false,
+                payload: Bytes::from(vec![0x5a; size]),
+            })
+        };
+        let message = wire(&[frame(), frame(), frame(), frame()]);
+        let mut buf = BytesMut::with_capacity(128 * 1024);
+        let mut receive = 0;
+        for i in 0..WARMUP + MEASURED {
+            let mut n = 0;
+            counted(&mut n, || {
+                conn.handle_message(now(), message.clone());
+                while conn.poll_event().is_some() {}
+                for _ in 0..4 {
+                    let got = conn.recv(now(), SESSION).expect("a message");
+                    assert_eq!(got.len(), size);
+                }
+                loop {
+                    buf.clear();
+                    if !conn.poll_transmit(now(), &mut buf) {
+                        break;
+                    }
+                }
+            });
+            if i >= WARMUP {
+                receive += n;
+            }
+        }
+        assert!(conn.is_open());
+        let per = receive as f64 / (4 * MEASURED) as f64;
+        println!("{size:>6} B, 4 to a WebSocket message: allocations per message {per:.3}");
+        assert_eq!(receive, 0, "{size} B: allocations while receiving");
     }
 }
 

@@ -269,6 +269,122 @@ fn held_tiny_messages_hold_no_more_than_they_are_charged() {
     );
 }
 
+/// What the receive arena may keep alive whatever is charged (mux-proto connection/arena.rs):
+/// four 8 KiB chunks.
+const ARENA_BASE: i64 = 32 * 1024;
+
+/// Rows 8 and 18 again, with the large frames around each tiny message replaced by small
+/// one-frame messages, which are copied into the receive arena's shared chunks: each tiny
+/// message left unread pins a whole chunk. The arena cuts a new chunk only while all of them
+/// stay within what the receive buffer is charged then (or 32 KiB), so what the connection
+/// really holds stays within twice its charge plus that base.
+#[test]
+fn unread_tiny_messages_between_small_ones_pin_no_more_than_they_are_charged() {
+    const SESSIONS: u32 = 100;
+    let config = quiet(|c| {
+        c.limits.max_sessions = SESSIONS + 1;
+        c.limits.max_tombstones = 0;
+        c.limits.opens_per_sec = u32::MAX;
+        c.limits.opens_burst = u32::MAX;
+        c.limits.control_budget = u32::MAX;
+        c.limits.max_recv_buffer = 8 << 20;
+    });
+    let declared = budget(&config);
+    let settings = Settings::default().with(Setting::ControlBudget, 1_000_000);
+    let mut peer = RawPeer::with_settings(Side::Server, config, settings);
+    let small = vec![0u8; 2_000];
+    let reader = peer.open_accepted(1, Grant::full());
+    let ids: Vec<SessionId> = (1..=SESSIONS)
+        .map(|i| peer.open_accepted(2 * i + 1, Grant::full()))
+        .collect();
+    settle(&mut peer);
+    let baseline = live();
+    let mut most_charged = 0;
+    for _round in 0..64u32 {
+        for &id in &ids {
+            peer.send([
+                frames::data(id.0, b"x", true),
+                frames::data(reader.0, &small, true),
+                frames::data(reader.0, &small, true),
+                frames::data(reader.0, &small, true),
+                frames::data(reader.0, &small, true),
+            ]);
+            most_charged = most_charged.max(peer.conn.stats().recv_buffered as i64);
+            while peer.conn.recv(peer.now, reader).is_some() {}
+            peer.collect();
+            peer.received.clear();
+            peer.events.clear();
+        }
+        peer.advance(Duration::from_millis(10));
+        peer.received.clear();
+        peer.events.clear();
+    }
+    let held = live() - baseline;
+    let charged = peer.conn.stats().recv_buffered as i64;
+    let arena = peer.conn.recv_arena_bytes() as i64;
+    println!(
+        "6,400 unread tiny messages between small ones: charged {charged} B (at most \
+         {most_charged} B), really held {held} B, of it the arena's chunks {arena} B"
+    );
+    // A chunk is cut only within what is charged then (the messages read just after
+    // included), so the chunks never exceed the most the receive buffer was charged.
+    assert!(arena <= most_charged.max(ARENA_BASE), "{arena} B of chunks");
+    assert!(
+        held <= 2 * charged + ARENA_BASE,
+        "{held} B held for {charged} B charged"
+    );
+    assert!(held <= declared);
+}
+
+/// The application reads every message and keeps one tiny message of every five, each sent
+/// between small messages it drops: all of them share the arena's chunks. Nothing is charged
+/// any more once read, so the arena cuts no chunk past its base: what the held messages keep
+/// alive is at most twice their own bytes plus 32 KiB, however many are held.
+#[test]
+fn read_and_held_tiny_messages_pin_at_most_the_arena_base() {
+    const HELD: usize = 10_000;
+    let config = quiet(|c| {
+        c.limits.control_budget = u32::MAX;
+        c.limits.opens_per_sec = u32::MAX;
+        c.limits.opens_burst = u32::MAX;
+    });
+    let settings = Settings::default().with(Setting::ControlBudget, 1_000_000);
+    let mut peer = RawPeer::with_settings(Side::Server, config, settings);
+    let id = peer.open_accepted(1, Grant::full());
+    settle(&mut peer);
+    let small = vec![0u8; 2_000];
+    let mut kept: Vec<Bytes> = Vec::with_capacity(HELD);
+    let baseline = live();
+    for _ in 0..HELD {
+        peer.send([
+            frames::data(id.0, b"x", true),
+            frames::data(id.0, &small, true),
+            frames::data(id.0, &small, true),
+            frames::data(id.0, &small, true),
+            frames::data(id.0, &small, true),
+        ]);
+        kept.push(peer.conn.recv(peer.now, id).expect("the tiny message"));
+        while peer.conn.recv(peer.now, id).is_some() {}
+        peer.collect();
+        peer.received.clear();
+        peer.events.clear();
+    }
+    let held = live() - baseline;
+    let own: i64 = kept.iter().map(|m| m.len() as i64).sum();
+    println!(
+        "{HELD} read and held tiny messages ({own} B): really held {held} B, the arena's \
+         chunks {} B",
+        peer.conn.recv_arena_bytes()
+    );
+    assert_eq!(peer.conn.stats().recv_buffered, 0);
+    assert!(peer.conn.recv_arena_bytes() as i64 <= ARENA_BASE);
+    assert!(held <= 2 * own + ARENA_BASE, "{held} B held by {own} B");
+    // Dropped, and the connection idle: no chunk is left.
+    drop(kept);
+    settle(&mut peer);
+    assert_eq!(peer.conn.recv_arena_bytes(), 0);
+}
+
 // ---- rows 2, 4, 5: floods from a peer that does not read ---------------------------------
 
 /// Rows 2, 4 and 5: 100k PINGs, then forced errors and refused OPENs, from a peer whose

@@ -187,10 +187,11 @@ mod tests {
     }
 
     /// A connection's own state, held for its whole life (BENCHMARKS.md P7): 1,720 bytes
-    /// with the 24-slot close-code array inline.
+    /// with the 24-slot close-code array inline; 1,336 without it, and 16 more for the
+    /// receive arena's pointer and timer.
     #[test]
     fn a_connection_stays_small() {
         let size = std::mem::size_of::<crate::Connection>();
-        assert!(size <= 1336, "{size}");
+        assert!(size <= 1352, "{size}");
     }
 }

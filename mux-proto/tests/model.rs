@@ -848,8 +848,14 @@ impl Model {
         let keepalive = (cfg.keepalive_ms.is_some() || self.cfg[peer(x)].keepalive_ms.is_some())
             && conn.is_open();
         let idle = cfg.idle_ms.is_some() && conn.session_count() > 0;
-        let loose =
-            keepalive || idle || sm.goaway_sent || conn.tombstone_count() > 0 || self.rated_ever[x];
+        // The receive arena is looked at until its chunks are freed (once unused).
+        let arena = conn.recv_arena_bytes() > 0;
+        let loose = keepalive
+            || idle
+            || arena
+            || sm.goaway_sent
+            || conn.tombstone_count() > 0
+            || self.rated_ever[x];
         match timeout {
             Some(t) => {
                 assert!(t > now, "{who}: poll_timeout {t:?} not after now {now:?}");

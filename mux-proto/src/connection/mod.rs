@@ -1,6 +1,7 @@
 //! The connection state machine: it coordinates sessions, limits, credit, scheduling and
 //! timers, and only emits actions.
 
+mod arena;
 mod commands;
 mod recv;
 mod timers;
@@ -20,6 +21,7 @@ use crate::session::{Phase, Session, Store, Window};
 use crate::stats::{ConnCounters, ConnectionStats, SessionStats};
 use crate::time::Timestamp;
 
+use arena::Arena;
 use timers::Timers;
 
 /// A control frame waiting to be sent. CREDIT is built when sent, so several consumptions
@@ -91,6 +93,9 @@ pub struct Connection {
     /// while no other session is receiving (commands.rs, `maybe_grow_window`).
     recent_data: [(SessionId, Timestamp); 2],
     recv_buffered: u64,
+    /// Chunks small received messages are copied into (arena.rs); boxed on first use and
+    /// freed when idle, so an idle connection pays one pointer for it.
+    arena: Option<Box<Arena>>,
     send_buffered: u64,
     control: VecDeque<Control>,
     /// Bound on `control`: beyond it the connection stops asking for input (wants_read).
@@ -153,6 +158,7 @@ impl Connection {
             recv_reserved: 0,
             recent_data: [(SessionId(0), Timestamp::NEVER); 2],
             recv_buffered: 0,
+            arena: None,
             send_buffered: 0,
             control: VecDeque::new(),
             control_high_water,
@@ -238,11 +244,11 @@ impl Connection {
     }
 
     /// Frees the buffers of the connection's queues that are empty now (events, control
-    /// frames, pending opens, the scheduler's rings, tombstones), which otherwise keep the
-    /// capacity of their busiest moment. For a host whose connection has gone quiet after
-    /// a burst (BENCHMARKS.md P7: an idle connection keeps nothing it does not use); the
-    /// next use of a freed queue allocates again, so not for every message. Changes no
-    /// protocol state.
+    /// frames, pending opens, the scheduler's rings, tombstones) and the receive arena's
+    /// chunks that no message holds, which otherwise keep the capacity of their busiest
+    /// moment. For a host whose connection has gone quiet after a burst (BENCHMARKS.md P7:
+    /// an idle connection keeps nothing it does not use); the next use of a freed queue
+    /// allocates again, so not for every message. Changes no protocol state.
     pub fn shrink_to_fit(&mut self) {
         fn shrink<T>(queue: &mut VecDeque<T>) {
             if queue.is_empty() {
@@ -259,12 +265,25 @@ impl Connection {
         shrink(&mut self.paced_credits);
         shrink(&mut self.paced_sessions);
         self.sessions.shrink_to_fit();
+        if self.arena.as_mut().is_some_and(|a| !a.release_free()) {
+            self.arena = None;
+        }
     }
 
     /// Bytes held now: (received and not yet read, queued for sending). The two buffer
     /// levels of [`stats`](Self::stats), without copying the counters.
     pub fn buffered(&self) -> (u64, u64) {
         (self.recv_buffered, self.send_buffered)
+    }
+
+    /// Bytes the receive arena's chunks take now, held by received messages or kept for the
+    /// next ones. Small one-frame messages are copied into 8 KiB chunks that are recycled
+    /// as the application drops them; a new chunk is cut only while the chunks stay within
+    /// the larger of 32 KiB and what the receive buffer is charged then, so this never
+    /// exceeds the larger of 32 KiB and `max_recv_buffer`. 0 once the connection has been
+    /// idle for a second (or closed) and no received message holds a chunk.
+    pub fn recv_arena_bytes(&self) -> usize {
+        self.arena.as_ref().map_or(0, |a| a.allocated())
     }
 
     /// A session's counters, if it is live.
@@ -401,6 +420,9 @@ impl Connection {
         let mut frame = ConnClose::new(code, reason);
         frame.retry_after_ms = retry_after_ms;
         self.release_all_sessions(code);
+        // Nothing is received any more: the chunks live as long as the messages cut from
+        // them, and no new one is cut (the arena's bound holds).
+        self.arena = None;
         self.control.clear();
         self.ring.clear();
         self.blocked.clear();

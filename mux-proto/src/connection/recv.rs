@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Connection, State};
+use super::{Arena, Connection, State};
 use crate::code::CloseCode;
 use crate::config::{PeerSettings, RatePolicy};
 use crate::event::{Event, Initiator, LimitKind};
@@ -563,17 +563,27 @@ impl Connection {
             session.stats.bytes_received =
                 session.stats.bytes_received.saturating_add(u64::from(len));
             if end && session.recv.partial.is_none() {
-                // One-frame message: hand out the slice of the input, zero-copy, unless it is
-                // a small part of the WebSocket message it came in. A held slice keeps the
-                // whole input message alive, so tiny messages the application does not read,
-                // each sent with other frames around it, would pin up to L bytes per held
-                // byte; copied, what a held message keeps is at most twice what it is charged
-                // for in the receive buffer (spec/sessions.md#receive-buffer).
-                completed = Some(if payload.len().saturating_mul(2) < input_len {
-                    Bytes::copy_from_slice(&payload)
-                } else {
-                    payload
-                });
+                // One-frame message. A held slice of the input keeps the whole WebSocket
+                // message alive, so tiny messages the application does not read, each sent
+                // with other frames around it, would pin up to L bytes per held byte
+                // (spec/sessions.md#must-slices-bounded). A small message is copied into the
+                // receive arena, which recycles its chunks and bounds what they pin
+                // (arena.rs); failing that, a message that is a small part of its input is
+                // copied on its own (what it keeps is at most twice what it is charged for),
+                // and any other is handed out as the slice, zero-copy.
+                let charged = self.recv_buffered.min(self.config.limits.max_recv_buffer);
+                completed = Some(
+                    match Arena::copy_into(&mut self.arena, &payload, charged, now) {
+                        Some(copy) => copy,
+                        None if payload.len().saturating_mul(2) < input_len => {
+                            Bytes::copy_from_slice(&payload)
+                        }
+                        None => payload,
+                    },
+                );
+                if self.arena.is_some() {
+                    self.timers.arm_arena(now);
+                }
             } else {
                 let spare = &mut session.recv.spare;
                 let partial = session

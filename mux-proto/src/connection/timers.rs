@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Connection, State};
+use super::{arena, Connection, State};
 use crate::code::CloseCode;
 use crate::config::Timeouts;
 use crate::event::Initiator;
@@ -40,6 +40,9 @@ pub(super) struct Timers {
     pace: Timestamp,
     /// When the earliest session waiting for its granted rates may send again.
     data_pace: Timestamp,
+    /// Next look at the receive arena, to free its chunks once unused; armed only while it
+    /// holds some (arena.rs).
+    arena: Timestamp,
 }
 
 impl Timers {
@@ -61,6 +64,15 @@ impl Timers {
             throttle: Timestamp::NEVER,
             pace: Timestamp::NEVER,
             data_pace: Timestamp::NEVER,
+            arena: Timestamp::NEVER,
+        }
+    }
+
+    /// The receive arena holds chunks: look at it again in an [`arena::IDLE`] period (if
+    /// it was used meanwhile, the look finds when to look next).
+    pub(super) fn arm_arena(&mut self, now: Timestamp) {
+        if self.arena == Timestamp::NEVER {
+            self.arena = now.saturating_add(arena::IDLE);
         }
     }
 
@@ -145,7 +157,7 @@ impl Connection {
             next = next.min(t.settings);
         }
         if self.state == State::Open {
-            next = next.min(t.keepalive).min(t.send_idle);
+            next = next.min(t.keepalive).min(t.send_idle).min(t.arena);
             if self.sessions.len() > 0 {
                 next = next.min(t.idle_sweep).min(t.assembly_sweep);
             }
@@ -226,6 +238,19 @@ impl Connection {
         if now >= self.timers.throttle {
             self.recheck_throttled(now);
         }
+        if now >= self.timers.arena {
+            self.recheck_arena(now);
+        }
+    }
+
+    /// Frees the receive arena's chunks once it has gone unused for a period, so an idle
+    /// connection keeps none (BENCHMARKS.md P7); looks again while some remain.
+    fn recheck_arena(&mut self, now: Timestamp) {
+        let next = self.arena.as_mut().and_then(|a| a.release_unused(now));
+        if next.is_none() {
+            self.arena = None;
+        }
+        self.timers.arena = next.unwrap_or(Timestamp::NEVER);
     }
 
     /// Gives up on sessions this side opened that the peer never answered: RESET 4006, so
