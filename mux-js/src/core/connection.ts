@@ -7,13 +7,13 @@
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
 import {
-  HEADER_LEN, MIN_FRAGMENT, U32, decodeBody, encodeMessage, encodedLen, frames, isFrameError, isValidWireCode,
+  MIN_FRAGMENT, U32, decodeBody, encodeFrame, frames, isFrameError, isValidWireCode,
   settingsWithDefaults, type Frame, type Settings,
 } from "../codec/index.js";
-import { Bucket, Pacer } from "./bucket.js";
+import { Bucket, pacer } from "./bucket.js";
 import { Session } from "./session.js";
 import { DEFAULT_CONFIG, MuxError, type CloseSource, type CoreConfig, type CoreEvent, type Grant, type MuxErrorKind } from "./types.js";
-import { utf8 } from "../codec/utf8.js";
+import { concat, utf8 } from "../codec/utf8.js";
 
 /** A control frame to send, or a session whose unannounced credit a CREDIT takes once it can go. */
 type Queued = Frame | Session;
@@ -234,8 +234,10 @@ export class Connection {
     for (const s of this.#sessions.values()) {
       if (s.grant === null) t = Math.min(t, s.openDeadline);
       const head = s.queue[0];
-      if (s.pacer && head && s.sendMsgs > 0 && s.sendBytes > 0) {
-        t = Math.min(t, s.pacer.readyAt(!head.off, Math.min(head.data.length - head.off, MIN_FRAGMENT), this.#now));
+      const p = s.pacer;
+      if (p && head && s.sendMsgs > 0 && s.sendBytes > 0) {
+        const len = Math.min(head.data.length - head.off, MIN_FRAGMENT, p[1].burst);
+        t = Math.min(t, Math.max(head.off ? 0 : p[0].readyAt(1, this.#now), p[1].readyAt(len, this.#now)));
       }
     }
     if (this.#control.length) t = Math.min(t, this.#sendBudget!.readyAt(1, this.#now));
@@ -247,50 +249,43 @@ export class Connection {
   pollTransmit(now = this.#now): Uint8Array | null {
     this.#tick(now);
     if (this.#finished) return null;
-    const out: Frame[] = [];
+    const out: Uint8Array[] = [];
+    let size = 0;
+    const put = (f: Frame): void => { for (const b of encodeFrame(f)) size += out.push(b) && b.length; };
     if (!this.#settingsSent) {
       this.#settingsSent = true;
-      out.push({ type: "SETTINGS", session_id: 0, settings: { ...this.config.settings } });
+      put({ type: "SETTINGS", session_id: 0, settings: { ...this.config.settings } });
     }
     if (this.#finalFrame) {
-      out.push(this.#finalFrame);
+      put(this.#finalFrame);
       this.#finished = true;
     } else if (!this.isClosed && this.#peer) {
       const limit = transportLimit(this.#peer.max_frame_size);
       const budget = this.#sendBudget!;
-      let size = out.length ? encodedLen(out[0]!) : 0;
       if (this.#pendingPong !== null && budget.take(1, now)) {
-        out.push({ type: "PONG", session_id: 0, payload: this.#pendingPong });
-        size += 18;
+        put({ type: "PONG", session_id: 0, payload: this.#pendingPong });
         this.#pendingPong = null;
       }
       if (this.#pingDue && this.#pingSentAt === null && budget.take(1, now)) {
-        out.push({ type: "PING", session_id: 0, payload: ++this.#pingCounter });
-        size += 18;
+        put({ type: "PING", session_id: 0, payload: ++this.#pingCounter });
         this.#pingDue = false;
         this.#pingSentAt = now;
       }
-      while (this.#control.length) {
-        const q = this.#control[0]!;
-        const credit = q instanceof Session;
+      for (let q; (q = this.#control[0]);) {
         // A CREDIT (18 bytes) takes the session's unannounced credit only once it can go.
-        const len = credit ? 18 : encodedLen(q);
-        if (size + len > limit || budget.available(now) < 1) break;
+        if (size + (q instanceof Session ? 18 : 10 + encodeFrame(q)[1].length) > limit || budget.available(now) < 1) break;
         this.#control.shift();
-        const f = credit ? this.#takeCredit(q) : q;
-        if (!f) continue;
-        budget.take(1, now);
-        out.push(f);
-        size += len;
+        const f = q instanceof Session ? this.#takeCredit(q) : q;
+        if (f) { budget.take(1, now); put(f); }
       }
       // spec/sessions.md#scheduling: no DATA of a session whose OPEN is still waiting. Other
       // control frames left waiting (a CREDIT paced by the budget) hold no DATA back.
       const held = new Set(this.#control.map((q) => !(q instanceof Session) && q.type === "OPEN" && q.session_id));
-      this.#writeData(out, size, limit, now, held);
+      this.#writeData(out, limit - size, now, held);
     }
     if (!out.length) return null;
     this.#lastSent = this.#now;
-    return encodeMessage(out);
+    return concat(out);
   }
 
   // ---- internals --------------------------------------------------------------------------
@@ -405,7 +400,7 @@ export class Connection {
     };
     s.grant = grant;
     if (s.state === "opening") s.state = "open";
-    if (grant.messagesPerSec || grant.bytesPerSec) s.pacer = new Pacer(grant, this.#now);
+    if (grant.messagesPerSec || grant.bytesPerSec) s.pacer = pacer(grant, this.#now);
     this.#events.push({ type: "opened", id: s.id, grant });
     // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
     // messages queued before the ACCEPT included.
@@ -447,7 +442,7 @@ export class Connection {
     // Copied, so a held message never pins the whole transport message it came in.
     if (len) { s.partial.push(f.payload.slice()); s.partialLen += len; }
     if (f.end) {
-      const data = concat(s.partial, s.partialLen);
+      const data = concat(s.partial);
       s.partial = [];
       s.partialLen = 0;
       s.heldMsgs++;
@@ -529,16 +524,17 @@ export class Connection {
     const head = s.queue[0];
     if (!head) return s.finQueued && !s.finSent ? { len: 0, end: false, fin: true, starts: false } : null;
     const starts = !head.off;
-    if (starts && (s.sendMsgs < 1 || s.pacer?.messageAvailable(now) === false)) return null;
+    const p = s.pacer;
+    if (starts && (s.sendMsgs < 1 || (p && p[0].available(now) < 1))) return null;
     const rem = head.data.length - head.off;
-    const room = Math.min(this.#peer!.max_frame_size, s.sendBytes, s.pacer?.bytesAvailable(now) ?? Infinity);
+    const room = Math.min(this.#peer!.max_frame_size, s.sendBytes, p ? Math.floor(p[1].available(now)) : Infinity);
     if (room >= rem) return { len: rem, end: true, fin: head.fin, starts };
     // Wait for credit: never a fragment under MIN_FRAGMENT.
     return room >= MIN_FRAGMENT ? { len: room, end: false, fin: false, starts } : null;
   }
 
   /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
-  #writeData(out: Frame[], size: number, limit: number, now: number, held: Set<number | false>): void {
+  #writeData(out: Uint8Array[], left: number, now: number, held: Set<number | false>): void {
     for (const s of this.#sessions.values()) {
       if (!s.inRing && !held.has(s.id) && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
     }
@@ -548,14 +544,14 @@ export class Connection {
         const f = this.#nextFrame(s, now);
         if (!f) { this.#ring.shift(); s.inRing = s.midTurn = false; s.deficit = 0; break; }
         if (f.len > s.deficit) { this.#ring.push(this.#ring.shift()!); s.midTurn = false; break; }
-        if (size + HEADER_LEN + f.len > limit) return; // the turn continues in the next message
+        if ((left -= 10 + f.len) < 0) return; // the turn continues in the next message
         const head = s.queue[0];
-        out.push({ type: "DATA", session_id: s.id, end: f.end, fin: f.fin, payload: head ? head.data.subarray(head.off, head.off + f.len) : new Uint8Array(0) });
-        size += HEADER_LEN + f.len;
+        out.push(...encodeFrame({ type: "DATA", session_id: s.id, end: f.end, fin: f.fin, payload: head ? head.data.subarray(head.off, head.off + f.len) : new Uint8Array(0) }));
         s.deficit -= f.len;
         if (f.starts) s.sendMsgs--;
         s.sendBytes -= f.len;
-        s.pacer?.take(f.starts, f.len, now);
+        s.pacer?.[0].take(+f.starts, now);
+        s.pacer?.[1].take(f.len, now);
         if (f.fin) s.finSent = true;
         if (head) {
           head.off += f.len;
@@ -576,12 +572,4 @@ export class Connection {
 
 function checkCode(code: number, reason: string): void {
   if (!isValidWireCode(code) || utf8.encode(reason).length > 123) refuse("invalid_code");
-}
-
-function concat(parts: Uint8Array[], len: number): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(len);
-  let off = 0;
-  for (const p of parts) { out.set(p, off); off += p.length; }
-  return out;
 }

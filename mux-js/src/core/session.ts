@@ -8,6 +8,9 @@ export type SessionState = "opening" | "open" | "closing" | "draining";
 /** A queued message and how much of it is written: `off > 0` once its first frame went. */
 export interface Outgoing { data: Uint8Array; off: number; fin: boolean }
 
+/** A close to report: the code, the reason and the peer's retry hint. */
+export interface CloseInfo { code: number; reason: string; retryAfterMs: number }
+
 export class Session {
   state: SessionState = "opening";
   grant: Grant | null = null;
@@ -34,7 +37,8 @@ export class Session {
   unannouncedMsgs = 0;
   unannouncedBytes = 0;
   creditQueued = false;
-  drainCode: { code: number; reason: string; retryAfterMs: number } | null = null;
+  /** The peer's CLOSE, reported once every held message is read. */
+  drainCode: CloseInfo | null = null;
   deficit = 0;
   inRing = false;
   midTurn = false;
@@ -50,7 +54,7 @@ export class Session {
   }
 
   get canSendData(): boolean {
-    return this.state !== "draining" && (this.grant === null || this.grant.send);
+    return this.state !== "draining" && (this.grant?.send ?? true);
   }
 
   /** Credit read but not yet announced, on a session that still receives. */
@@ -63,10 +67,9 @@ export class Session {
    * announced now (a quarter window reached, or the peer low while nothing is held).
    */
   shouldAnnounce(): boolean {
-    if (!this.hasCreditToAnnounce) return false;
     const qm = Math.max(1, Math.floor(this.own.initial_credit_messages / 4));
     const qb = Math.floor(this.own.initial_credit_bytes / 4);
-    if (this.unannouncedMsgs >= qm || this.unannouncedBytes >= qb) return true;
-    return this.heldMsgs === 0 && (this.peerMsgs < qm || this.peerBytes < Math.max(qb, 1024));
+    return this.hasCreditToAnnounce && (this.unannouncedMsgs >= qm || this.unannouncedBytes >= qb ||
+      (!this.heldMsgs && (this.peerMsgs < qm || this.peerBytes < Math.max(qb, 1024))));
   }
 }
