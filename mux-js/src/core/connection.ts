@@ -6,10 +6,7 @@
 //
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
-import {
-  MIN_FRAGMENT, U32, decodeBody, encodeFrame, frames, isFrameError, isValidWireCode,
-  settingsWithDefaults, type Frame, type Settings,
-} from "../codec/index.js";
+import { MIN_FRAGMENT, U32, encodeFrame, frames, isValidWireCode, settingsWithDefaults, type Frame, type Settings } from "../codec/index.js";
 import { Bucket, pacer } from "./bucket.js";
 import { Session } from "./session.js";
 import { DEFAULT_CONFIG, MuxError, type CloseSource, type CoreConfig, type CoreEvent, type Grant, type MuxErrorKind } from "./types.js";
@@ -29,14 +26,16 @@ function refuse(kind: MuxErrorKind, message?: string): never {
 /** What a queued message counts against the send buffer. */
 const cost = (data: Uint8Array): number => data.length + 64;
 
-export class Connection {
+/** The sans-IO connection the driver runs (the core entry adds the inspection getters). */
+export class CoreConnection {
   readonly config: CoreConfig;
   readonly own: Settings;
-  #peer: Settings | null = null;
+  protected peer: Settings | null = null;
   readonly #startedAt: number;
   #now: number;
-  readonly #sessions = new Map<number, Session>();
-  readonly #tombstones = new Map<number, { expires: number; allowance: number }>();
+  protected readonly sessions = new Map<number, Session>();
+  /** Closed sessions' IDs: when the tombstone expires, and the late DATA frames it lets in free. */
+  readonly #tombstones = new Map<number, [expires: number, allowance: number]>();
   #lastLocalId = 0;
   #lastPeerId = 0;
   #settingsSent = false;
@@ -68,65 +67,40 @@ export class Connection {
     this.#recvBudget = new Bucket(this.own.control_budget, this.own.control_budget, now);
   }
 
-  // ---- A. getters -------------------------------------------------------------------------
-  get isReady(): boolean { return this.#peer !== null && !this.isClosed; }
   get isClosed(): boolean { return this.closeCode !== null; }
-  /** The peer's settings, once its SETTINGS has arrived. */
-  get peerSettings(): Readonly<Settings> | null { return this.#peer; }
-  get liveSessions(): number { return this.#sessions.size; }
-  /** Credit this side may still use on a session: messages and bytes. */
-  sendCredit(id: number): { messages: number; bytes: number } | null {
-    const s = this.#sessions.get(id);
-    return s ? { messages: s.sendMsgs, bytes: s.sendBytes } : null;
-  }
-  /** Messages queued on a session and not yet fully written. */
-  queued(id: number): number { return this.#sessions.get(id)?.queue.length ?? 0; }
 
   // ---- B. inputs --------------------------------------------------------------------------
   /** One WebSocket binary message from the server. */
   handleMessage(message: Uint8Array, now: number): void {
-    this.#tick(now);
-    if (this.isClosed) return;
+    if (this.#tick(now)) return;
     this.#lastReceived = now;
     this.#pingSentAt = null; // spec/sessions.md#timers: any message counts as liveness
     const maxFrame = this.own.max_frame_size;
     if (message.length > transportLimit(maxFrame)) return this.#fail(1009, "message over L");
-    try {
-      const error = frames(message, (h, payload) => {
-        this.#handleFrame(decodeBody(h, payload));
-        return this.isClosed;
-      }, (h) => {
-        // spec/sessions.md#data-checks D0: the frame size is checked from the header, before the
-        // payload is waited for and before the session is looked up.
-        if (h.type || h.len <= maxFrame) return false;
-        this.#fail(1009, "frame over MAX_FRAME_SIZE");
-        return true;
-      });
-      if (error) throw error;
-    } catch (e) {
-      if (!isFrameError(e)) throw e;
-      this.#fail(e.close_code, e.kind);
-    }
+    const error = frames(message, (f) => {
+      this.#handleFrame(f);
+      return this.isClosed;
+    }, (h) => {
+      // spec/sessions.md#data-checks D0: the frame size is checked from the header, before the
+      // payload is waited for and before the session is looked up.
+      if (!h.type && h.len > maxFrame) return this.#fail(1009, "frame over MAX_FRAME_SIZE"), true;
+    });
+    if (error) this.#fail(error.close_code, error.kind);
   }
 
   /** spec/frames.md#transport: a text message is a connection error 1003. */
   handleText(now: number): void {
-    this.#tick(now);
-    if (!this.isClosed) this.#fail(1003, "text message");
+    if (!this.#tick(now)) this.#fail(1003, "text message");
   }
 
   /** The transport ended; without a CONN_CLOSE every session ends with 1006. */
   handleTransportClosed(now: number, code = 1006, reason = ""): void {
-    this.#tick(now);
-    if (this.isClosed) return;
-    this.#endAll(code, reason, 0, "transport");
-    this.#finished = true;
+    if (!this.#tick(now)) this.#fail(code, reason, "transport");
   }
 
   handleTimeout(now: number): void {
-    this.#tick(now);
-    if (this.isClosed) return;
-    if (!this.#peer) {
+    if (this.#tick(now)) return;
+    if (!this.peer) {
       if (now >= this.#startedAt + this.config.settingsDeadlineMs) this.#fail(4006, "no SETTINGS", "timeout");
       return;
     }
@@ -134,30 +108,28 @@ export class Connection {
       if (this.#pingSentAt !== null) return this.#fail(4006, "keepalive timeout", "timeout");
       this.#pingDue = true;
     }
-    for (const s of this.#sessions.values()) {
-      if (s.grant === null && now >= s.openDeadline) this.#resetSession(s, 4006, "open deadline", "timeout", false);
+    for (const s of this.sessions.values()) {
+      if (!s.grant && now >= s.openDeadline) this.#reset(s, 4006, "open deadline", "timeout", false);
     }
-    for (const [id, t] of this.#tombstones) if (now >= t.expires) this.#tombstones.delete(id);
+    for (const [id, [expires]] of this.#tombstones) if (now >= expires) this.#tombstones.delete(id);
   }
 
   // ---- C. commands ------------------------------------------------------------------------
   /** Opens a session of `kind`; returns its ID. Throws MuxError on local refusal. */
   open(kind: string, opts: { auth?: Uint8Array; maxMessageSize?: number; messagesPerSec?: number; bytesPerSec?: number } = {}, now = this.#now): number {
-    this.#tick(now);
-    if (this.isClosed) refuse("connection_closed");
-    const peer = this.#peer ?? refuse("not_ready");
-    if (this.#goawayLast !== null) refuse("going_away");
-    if (this.#sessions.size >= peer.max_sessions) refuse("too_many_sessions");
+    if (this.#tick(now)) refuse("connection_closed");
+    const peer = this.peer ?? refuse("not_ready");
     const kindLen = utf8.encode(kind).length;
     const auth = opts.auth ?? new Uint8Array(0);
+    const id = this.#lastLocalId ? this.#lastLocalId + 2 : 1;
+    if (this.#goawayLast !== null) refuse("going_away");
+    if (this.sessions.size >= peer.max_sessions) refuse("too_many_sessions");
     if (kindLen > 255) refuse("kind_too_long");
     if (auth.length > 65535 || kindLen + auth.length > Math.min(peer.max_open_metadata, transportLimit(peer.max_frame_size) - 25)) {
       refuse("metadata_too_large");
     }
-    const id = this.#lastLocalId ? this.#lastLocalId + 2 : 1;
     if (id > U32) refuse("ids_exhausted");
-    this.#lastLocalId = id;
-    this.#sessions.set(id, new Session(id, peer, this.own, now + this.config.openDeadlineMs));
+    this.sessions.set((this.#lastLocalId = id), new Session(id, peer, this.own, now + this.config.openDeadlineMs));
     this.#control.push({
       type: "OPEN", session_id: id, kind, auth,
       request: { max_message_size: opts.maxMessageSize ?? 0, messages_per_sec: opts.messagesPerSec ?? 0, bytes_per_sec: opts.bytesPerSec ?? 0 },
@@ -175,7 +147,7 @@ export class Connection {
     if (data.length > s.sendMax) refuse("too_large", `${data.length} > ${s.sendMax}`);
     if (c > sendBufferBytes) refuse("too_large");
     if (s.queue.length >= maxQueuedMessages || this.#queuedTotal + c > sendBufferBytes) refuse("blocked");
-    s.queue.push({ data, off: 0, fin: opts.fin === true });
+    s.queue.push({ data, off: 0, fin: !!opts.fin });
     this.#queuedTotal += c;
     if (opts.fin) s.finQueued = true;
   }
@@ -192,8 +164,7 @@ export class Connection {
 
   /** Graceful close: queued messages go first, then CLOSE (spec/sessions.md#closing). */
   close(id: number, code = 1000, reason = ""): void {
-    const s = this.#live(id);
-    checkCode(code, reason);
+    const s = this.#live(id, code, reason);
     s.state = "closing";
     s.closeAfter = { code, reason };
     this.#maybeSendClose(s);
@@ -201,14 +172,12 @@ export class Connection {
 
   /** Aborts a session: RESET, both directions end now. */
   reset(id: number, code = 4010, reason = ""): void {
-    const s = this.#live(id);
-    checkCode(code, reason);
-    this.#resetSession(s, code, reason, "local", false);
+    this.#reset(this.#live(id, code, reason), code, reason, "local", false);
   }
 
   /** The application has read a message of `bytes` bytes: its credit returns (spec/sessions.md#credit). */
   consumed(id: number, bytes: number): void {
-    const s = this.#sessions.get(id);
+    const s = this.sessions.get(id);
     if (!s?.heldMsgs) return;
     s.heldMsgs--;
     s.unannouncedMsgs++;
@@ -229,19 +198,20 @@ export class Connection {
   /** The next deadline at which handleTimeout must be called, or null for none. */
   pollTimeout(): number | null {
     if (this.isClosed) return null;
-    if (!this.#peer) return this.#startedAt + this.config.settingsDeadlineMs;
+    if (!this.peer) return this.#startedAt + this.config.settingsDeadlineMs;
+    const now = this.#now;
     let t = this.#keepaliveAt();
-    for (const s of this.#sessions.values()) {
-      if (s.grant === null) t = Math.min(t, s.openDeadline);
+    for (const s of this.sessions.values()) {
+      if (!s.grant) t = Math.min(t, s.openDeadline);
       const head = s.queue[0];
       const p = s.pacer;
       if (p && head && s.sendMsgs > 0 && s.sendBytes > 0) {
         const len = Math.min(head.data.length - head.off, MIN_FRAGMENT, p[1].burst);
-        t = Math.min(t, Math.max(head.off ? 0 : p[0].readyAt(1, this.#now), p[1].readyAt(len, this.#now)));
+        t = Math.min(t, Math.max(head.off ? now : p[0].readyAt(1, now), p[1].readyAt(len, now)));
       }
     }
-    if (this.#control.length) t = Math.min(t, this.#sendBudget!.readyAt(1, this.#now));
-    for (const tomb of this.#tombstones.values()) t = Math.min(t, tomb.expires);
+    if (this.#control.length) t = Math.min(t, this.#sendBudget!.readyAt(1, now));
+    for (const [expires] of this.#tombstones.values()) t = Math.min(t, expires);
     return t;
   }
 
@@ -259,8 +229,8 @@ export class Connection {
     if (this.#finalFrame) {
       put(this.#finalFrame);
       this.#finished = true;
-    } else if (!this.isClosed && this.#peer) {
-      const limit = transportLimit(this.#peer.max_frame_size);
+    } else if (!this.isClosed && this.peer) {
+      const limit = transportLimit(this.peer.max_frame_size);
       const budget = this.#sendBudget!;
       if (this.#pendingPong !== null && budget.take(1, now)) {
         put({ type: "PONG", session_id: 0, payload: this.#pendingPong });
@@ -289,47 +259,55 @@ export class Connection {
   }
 
   // ---- internals --------------------------------------------------------------------------
-  #tick(now: number): void { if (now > this.#now) this.#now = now; }
+  /** Moves the clock on; true once the connection is closed. */
+  #tick(now: number): boolean {
+    if (now > this.#now) this.#now = now;
+    return this.isClosed;
+  }
 
   /** The outstanding PING's deadline, else when the next PING is due. */
   #keepaliveAt(): number {
     if (this.#pingSentAt !== null) return this.#pingSentAt + this.config.keepaliveTimeoutMs;
     const at = this.#lastReceived + this.config.keepaliveIntervalMs;
     // spec/sessions.md#timers: make sure the peer hears from us once per its IDLE_TIMEOUT_MS.
-    const idle = this.#peer!.idle_timeout_ms;
+    const idle = this.peer!.idle_timeout_ms;
     return idle ? Math.min(at, this.#lastSent + idle / 2) : at;
   }
 
-  #live(id: number): Session {
+  /** The live session `id`; with a code, the code and reason are checked too. */
+  #live(id: number, code?: number, reason = ""): Session {
     if (this.isClosed) refuse("connection_closed");
-    return this.#sessions.get(id) ?? refuse("unknown_session");
+    const s = this.sessions.get(id) ?? refuse("unknown_session");
+    if (code !== undefined) checkCode(code, reason);
+    return s;
   }
 
   /** Charges one unit of the control budget; exhaustion is conn 1008 (spec/sessions.md#control-budget). */
   #charge(): boolean {
-    if (this.#recvBudget.take(1, this.#now)) return true;
-    this.#fail(1008, "control budget exhausted");
-    return false;
+    const ok = this.#recvBudget.take(1, this.#now);
+    if (!ok) this.#fail(1008, "control budget exhausted");
+    return ok;
   }
 
-  /** A connection error or close: CONN_CLOSE with `code`, every session ends with it. */
-  #fail(code: number, reason: string, source: CloseSource = "local"): void {
-    this.#finalFrame = { type: "CONN_CLOSE", session_id: 0, code, retry_after_ms: 0, reason };
-    this.#endAll(code, reason, 0, source);
-  }
-
-  #endAll(code: number, reason: string, retryAfterMs: number, source: CloseSource): void {
+  /**
+   * The connection ends and every session with it. Ended here (a connection error or close,
+   * a deadline): CONN_CLOSE with `code` is the last frame sent; ended by the peer's CONN_CLOSE
+   * or the transport: nothing more is sent.
+   */
+  #fail(code: number, reason: string, source: CloseSource = "local", retryAfterMs = 0): void {
+    if (source === "peer" || source === "transport") this.#finished = true;
+    else this.#finalFrame = { type: "CONN_CLOSE", session_id: 0, code, retry_after_ms: 0, reason };
     this.closeCode = code;
-    for (const s of this.#sessions.values()) this.#closeSession(s, code, reason, retryAfterMs, source);
+    for (const s of this.sessions.values()) this.#closeSession(s, code, reason, retryAfterMs, source);
     this.#events.push({ type: "connection_closed", code, reason, retryAfterMs, source });
   }
 
   #handleFrame(f: Frame): void {
-    if (!this.#peer) {
+    if (!this.peer) {
       if (f.type !== "SETTINGS") return this.#fail(1002, "frame before SETTINGS");
-      const b = (this.#peer = settingsWithDefaults(f.settings)).control_budget;
+      const b = (this.peer = settingsWithDefaults(f.settings)).control_budget;
       // spec/sessions.md#control-budget: pace at the peer's rate, within half its burst.
-      this.#sendBudget = new Bucket(b, Math.max(1, Math.floor(b / 2)), this.#now);
+      this.#sendBudget = new Bucket(b, Math.floor(b / 2), this.#now);
       this.#events.push({ type: "ready" });
       return;
     }
@@ -338,58 +316,62 @@ export class Connection {
     switch (f.type) {
       case "PING": this.#pendingPong = f.payload; return; // a newer PING replaces the pending PONG
       case "PONG": return; // liveness was counted on receipt
-      case "CONN_CLOSE":
-        this.#endAll(f.code, f.reason, f.retry_after_ms, "peer");
-        this.#finished = true; // spec/frames.md#conn-close: the receiver sends nothing more
+      // spec/frames.md#conn-close: the receiver sends nothing more
+      case "CONN_CLOSE": return this.#fail(f.code, f.reason, "peer", f.retry_after_ms);
+      case "GOAWAY": {
+        const last = f.last_session_id;
+        // spec/frames.md#goaway: a later GOAWAY may lower last_session_id, never raise it.
+        if (last > (this.#goawayLast ?? U32)) return this.#fail(1002, "GOAWAY raised last_session_id");
+        this.#goawayLast = last;
+        this.#events.push({ type: "goaway", lastSessionId: last, code: f.code, reason: f.reason });
+        for (const s of this.sessions.values()) {
+          if (s.id > last) this.#closeSession(s, 4009, "not processed before GOAWAY", 0, "peer");
+        }
         return;
-      case "GOAWAY": return this.#onGoaway(f.last_session_id, f.code, f.reason);
-      case "OPEN": return this.#onOpen(f.session_id);
+      }
+      case "OPEN": {
+        const id = f.session_id;
+        // spec/frames.md#session-ids: servers open even IDs, strictly increasing.
+        if (id % 2 || id <= this.#lastPeerId) return this.#fail(1002, "bad OPEN id");
+        this.#lastPeerId = id;
+        // This client advertises MAX_SESSIONS 0: every server-opened session is refused (step 7).
+        if (!this.#charge()) return;
+        this.#queueClose("RESET", id, 4003, "");
+        return this.#addTombstone(id, this.own.initial_credit_messages, this.own.initial_credit_bytes);
+      }
     }
-    const s = this.#sessions.get(f.session_id);
-    if (!s) return this.#onNotLive(f);
+    const id = f.session_id;
+    const s = this.sessions.get(id);
+    if (!s) {
+      if (id > (id % 2 ? this.#lastLocalId : this.#lastPeerId)) return this.#fail(4005, "unknown session");
+      // spec/sessions.md#late-frames: discarded; late DATA is free within the tombstone's allowance.
+      if (f.type !== "DATA") return;
+      const t = this.#tombstones.get(id);
+      if (t && t[1] > 0) t[1]--;
+      else this.#charge();
+      return;
+    }
     switch (f.type) {
-      case "ACCEPT":
-        if (s.grant !== null) return this.#resetSession(s, 1002, "second ACCEPT");
-        return this.#onAccept(s, f);
+      case "ACCEPT": return s.grant ? this.#reset(s, 1002, "second ACCEPT") : this.#onAccept(s, f);
       case "CREDIT":
-        if (s.sendMsgs + f.messages > U32 || s.sendBytes + f.bytes > U32) return this.#resetSession(s, 4004, "credit overflow");
+        if (s.sendMsgs + f.messages > U32 || s.sendBytes + f.bytes > U32) return this.#reset(s, 4004, "credit overflow");
         s.sendMsgs += f.messages;
         s.sendBytes += f.bytes;
         return;
-      case "CLOSE": return this.#onClose(s, f.code, f.reason, f.retry_after_ms);
+      case "CLOSE":
+        if (s.state !== "draining") {
+          // The receiver of CLOSE stops sending, drops a partial message, delivers what it holds.
+          this.#dropQueue(s);
+          s.partial = [];
+          s.partialLen = 0;
+          if (!s.heldMsgs || s.state === "closing") return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
+          s.state = "draining";
+        }
+        s.drainCode = { code: f.code, reason: f.reason, retryAfterMs: f.retry_after_ms };
+        return;
       case "RESET": return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
       case "DATA": return this.#onData(s, f);
     }
-  }
-
-  #onGoaway(last: number, code: number, reason: string): void {
-    // spec/frames.md#goaway: a later GOAWAY may lower last_session_id, never raise it.
-    if (this.#goawayLast !== null && last > this.#goawayLast) return this.#fail(1002, "GOAWAY raised last_session_id");
-    this.#goawayLast = last;
-    this.#events.push({ type: "goaway", lastSessionId: last, code, reason });
-    for (const s of this.#sessions.values()) {
-      if (s.id > last) this.#closeSession(s, 4009, "not processed before GOAWAY", 0, "peer");
-    }
-  }
-
-  #onOpen(id: number): void {
-    // spec/frames.md#session-ids: servers open even IDs, strictly increasing.
-    if (id % 2 || id <= this.#lastPeerId) return this.#fail(1002, "bad OPEN id");
-    this.#lastPeerId = id;
-    // This client advertises MAX_SESSIONS 0: every server-opened session is refused (step 7).
-    if (!this.#charge()) return;
-    this.#queueClose("RESET", id, 4003, "");
-    this.#addTombstone(id, this.own.initial_credit_messages, this.own.initial_credit_bytes);
-  }
-
-  #onNotLive(f: Frame): void {
-    const id = f.session_id;
-    if (id > (id % 2 ? this.#lastLocalId : this.#lastPeerId)) return this.#fail(4005, "unknown session");
-    // spec/sessions.md#late-frames: discarded; late DATA is free within the tombstone's allowance.
-    if (f.type !== "DATA") return;
-    const t = this.#tombstones.get(id);
-    if (t && t.allowance > 0) t.allowance--;
-    else this.#charge();
   }
 
   #onAccept(s: Session, f: Extract<Frame, { type: "ACCEPT" }>): void {
@@ -404,39 +386,27 @@ export class Connection {
     this.#events.push({ type: "opened", id: s.id, grant });
     // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
     // messages queued before the ACCEPT included.
-    if (s.queue.length && !grant.send) return this.#resetSession(s, 1008, "queued data without SEND", "local", false);
+    if (s.queue.length && !grant.send) return this.#reset(s, 1008, "queued data without SEND", "local", false);
     if (s.queue.some((q) => !q.off && q.data.length > grant.maxMessageSize)) {
-      this.#resetSession(s, 1009, "queued message over the granted size", "local", false);
+      this.#reset(s, 1009, "queued message over the granted size", "local", false);
     }
-  }
-
-  #onClose(s: Session, code: number, reason: string, retryAfterMs: number): void {
-    if (s.state !== "draining") {
-      // The receiver of CLOSE stops sending, drops a partial message, delivers what it holds.
-      this.#dropQueue(s);
-      s.partial = [];
-      s.partialLen = 0;
-      if (!s.heldMsgs || s.state === "closing") return this.#closeSession(s, code, reason, retryAfterMs, "peer");
-      s.state = "draining";
-    }
-    s.drainCode = { code, reason, retryAfterMs };
   }
 
   /** spec/sessions.md#data-checks D1–D7 for a live session. */
   #onData(s: Session, f: Extract<Frame, { type: "DATA" }>): void {
     if (s.state === "closing" || s.state === "draining") return; // D1: discarded
-    if (s.grant === null) return this.#resetSession(s, 1002, "DATA before ACCEPT"); // D2
-    if (!s.grant.receive) return this.#resetSession(s, 1008, "DATA without RECEIVE"); // D3
-    if (s.finReceived) return this.#resetSession(s, 1002, "DATA after FIN"); // D4
+    if (!s.grant) return this.#reset(s, 1002, "DATA before ACCEPT"); // D2
+    if (!s.grant.receive) return this.#reset(s, 1008, "DATA without RECEIVE"); // D3
+    if (s.finReceived) return this.#reset(s, 1002, "DATA after FIN"); // D4
     const len = f.payload.length;
     const inMessage = s.partialLen > 0;
-    if (!f.end && f.fin && inMessage) return this.#resetSession(s, 1002, "FIN inside a message"); // D5
+    if (!f.end && f.fin && inMessage) return this.#reset(s, 1002, "FIN inside a message"); // D5
     const starts = !inMessage && (f.end || len > 0);
     // Size before credit (spec/CHANGES.md entry 3): a message over the maximum (ours, within
     // the window) is 1009 even when it is also beyond credit.
     const max = Math.min(this.own.max_message_size, this.own.initial_credit_bytes);
-    if (s.partialLen + len > max) return this.#resetSession(s, 1009, "message over the session maximum"); // D6
-    if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#resetSession(s, 4004, "DATA beyond credit"); // D7
+    if (s.partialLen + len > max) return this.#reset(s, 1009, "message over the session maximum"); // D6
+    if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#reset(s, 4004, "DATA beyond credit"); // D7
     if (starts) s.peerMsgs--;
     s.peerBytes -= len;
     // Copied, so a held message never pins the whole transport message it came in.
@@ -464,7 +434,7 @@ export class Connection {
 
   #takeCredit(s: Session): Extract<Frame, { type: "CREDIT" }> | null {
     s.creditQueued = false;
-    if (!this.#sessions.has(s.id) || !s.hasCreditToAnnounce) return null;
+    if (!this.sessions.has(s.id) || !s.hasCreditToAnnounce) return null;
     const messages = s.unannouncedMsgs;
     const bytes = s.unannouncedBytes;
     s.peerMsgs += messages;
@@ -478,14 +448,14 @@ export class Connection {
   }
 
   /** A session error (or local abort): RESET with `code`; errors we detect are charged. */
-  #resetSession(s: Session, code: number, reason: string, source: CloseSource = "local", charged = true): void {
+  #reset(s: Session, code: number, reason: string, source: CloseSource = "local", charged = true): void {
     this.#queueClose("RESET", s.id, code, reason);
     this.#closeSession(s, code, reason, 0, source);
     if (charged) this.#charge();
   }
 
   #closeSession(s: Session, code: number, reason: string, retryAfterMs: number, source: CloseSource): void {
-    if (!this.#sessions.delete(s.id)) return;
+    if (!this.sessions.delete(s.id)) return;
     this.#dropQueue(s);
     this.#ring = this.#ring.filter((x) => x !== s);
     this.#addTombstone(s.id, s.peerMsgs, s.peerBytes);
@@ -495,7 +465,7 @@ export class Connection {
   #addTombstone(id: number, msgs: number, bytes: number): void {
     const t = this.#tombstones;
     if (t.size >= this.config.maxTombstones) t.delete(t.keys().next().value!); // the oldest
-    t.set(id, { expires: this.#now + this.config.tombstoneMs, allowance: msgs + Math.ceil(bytes / MIN_FRAGMENT) + 2 });
+    t.set(id, [this.#now + this.config.tombstoneMs, msgs + Math.ceil(bytes / MIN_FRAGMENT) + 2]);
   }
 
   #dropQueue(s: Session): void {
@@ -504,10 +474,10 @@ export class Connection {
   }
 
   #maybeSendClose(s: Session): void {
-    if (!s.closeAfter || s.queue.length) return;
-    const { code, reason } = s.closeAfter;
-    this.#queueClose("CLOSE", s.id, code, reason);
-    this.#closeSession(s, code, reason, 0, "local");
+    const c = s.closeAfter;
+    if (!c || s.queue.length) return;
+    this.#queueClose("CLOSE", s.id, c.code, c.reason);
+    this.#closeSession(s, c.code, c.reason, 0, "local");
   }
 
   /** FIN both ways and everything read: the session ends normally; draining ends when read. */
@@ -527,7 +497,7 @@ export class Connection {
     const p = s.pacer;
     if (starts && (s.sendMsgs < 1 || (p && p[0].available(now) < 1))) return null;
     const rem = head.data.length - head.off;
-    const room = Math.min(this.#peer!.max_frame_size, s.sendBytes, p ? Math.floor(p[1].available(now)) : Infinity);
+    const room = Math.min(this.peer!.max_frame_size, s.sendBytes, p ? Math.floor(p[1].available(now)) : rem);
     if (room >= rem) return { len: rem, end: true, fin: head.fin, starts };
     // Wait for credit: never a fragment under MIN_FRAGMENT.
     return room >= MIN_FRAGMENT ? { len: room, end: false, fin: false, starts } : null;
@@ -535,15 +505,16 @@ export class Connection {
 
   /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
   #writeData(out: Uint8Array[], left: number, now: number, held: Set<number | false>): void {
-    for (const s of this.#sessions.values()) {
-      if (!s.inRing && !held.has(s.id) && this.#nextFrame(s, now)) { s.inRing = true; this.#ring.push(s); }
+    const ring = this.#ring;
+    for (const s of this.sessions.values()) {
+      if (!s.inRing && !held.has(s.id) && this.#nextFrame(s, now)) { s.inRing = true; ring.push(s); }
     }
-    for (let s; (s = this.#ring[0]);) {
-      if (!s.midTurn) { s.deficit += this.#peer!.max_frame_size; s.midTurn = true; }
+    for (let s; (s = ring[0]);) {
+      if (!s.midTurn) { s.deficit += this.peer!.max_frame_size; s.midTurn = true; }
       for (;;) {
         const f = this.#nextFrame(s, now);
-        if (!f) { this.#ring.shift(); s.inRing = s.midTurn = false; s.deficit = 0; break; }
-        if (f.len > s.deficit) { this.#ring.push(this.#ring.shift()!); s.midTurn = false; break; }
+        if (!f) { ring.shift(); s.inRing = s.midTurn = false; s.deficit = 0; break; }
+        if (f.len > s.deficit) { ring.push(ring.shift()!); s.midTurn = false; break; }
         if ((left -= 10 + f.len) < 0) return; // the turn continues in the next message
         const head = s.queue[0];
         out.push(...encodeFrame({ type: "DATA", session_id: s.id, end: f.end, fin: f.fin, payload: head ? head.data.subarray(head.off, head.off + f.len) : new Uint8Array(0) }));
@@ -564,10 +535,25 @@ export class Connection {
         if (f.fin) this.#maybeFinishSession(s);
         if (!s.queue.length) this.#maybeSendClose(s);
         // Closed by the FIN or the CLOSE just queued: #closeSession took it off the ring.
-        if (!this.#sessions.has(s.id)) break;
+        if (!this.sessions.has(s.id)) break;
       }
     }
   }
+}
+
+/** The core of `mux-js/core`: the connection with its inspection getters. */
+export class Connection extends CoreConnection {
+  get isReady(): boolean { return this.peer !== null && !this.isClosed; }
+  /** The peer's settings, once its SETTINGS has arrived. */
+  get peerSettings(): Readonly<Settings> | null { return this.peer; }
+  get liveSessions(): number { return this.sessions.size; }
+  /** Credit this side may still use on a session: messages and bytes. */
+  sendCredit(id: number): { messages: number; bytes: number } | null {
+    const s = this.sessions.get(id);
+    return s ? { messages: s.sendMsgs, bytes: s.sendBytes } : null;
+  }
+  /** Messages queued on a session and not yet fully written. */
+  queued(id: number): number { return this.sessions.get(id)?.queue.length ?? 0; }
 }
 
 function checkCode(code: number, reason: string): void {

@@ -1,6 +1,6 @@
 // The WebSocket driver: owns the socket and the timers, feeds the sans-IO core, and turns its
 // events into promises, async iterators and WHATWG streams.
-import { Connection } from "../core/connection.js";
+import { CoreConnection } from "../core/connection.js";
 import type { CoreConfig, CoreEvent, Grant } from "../core/types.js";
 import { utf8 } from "../codec/utf8.js";
 
@@ -153,7 +153,7 @@ export class MuxClient extends EventTarget {
   state: ClientState = "connecting";
   readonly ready: Promise<void>;
   readonly #ws: WebSocketLike;
-  readonly #core: Connection;
+  readonly #core: CoreConnection;
   readonly #clock: () => number;
   readonly #timers: Timers;
   #timer: unknown = null;
@@ -180,7 +180,7 @@ export class MuxClient extends EventTarget {
     this.#maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
     // The core's queue holds every send until credit lets it go; each send() is a pending
     // promise, so the caller's awaiting is the backpressure and the core needs no bound.
-    this.#core = new Connection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
+    this.#core = new CoreConnection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
     this.ready = new Promise((resolve, reject) => { this.#readyWaiter = { resolve, reject }; });
     this.ready.catch(() => undefined);
     const ws = (this.#ws = new WS(url, ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])]));
