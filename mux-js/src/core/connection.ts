@@ -23,10 +23,11 @@ function refuse(kind: MuxErrorKind, message?: string): never {
   throw new MuxError(kind, message);
 }
 
-/** What a queued message counts against the send buffer. */
-const cost = (data: Uint8Array): number => data.length + 64;
-
-/** The sans-IO connection the driver runs (the core entry adds the inspection getters). */
+/**
+ * The sans-IO connection the driver runs. The driver bounds nothing in here (each send is a
+ * promise the caller awaits); `Connection`, the core of `mux-js/core`, adds the send buffer's
+ * bounds, `reset` and the inspection getters.
+ */
 export class CoreConnection {
   readonly config: CoreConfig;
   readonly own: Settings;
@@ -53,7 +54,6 @@ export class CoreConnection {
   #sendBudget: Bucket | null = null;
   readonly #events: CoreEvent[] = [];
   #ring: Session[] = [];
-  #queuedTotal = 0;
   #finalFrame: Frame | null = null;
   /** Nothing more goes out: the final frame was written, or the peer or the transport ended it. */
   #finished = false;
@@ -109,7 +109,7 @@ export class CoreConnection {
       this.#pingDue = true;
     }
     for (const s of this.sessions.values()) {
-      if (!s.grant && now >= s.openDeadline) this.#reset(s, 4006, "open deadline", "timeout", false);
+      if (!s.grant && now >= s.openDeadline) this.resetSession(s, 4006, "open deadline", "timeout", false);
     }
     for (const [id, [expires]] of this.#tombstones) if (now >= expires) this.#tombstones.delete(id);
   }
@@ -137,24 +137,23 @@ export class CoreConnection {
     return id;
   }
 
-  /** Queues one message. Throws MuxError "blocked" when the send buffer is full: wait for "sent". */
+  /** Queues one message. Throws MuxError on local refusal. */
   send(id: number, data: Uint8Array, opts: { fin?: boolean } = {}): void {
-    const s = this.#live(id);
-    const { maxQueuedMessages, sendBufferBytes } = this.config;
-    const c = cost(data);
+    const s = this.live(id);
     if (s.finQueued) refuse("finished");
     if (!s.canSendData || s.state === "closing") refuse("not_permitted");
     if (data.length > s.sendMax) refuse("too_large", `${data.length} > ${s.sendMax}`);
-    if (c > sendBufferBytes) refuse("too_large");
-    if (s.queue.length >= maxQueuedMessages || this.#queuedTotal + c > sendBufferBytes) refuse("blocked");
+    this.admit(s, data);
     s.queue.push({ data, off: 0, fin: !!opts.fin });
-    this.#queuedTotal += c;
     if (opts.fin) s.finQueued = true;
   }
 
+  /** A message passed every check of the protocol: the send buffer's own bounds, if any. */
+  protected admit(_s: Session, _data: Uint8Array): void {}
+
   /** Half-closes: FIN after every message already queued. */
   finish(id: number): void {
-    const s = this.#live(id);
+    const s = this.live(id);
     if (s.finQueued) return;
     if (!s.canSendData) refuse("not_permitted");
     s.finQueued = true;
@@ -164,15 +163,10 @@ export class CoreConnection {
 
   /** Graceful close: queued messages go first, then CLOSE (spec/sessions.md#closing). */
   close(id: number, code = 1000, reason = ""): void {
-    const s = this.#live(id, code, reason);
+    const s = this.live(id, code, reason);
     s.state = "closing";
     s.closeAfter = { code, reason };
     this.#maybeSendClose(s);
-  }
-
-  /** Aborts a session: RESET, both directions end now. */
-  reset(id: number, code = 4010, reason = ""): void {
-    this.#reset(this.#live(id, code, reason), code, reason, "local", false);
   }
 
   /** The application has read a message of `bytes` bytes: its credit returns (spec/sessions.md#credit). */
@@ -275,7 +269,7 @@ export class CoreConnection {
   }
 
   /** The live session `id`; with a code, the code and reason are checked too. */
-  #live(id: number, code?: number, reason = ""): Session {
+  protected live(id: number, code?: number, reason = ""): Session {
     if (this.isClosed) refuse("connection_closed");
     const s = this.sessions.get(id) ?? refuse("unknown_session");
     if (code !== undefined) checkCode(code, reason);
@@ -352,16 +346,16 @@ export class CoreConnection {
       return;
     }
     switch (f.type) {
-      case "ACCEPT": return s.grant ? this.#reset(s, 1002, "second ACCEPT") : this.#onAccept(s, f);
+      case "ACCEPT": return s.grant ? this.resetSession(s, 1002, "second ACCEPT") : this.#onAccept(s, f);
       case "CREDIT":
-        if (s.sendMsgs + f.messages > U32 || s.sendBytes + f.bytes > U32) return this.#reset(s, 4004, "credit overflow");
+        if (s.sendMsgs + f.messages > U32 || s.sendBytes + f.bytes > U32) return this.resetSession(s, 4004, "credit overflow");
         s.sendMsgs += f.messages;
         s.sendBytes += f.bytes;
         return;
       case "CLOSE":
         if (s.state !== "draining") {
           // The receiver of CLOSE stops sending, drops a partial message, delivers what it holds.
-          this.#dropQueue(s);
+          s.queue = [];
           s.partial = [];
           s.partialLen = 0;
           if (!s.heldMsgs || s.state === "closing") return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
@@ -386,27 +380,27 @@ export class CoreConnection {
     this.#events.push({ type: "opened", id: s.id, grant });
     // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
     // messages queued before the ACCEPT included.
-    if (s.queue.length && !grant.send) return this.#reset(s, 1008, "queued data without SEND", "local", false);
+    if (s.queue.length && !grant.send) return this.resetSession(s, 1008, "queued data without SEND", "local", false);
     if (s.queue.some((q) => !q.off && q.data.length > grant.maxMessageSize)) {
-      this.#reset(s, 1009, "queued message over the granted size", "local", false);
+      this.resetSession(s, 1009, "queued message over the granted size", "local", false);
     }
   }
 
   /** spec/sessions.md#data-checks D1–D7 for a live session. */
   #onData(s: Session, f: Extract<Frame, { type: "DATA" }>): void {
     if (s.state === "closing" || s.state === "draining") return; // D1: discarded
-    if (!s.grant) return this.#reset(s, 1002, "DATA before ACCEPT"); // D2
-    if (!s.grant.receive) return this.#reset(s, 1008, "DATA without RECEIVE"); // D3
-    if (s.finReceived) return this.#reset(s, 1002, "DATA after FIN"); // D4
+    if (!s.grant) return this.resetSession(s, 1002, "DATA before ACCEPT"); // D2
+    if (!s.grant.receive) return this.resetSession(s, 1008, "DATA without RECEIVE"); // D3
+    if (s.finReceived) return this.resetSession(s, 1002, "DATA after FIN"); // D4
     const len = f.payload.length;
     const inMessage = s.partialLen > 0;
-    if (!f.end && f.fin && inMessage) return this.#reset(s, 1002, "FIN inside a message"); // D5
+    if (!f.end && f.fin && inMessage) return this.resetSession(s, 1002, "FIN inside a message"); // D5
     const starts = !inMessage && (f.end || len > 0);
     // Size before credit (spec/CHANGES.md entry 3): a message over the maximum (ours, within
     // the window) is 1009 even when it is also beyond credit.
     const max = Math.min(this.own.max_message_size, this.own.initial_credit_bytes);
-    if (s.partialLen + len > max) return this.#reset(s, 1009, "message over the session maximum"); // D6
-    if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.#reset(s, 4004, "DATA beyond credit"); // D7
+    if (s.partialLen + len > max) return this.resetSession(s, 1009, "message over the session maximum"); // D6
+    if ((starts && s.peerMsgs < 1) || len > s.peerBytes) return this.resetSession(s, 4004, "DATA beyond credit"); // D7
     if (starts) s.peerMsgs--;
     s.peerBytes -= len;
     // Copied, so a held message never pins the whole transport message it came in.
@@ -448,7 +442,7 @@ export class CoreConnection {
   }
 
   /** A session error (or local abort): RESET with `code`; errors we detect are charged. */
-  #reset(s: Session, code: number, reason: string, source: CloseSource = "local", charged = true): void {
+  protected resetSession(s: Session, code: number, reason: string, source: CloseSource = "local", charged = true): void {
     this.#queueClose("RESET", s.id, code, reason);
     this.#closeSession(s, code, reason, 0, source);
     if (charged) this.#charge();
@@ -456,7 +450,7 @@ export class CoreConnection {
 
   #closeSession(s: Session, code: number, reason: string, retryAfterMs: number, source: CloseSource): void {
     if (!this.sessions.delete(s.id)) return;
-    this.#dropQueue(s);
+    s.queue = [];
     this.#ring = this.#ring.filter((x) => x !== s);
     this.#addTombstone(s.id, s.peerMsgs, s.peerBytes);
     this.#events.push({ type: "closed", id: s.id, code, reason, retryAfterMs, source });
@@ -466,11 +460,6 @@ export class CoreConnection {
     const t = this.#tombstones;
     if (t.size >= this.config.maxTombstones) t.delete(t.keys().next().value!); // the oldest
     t.set(id, [this.#now + this.config.tombstoneMs, msgs + Math.ceil(bytes / MIN_FRAGMENT) + 2]);
-  }
-
-  #dropQueue(s: Session): void {
-    for (const q of s.queue) this.#queuedTotal -= cost(q.data);
-    s.queue = [];
   }
 
   #maybeSendClose(s: Session): void {
@@ -528,7 +517,6 @@ export class CoreConnection {
           head.off += f.len;
           if (f.end) {
             s.queue.shift();
-            this.#queuedTotal -= cost(head.data);
             this.#events.push({ type: "sent", id: s.id });
           }
         }
@@ -541,8 +529,25 @@ export class CoreConnection {
   }
 }
 
-/** The core of `mux-js/core`: the connection with its inspection getters. */
+/** What a queued message counts against the send buffer. */
+const cost = (data: Uint8Array): number => data.length + 64;
+
+/** The core of `mux-js/core`: the connection with its send buffer's bounds, `reset` and inspection getters. */
 export class Connection extends CoreConnection {
+  /** Throws MuxError "too_large" or "blocked" when the send buffer is full: wait for "sent". */
+  protected override admit(s: Session, data: Uint8Array): void {
+    const { maxQueuedMessages, sendBufferBytes } = this.config;
+    let total = cost(data);
+    for (const x of this.sessions.values()) for (const q of x.queue) total += cost(q.data);
+    if (cost(data) > sendBufferBytes) refuse("too_large");
+    if (s.queue.length >= maxQueuedMessages || total > sendBufferBytes) refuse("blocked");
+  }
+
+  /** Aborts a session: RESET, both directions end now. */
+  reset(id: number, code = 4010, reason = ""): void {
+    this.resetSession(this.live(id, code, reason), code, reason, "local", false);
+  }
+
   get isReady(): boolean { return this.peer !== null && !this.isClosed; }
   /** The peer's settings, once its SETTINGS has arrived. */
   get peerSettings(): Readonly<Settings> | null { return this.peer; }
