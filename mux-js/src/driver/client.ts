@@ -56,10 +56,13 @@ export class MuxCloseError extends Error {
   }
 }
 
-interface Pending { resolve: () => void; reject: (e: unknown) => void }
+/** Settles a pending promise: with an error it rejects, without it resolves. */
+type Settle = (err?: unknown) => void;
+const settle = (resolve: () => void, reject: (e: unknown) => void): Settle => (e) => e ? reject(e) : resolve();
 
 const utf8d = new TextDecoder();
 const toBytes = (data: Uint8Array | string): Uint8Array => (typeof data === "string" ? utf8.encode(data) : data);
+const closeError = (e: { code: number; reason: string; retryAfterMs: number }) => new MuxCloseError(e.code, e.reason, e.retryAfterMs);
 
 /** @internal Dispatches a CustomEvent. */
 export const emit = (t: EventTarget, type: string, detail?: unknown): void => { t.dispatchEvent(new CustomEvent(type, { detail })); };
@@ -74,7 +77,7 @@ function defer(fn: () => void): void {
   if (!port) {
     const ch = new MessageChannel();
     // Each as a microtask of its own, so one that throws does not hold back the others.
-    ch.port1.onmessage = () => { const q = deferred; deferred = []; for (const f of q) queueMicrotask(f); };
+    ch.port1.onmessage = () => { const q = deferred; deferred = []; q.map(queueMicrotask); };
     (ch.port1 as { unref?: () => void }).unref?.();
     port = ch.port2;
   }
@@ -90,9 +93,9 @@ export class MuxSession extends EventTarget {
   closeInfo: MuxCloseError | null = null;
   /** @internal */ inbox: Uint8Array[] = [];
   /** @internal */ waiters: ((m: Uint8Array | null) => void)[] = [];
-  /** @internal Sends queued in the core, resolved in order as each is written. */ inCore: Pending[] = [];
+  /** @internal Sends queued in the core, settled in order as each is written. */ inCore: Settle[] = [];
   /** @internal */ ended = false;
-  /** @internal While the OPEN awaits its answer. */ opening: { resolve: (s: MuxSession) => void; reject: (e: unknown) => void } | null = null;
+  /** @internal While the OPEN awaits its answer. */ opening: Settle | null = null;
   #stream: ReadableStream<Uint8Array> | null = null;
   readonly #client: MuxClient;
 
@@ -100,9 +103,7 @@ export class MuxSession extends EventTarget {
 
   /** Resolves once the message has been written to the socket, which needs the server's credit. */
   send(data: Uint8Array | string): Promise<void> {
-    return this.closeInfo
-      ? Promise.reject(this.closeInfo)
-      : new Promise((resolve, reject) => this.#client.write(this, toBytes(data), { resolve, reject }));
+    return new Promise((resolve, reject) => this.#client.write(this, toBytes(data), settle(resolve, reject)));
   }
   sendText(text: string): Promise<void> { return this.send(text); }
   sendJson(value: unknown): Promise<void> { return this.send(JSON.stringify(value)); }
@@ -110,43 +111,38 @@ export class MuxSession extends EventTarget {
   /** The next message, or null at the end. Reading returns its credit to the server. */
   next(): Promise<Uint8Array | null> {
     const m = this.inbox.shift();
-    if (m) { this.#client.consumed(this, m); return Promise.resolve(m); }
-    if (this.ended) return this.closeInfo && this.closeInfo.code !== 1000 ? Promise.reject(this.closeInfo) : Promise.resolve(null);
-    return new Promise((resolve) => this.waiters.push(resolve));
+    const c = this.closeInfo;
+    if (m) this.#client.consumed(this, m);
+    return m || !this.ended ? new Promise((r) => m ? r(m) : this.waiters.push(r))
+      : c && c.code !== 1000 ? Promise.reject(c) : Promise.resolve(null);
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
-    for (let m = await this.next(); m; m = await this.next()) yield m;
+    for (let m; (m = await this.next());) yield m;
   }
   async *texts(): AsyncGenerator<string> { for await (const m of this) yield utf8d.decode(m); }
   async *json<T = unknown>(): AsyncGenerator<T> { for await (const t of this.texts()) yield JSON.parse(t) as T; }
 
   /** A ReadableStream whose pulls grant credit: the server never runs ahead of the reader. */
   get readable(): ReadableStream<Uint8Array> {
-    this.#stream ??= new ReadableStream<Uint8Array>({
-      pull: async (ctl) => {
-        try {
-          const m = await this.next();
-          if (m) ctl.enqueue(m); else ctl.close();
-        } catch (e) { ctl.error(e); }
-      },
+    return (this.#stream ??= new ReadableStream<Uint8Array>({
+      pull: (ctl) => this.next().then((m) => m ? ctl.enqueue(m) : ctl.close(), (e) => ctl.error(e)),
       cancel: () => this.close(4010, "cancelled"),
-    }, { highWaterMark: 0 });
-    return this.#stream;
+    }, { highWaterMark: 0 }));
   }
 
   get writable(): WritableStream<Uint8Array> {
     return new WritableStream<Uint8Array>({
       write: (chunk) => this.send(chunk),
-      close: () => { this.#client.finish(this); },
+      close: () => this.finish(),
       abort: () => this.close(4010, "aborted"),
     });
   }
 
   /** Graceful close: queued messages are sent first. */
-  close(code = 1000, reason = ""): void { this.#client.closeSession(this, code, reason); }
+  close(code = 1000, reason = ""): void { this.#client.command(this, (c) => c.close(this.id, code, reason)); }
   /** Half-close: FIN after the queued messages. */
-  finish(): void { this.#client.finish(this); }
+  finish(): void { this.#client.command(this, (c) => c.finish(this.id)); }
 }
 
 export class MuxClient extends EventTarget {
@@ -161,7 +157,7 @@ export class MuxClient extends EventTarget {
   readonly #sessions = new Map<number, MuxSession>();
   /** OPENs awaiting an answer. */
   #opening = 0;
-  #readyWaiter!: Pending;
+  #readyWaiter!: Settle;
   readonly #high: number;
   readonly #low: number;
   #blockedOnBuffer = false;
@@ -181,15 +177,15 @@ export class MuxClient extends EventTarget {
     // The core's queue holds every send until credit lets it go; each send() is a pending
     // promise, so the caller's awaiting is the backpressure and the core needs no bound.
     this.#core = new CoreConnection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
-    this.ready = new Promise((resolve, reject) => { this.#readyWaiter = { resolve, reject }; });
+    this.ready = new Promise((resolve, reject) => { this.#readyWaiter = settle(resolve, reject); });
     this.ready.catch(() => undefined);
     const ws = (this.#ws = new WS(url, ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])]));
     ws.binaryType = "arraybuffer";
     ws.onopen = () => this.pump();
-    ws.onmessage = (ev) => {
+    ws.onmessage = ({ data }) => {
       const now = this.#clock();
-      if (typeof ev.data === "string") this.#core.handleText(now);
-      else this.#core.handleMessage(new Uint8Array(ev.data as ArrayBuffer), now);
+      if (typeof data === "string") this.#core.handleText(now);
+      else this.#core.handleMessage(new Uint8Array(data as ArrayBuffer), now);
       // The replies the application makes to this message, and to the messages already queued
       // behind it, leave together in the deferred pump.
       this.#drainEvents();
@@ -211,9 +207,10 @@ export class MuxClient extends EventTarget {
     const s = new MuxSession(this, id, kind);
     this.#sessions.set(id, s);
     this.#opening++;
-    const p = new Promise<MuxSession>((resolve, reject) => { s.opening = { resolve, reject }; });
-    this.pump();
-    return p;
+    return new Promise<MuxSession>((resolve, reject) => {
+      s.opening = (e) => e ? reject(e) : resolve(s);
+      this.pump();
+    });
   }
 
   close(code = 1000, reason = ""): void {
@@ -229,12 +226,19 @@ export class MuxClient extends EventTarget {
   }
 
   /** @internal The core queues the message until credit lets it go. */
-  write(s: MuxSession, data: Uint8Array, p: Pending): void {
-    try { this.#core.send(s.id, data); } catch (e) { p.reject(e); return; }
-    s.inCore.push(p);
-    this.#soon();
+  write(s: MuxSession, data: Uint8Array, p: Settle): void {
+    try {
+      if (s.closeInfo) throw s.closeInfo;
+      this.#core.send(s.id, data);
+      s.inCore.push(p);
+      this.#soon();
+    } catch (e) { p(e); }
   }
   /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.#soon(); }
+  /** @internal A command on a session that has not ended, then a pump. */
+  command(s: MuxSession, fn: (core: CoreConnection) => void): void {
+    if (!s.closeInfo) { fn(this.#core); this.pump(); }
+  }
 
   /**
    * A pump in a task after those already queued: sends and reads made together, or in reply to
@@ -246,12 +250,6 @@ export class MuxClient extends EventTarget {
     this.#pumpQueued = true;
     (this.#timers.defer ?? defer)(() => { this.#pumpQueued = false; this.pump(); });
   }
-  /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
-  /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
-    if (s.closeInfo) return;
-    this.#core.close(s.id, code, reason);
-    this.pump();
-  }
 
   /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
   pump(): void {
@@ -262,46 +260,49 @@ export class MuxClient extends EventTarget {
   }
 
   #drainEvents(): void {
-    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    for (let e; (e = this.#core.pollEvent());) this.#dispatch(e);
   }
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
   #flush(): void {
     const ws = this.#ws;
     const core = this.#core;
+    const full = () => ws.bufferedAmount > this.#high;
     if (this.#wsClosed || (ws as { readyState?: number }).readyState === 0) return;
-    if (ws.bufferedAmount > this.#high) this.#blockedOnBuffer = true;
+    if (full()) this.#blockedOnBuffer = true;
     if (this.#blockedOnBuffer && ws.bufferedAmount > this.#low) return;
     this.#blockedOnBuffer = false;
     const now = this.#clock();
-    for (let m = core.pollTransmit(now); m; m = core.pollTransmit(now)) {
+    for (let m; !this.#blockedOnBuffer && (m = core.pollTransmit(now));) {
       ws.send(m);
-      if (ws.bufferedAmount > this.#high) { this.#blockedOnBuffer = true; break; }
+      this.#blockedOnBuffer = full();
     }
-    if (core.isClosed && !this.#blockedOnBuffer) {
-      const c = core.closeCode!;
+    const c = core.closeCode;
+    if (c !== null && !this.#blockedOnBuffer) {
       // Browsers let an application close with 1000 or 3000–4999 only.
-      ws.close(c === 1000 || (c >= 3000 && c <= 4999) ? c : 1000);
+      ws.close(c >= 3000 && c <= 4999 ? c : 1000);
       this.#wsClosed = true;
     }
   }
 
   #arm(): void {
+    const timers = this.#timers;
     let at = this.#core.pollTimeout() ?? Infinity;
     if (this.#blockedOnBuffer) at = Math.min(at, this.#clock() + 10); // bufferedAmount has no drain event
     // A later deadline (the keepalive moves with every message) keeps the armed timer: it
     // fires early, the core finds nothing due, and the timer is armed again then.
     if (at === this.#timerAt || (at > this.#timerAt && at < Infinity)) return;
-    if (this.#timer !== null) this.#timers.clear(this.#timer);
+    if (this.#timer !== null) timers.clear(this.#timer);
     this.#timer = null;
     this.#timerAt = at;
-    if (at === Infinity) return;
-    this.#timer = this.#timers.set(() => {
-      this.#timer = null;
-      this.#timerAt = Infinity;
-      this.#core.handleTimeout(this.#clock());
-      this.pump();
-    }, Math.max(0, at - this.#clock()));
+    if (at < Infinity) {
+      this.#timer = timers.set(() => {
+        this.#timer = null;
+        this.#timerAt = Infinity;
+        this.#core.handleTimeout(this.#clock());
+        this.pump();
+      }, Math.max(0, at - this.#clock()));
+    }
   }
 
   /** The OPEN of `s` has its answer (`err` for a refusal): the next waiting open() may go. */
@@ -309,7 +310,7 @@ export class MuxClient extends EventTarget {
     const o = s.opening;
     if (!o) return;
     s.opening = null;
-    if (err) o.reject(err); else o.resolve(s);
+    o(err);
     this.#opening--;
     this.#openQueue.shift()?.();
   }
@@ -317,15 +318,15 @@ export class MuxClient extends EventTarget {
   #dispatch(e: CoreEvent): void {
     if (e.type === "ready") {
       this.state = "open";
-      this.#readyWaiter.resolve();
+      this.#readyWaiter();
       return emit(this, "open");
     }
     if (e.type === "goaway") return emit(this, "goaway", e);
     if (e.type === "connection_closed") {
+      const err = closeError(e);
       this.state = "closed";
-      const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
-      this.#readyWaiter.reject(err);
-      for (const r of this.#openQueue.splice(0)) r();
+      this.#readyWaiter(err);
+      this.#openQueue.splice(0).map((r) => r());
       return emit(this, "close", err);
     }
     const s = this.#sessions.get(e.id);
@@ -341,26 +342,19 @@ export class MuxClient extends EventTarget {
         if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data);
         return emit(s, "message", e.data);
       }
-      case "sent": s.inCore.shift()?.resolve(); return;
-      case "fin": return ended(s);
-      case "closed": {
-        const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
-        s.closeInfo = err;
+      case "sent": return s.inCore.shift()?.();
+      case "closed":
         s.state = "closed";
         this.#sessions.delete(e.id);
-        this.#answered(s, err);
-        for (const p of s.inCore.splice(0)) p.reject(err);
-        ended(s);
-        emit(s, "close", err);
-      }
+        this.#answered(s, (s.closeInfo = closeError(e)));
+        s.inCore.splice(0).map((p) => p(s.closeInfo));
+      // falls through: no more messages, waiting reads get null
+      case "fin":
+        s.ended = true;
+        s.waiters.splice(0).map((w) => w(null));
+        if (s.closeInfo) emit(s, "close", s.closeInfo);
     }
   }
-}
-
-/** No more messages: waiting reads get null. */
-function ended(s: MuxSession): void {
-  s.ended = true;
-  for (const w of s.waiters.splice(0)) w(null);
 }
 
 /** Connects to a mux server: `const client = connect(url, { token })`. */
