@@ -141,7 +141,7 @@ export class CoreConnection {
   send(id: number, data: Uint8Array, opts: { fin?: boolean } = {}): void {
     const s = this.live(id);
     if (s.finQueued) refuse("finished");
-    if (!s.canSendData || s.state === "closing") refuse("not_permitted");
+    if (!s.canSendData || s.closeAfter) refuse("not_permitted");
     if (data.length > s.sendMax) refuse("too_large", `${data.length} > ${s.sendMax}`);
     this.admit(s, data);
     s.queue.push({ data, off: 0, fin: !!opts.fin });
@@ -164,7 +164,6 @@ export class CoreConnection {
   /** Graceful close: queued messages go first, then CLOSE (spec/sessions.md#closing). */
   close(id: number, code = 1000, reason = ""): void {
     const s = this.live(id, code, reason);
-    s.state = "closing";
     s.closeAfter = { code, reason };
     this.#maybeSendClose(s);
   }
@@ -353,13 +352,12 @@ export class CoreConnection {
         s.sendBytes += f.bytes;
         return;
       case "CLOSE":
-        if (s.state !== "draining") {
+        if (!s.drainCode) {
           // The receiver of CLOSE stops sending, drops a partial message, delivers what it holds.
           s.queue = [];
           s.partial = [];
           s.partialLen = 0;
-          if (!s.heldMsgs || s.state === "closing") return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
-          s.state = "draining";
+          if (!s.heldMsgs || s.closeAfter) return this.#closeSession(s, f.code, f.reason, f.retry_after_ms, "peer");
         }
         s.drainCode = { code: f.code, reason: f.reason, retryAfterMs: f.retry_after_ms };
         return;
@@ -375,7 +373,6 @@ export class CoreConnection {
       messagesPerSec: r.messages_per_sec, bytesPerSec: r.bytes_per_sec, burstMessages: r.burst_messages, burstBytes: r.burst_bytes,
     };
     s.grant = grant;
-    if (s.state === "opening") s.state = "open";
     if (grant.messagesPerSec || grant.bytesPerSec) s.pacer = pacer(grant, this.#now);
     this.#events.push({ type: "opened", id: s.id, grant });
     // spec/sessions.md#the-openers-side: nothing unpermitted, nothing over the granted size,
@@ -388,7 +385,7 @@ export class CoreConnection {
 
   /** spec/sessions.md#data-checks D1–D7 for a live session. */
   #onData(s: Session, f: Extract<Frame, { type: "DATA" }>): void {
-    if (s.state === "closing" || s.state === "draining") return; // D1: discarded
+    if (s.closeAfter || s.drainCode) return; // D1: discarded
     if (!s.grant) return this.resetSession(s, 1002, "DATA before ACCEPT"); // D2
     if (!s.grant.receive) return this.resetSession(s, 1008, "DATA without RECEIVE"); // D3
     if (s.finReceived) return this.resetSession(s, 1002, "DATA after FIN"); // D4
@@ -420,14 +417,10 @@ export class CoreConnection {
   }
 
   #maybeAnnounce(s: Session): void {
-    if (!s.creditQueued && s.shouldAnnounce()) {
-      s.creditQueued = true;
-      this.#control.push(s);
-    }
+    if (!this.#control.includes(s) && s.shouldAnnounce()) this.#control.push(s);
   }
 
   #takeCredit(s: Session): Extract<Frame, { type: "CREDIT" }> | null {
-    s.creditQueued = false;
     if (!this.sessions.has(s.id) || !s.hasCreditToAnnounce) return null;
     const messages = s.unannouncedMsgs;
     const bytes = s.unannouncedBytes;
@@ -496,13 +489,13 @@ export class CoreConnection {
   #writeData(out: Uint8Array[], left: number, now: number, held: Set<number | false>): void {
     const ring = this.#ring;
     for (const s of this.sessions.values()) {
-      if (!s.inRing && !held.has(s.id) && this.#nextFrame(s, now)) { s.inRing = true; ring.push(s); }
+      if (!ring.includes(s) && !held.has(s.id) && this.#nextFrame(s, now)) ring.push(s);
     }
     for (let s; (s = ring[0]);) {
       if (!s.midTurn) { s.deficit += this.peer!.max_frame_size; s.midTurn = true; }
       for (;;) {
         const f = this.#nextFrame(s, now);
-        if (!f) { ring.shift(); s.inRing = s.midTurn = false; s.deficit = 0; break; }
+        if (!f) { ring.shift(); s.midTurn = false; s.deficit = 0; break; }
         if (f.len > s.deficit) { ring.push(ring.shift()!); s.midTurn = false; break; }
         if ((left -= 10 + f.len) < 0) return; // the turn continues in the next message
         const head = s.queue[0];
