@@ -91,10 +91,11 @@ export class MuxSession extends EventTarget {
   state: "opening" | "open" | "closed" = "opening";
   /** Set once the session has ended. */
   closeInfo: MuxCloseError | null = null;
-  /** @internal */ inbox: Uint8Array[] = [];
-  /** @internal */ waiters: ((m: Uint8Array | null) => void)[] = [];
-  /** @internal Sends queued in the core, settled in order as each is written. */ inCore: Settle[] = [];
-  /** @internal */ ended = false;
+  #inbox: Uint8Array[] = [];
+  #waiters: ((m: Uint8Array | null) => void)[] = [];
+  /** Sends queued in the core, settled in order as each is written. */
+  #inCore: Settle[] = [];
+  #ended = false;
   /** @internal While the OPEN awaits its answer. */ opening: Settle | null = null;
   #stream: ReadableStream<Uint8Array> | null = null;
   readonly #client: MuxClient;
@@ -103,17 +104,22 @@ export class MuxSession extends EventTarget {
 
   /** Resolves once the message has been written to the socket, which needs the server's credit. */
   send(data: Uint8Array | string): Promise<void> {
-    return new Promise((resolve, reject) => this.#client.write(this, toBytes(data), settle(resolve, reject)));
+    // A refusal (thrown here) rejects the promise.
+    return new Promise((resolve, reject) => {
+      if (this.closeInfo) throw this.closeInfo;
+      this.#client.write(this.id, toBytes(data));
+      this.#inCore.push(settle(resolve, reject));
+    });
   }
   sendText(text: string): Promise<void> { return this.send(text); }
   sendJson(value: unknown): Promise<void> { return this.send(JSON.stringify(value)); }
 
   /** The next message, or null at the end. Reading returns its credit to the server. */
   next(): Promise<Uint8Array | null> {
-    const m = this.inbox.shift();
+    const m = this.#inbox.shift();
     const c = this.closeInfo;
     if (m) this.#client.consumed(this, m);
-    return m || !this.ended ? new Promise((r) => m ? r(m) : this.waiters.push(r))
+    return m || !this.#ended ? new Promise((r) => m ? r(m) : this.#waiters.push(r))
       : c && c.code !== 1000 ? Promise.reject(c) : Promise.resolve(null);
   }
 
@@ -137,6 +143,31 @@ export class MuxSession extends EventTarget {
       close: () => this.finish(),
       abort: () => this.close(4010, "aborted"),
     });
+  }
+
+  /** @internal One event of the core for this session. */
+  handle(e: CoreEvent & { id: number }): void {
+    switch (e.type) {
+      case "opened":
+        this.grant = e.grant;
+        this.state = "open";
+        return emit(this, "open", e.grant);
+      case "message": {
+        const w = this.#waiters.shift();
+        if (w) { this.#client.consumed(this, e.data, false); w(e.data); } else this.#inbox.push(e.data);
+        return emit(this, "message", e.data);
+      }
+      case "sent": return this.#inCore.shift()?.();
+      case "closed":
+        this.state = "closed";
+        this.closeInfo = closeError(e);
+        this.#inCore.splice(0).map((p) => p(this.closeInfo));
+      // falls through: no more messages, waiting reads get null
+      case "fin":
+        this.#ended = true;
+        this.#waiters.splice(0).map((w) => w(null));
+        if (this.closeInfo) emit(this, "close", this.closeInfo);
+    }
   }
 
   /** Graceful close: queued messages are sent first. */
@@ -225,16 +256,16 @@ export class MuxClient extends EventTarget {
     this.pump();
   }
 
-  /** @internal The core queues the message until credit lets it go. */
-  write(s: MuxSession, data: Uint8Array, p: Settle): void {
-    try {
-      if (s.closeInfo) throw s.closeInfo;
-      this.#core.send(s.id, data);
-      s.inCore.push(p);
-      this.#soon();
-    } catch (e) { p(e); }
+  /** @internal The core queues the message until credit lets it go; throws its refusal. */
+  write(id: number, data: Uint8Array): void {
+    this.#core.send(id, data);
+    this.#soon();
   }
-  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.#soon(); }
+  /** @internal A message was read; its credit leaves with the next pump (a later one if `soon`). */
+  consumed(s: MuxSession, m: Uint8Array, soon = true): void {
+    this.#core.consumed(s.id, m.length);
+    if (soon) this.#soon();
+  }
   /** @internal A command on a session that has not ended, then a pump. */
   command(s: MuxSession, fn: (core: CoreConnection) => void): void {
     if (!s.closeInfo) { fn(this.#core); this.pump(); }
@@ -305,12 +336,12 @@ export class MuxClient extends EventTarget {
     }
   }
 
-  /** The OPEN of `s` has its answer (`err` for a refusal): the next waiting open() may go. */
-  #answered(s: MuxSession, err?: MuxCloseError): void {
+  /** Once the OPEN of `s` has its answer (a close for a refusal): the next waiting open() may go. */
+  #answered(s: MuxSession): void {
     const o = s.opening;
-    if (!o) return;
+    if (!o || s.state === "opening") return;
     s.opening = null;
-    o(err);
+    o(s.closeInfo);
     this.#opening--;
     this.#openQueue.shift()?.();
   }
@@ -331,29 +362,9 @@ export class MuxClient extends EventTarget {
     }
     const s = this.#sessions.get(e.id);
     if (!s) return;
-    switch (e.type) {
-      case "opened":
-        s.grant = e.grant;
-        s.state = "open";
-        this.#answered(s);
-        return emit(s, "open", e.grant);
-      case "message": {
-        const w = s.waiters.shift();
-        if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data);
-        return emit(s, "message", e.data);
-      }
-      case "sent": return s.inCore.shift()?.();
-      case "closed":
-        s.state = "closed";
-        this.#sessions.delete(e.id);
-        this.#answered(s, (s.closeInfo = closeError(e)));
-        s.inCore.splice(0).map((p) => p(s.closeInfo));
-      // falls through: no more messages, waiting reads get null
-      case "fin":
-        s.ended = true;
-        s.waiters.splice(0).map((w) => w(null));
-        if (s.closeInfo) emit(s, "close", s.closeInfo);
-    }
+    if (e.type === "closed") this.#sessions.delete(e.id);
+    s.handle(e);
+    this.#answered(s);
   }
 }
 

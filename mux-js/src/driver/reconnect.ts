@@ -42,8 +42,8 @@ interface Queued { data: Uint8Array; resolve: () => void; reject: (e: unknown) =
 export class DurableSession extends EventTarget {
   current: MuxSession | null = null;
   closed: MuxCloseError | null = null;
-  /** @internal */ queue: Queued[] = [];
-  /** @internal */ queuedBytes = 0;
+  #queue: Queued[] = [];
+  #queuedBytes = 0;
   readonly #owner: ReconnectingClient;
   /** @internal The kind each (re-)open sends; a topic's carries its resume position. */ readonly openKind: () => string;
   constructor(owner: ReconnectingClient, readonly kind: string, readonly auth?: Uint8Array | string, openKind?: () => string) {
@@ -54,14 +54,15 @@ export class DurableSession extends EventTarget {
 
   /** Sends now if connected; otherwise queues, within the bounds, until the session is re-opened. */
   send(data: Uint8Array): Promise<void> {
-    const { queue, current } = this;
+    const queue = this.#queue;
+    const current = this.current;
     const o = this.#owner.limits;
     if (this.closed) return Promise.reject(this.closed);
     if (current?.state === "open" && !queue.length) return current.send(data);
-    if (queue.length >= o.messages || this.queuedBytes + data.length > o.bytes) {
-      return Promise.reject(new QueueOverflowError(queue.length, this.queuedBytes));
+    if (queue.length >= o.messages || this.#queuedBytes + data.length > o.bytes) {
+      return Promise.reject(new QueueOverflowError(queue.length, this.#queuedBytes));
     }
-    this.queuedBytes += data.length;
+    this.#queuedBytes += data.length;
     return new Promise((resolve, reject) => queue.push({ data, resolve, reject }));
   }
 
@@ -77,8 +78,8 @@ export class DurableSession extends EventTarget {
         this.#owner.reopen(this);
       }
     })();
-    for (const q of this.queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
-    this.queuedBytes = 0;
+    for (const q of this.#queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
+    this.#queuedBytes = 0;
     emit(this, "open");
   }
 
@@ -89,7 +90,7 @@ export class DurableSession extends EventTarget {
 
   /** @internal Ended for good: the queued sends fail with `e`. */ end(e: MuxCloseError): void {
     this.closed = e;
-    for (const q of this.queue.splice(0)) q.reject(e);
+    for (const q of this.#queue.splice(0)) q.reject(e);
     this.#owner.forget(this);
   }
 }
