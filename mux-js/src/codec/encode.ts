@@ -3,10 +3,13 @@ import { FrameType, LAYOUT, SETTINGS, type Frame } from "./types.js";
 import { concat, utf8 } from "./utf8.js";
 
 /** Appends `v` as `n` big-endian bytes (n ≤ 4). */
-const put = (b: number[], n: number, v: number): void => { while (n--) b.push((v / 256 ** n) & 255); };
+const put = (b: number[], n: number, v: number): void => { while (n--) b.push((v >>> (n * 8)) & 255); };
 
-/** One frame as its header and its payload (a DATA frame's payload is not copied). */
-export function encodeFrame(f: Frame): [Uint8Array, Uint8Array] {
+/**
+ * One frame as its header and its payload, to be copied into a message (`concat`): the header
+ * as bytes in a plain array, the payload too but for DATA, whose payload is the frame's own.
+ */
+export function encodeFrame(f: Frame): [number[], ArrayLike<number>] {
   const t = FrameType[f.type];
   const b: number[] = [];
   if (f.type === "SETTINGS") {
@@ -27,12 +30,16 @@ export function encodeFrame(f: Frame): [Uint8Array, Uint8Array] {
       else put(b, +form, v as number);
     }
   }
-  const payload = t ? new Uint8Array(b) : (f as { payload: Uint8Array }).payload;
+  const payload = t ? b : (f as { payload: Uint8Array }).payload;
   const h = [16 | t, f.type === "DATA" ? +f.end | (+f.fin << 1) : 0];
   put(h, 4, f.session_id);
   put(h, 4, payload.length);
-  return [new Uint8Array(h), payload];
+  return [h, payload];
 }
 
 /** Encodes frames back to back into one message. */
-export const encodeMessage = (fs: readonly Frame[]): Uint8Array => concat(fs.flatMap(encodeFrame));
+export function encodeMessage(fs: readonly Frame[]): Uint8Array {
+  const parts: ArrayLike<number>[] = [];
+  for (const f of fs) parts.push(...encodeFrame(f));
+  return concat(parts);
+}

@@ -212,7 +212,7 @@ export class CoreConnection {
   pollTransmit(now = this.#now): Uint8Array | null {
     this.#tick(now);
     if (this.#finished) return null;
-    const out: Uint8Array[] = [];
+    const out: ArrayLike<number>[] = [];
     let size = 0;
     const put = (f: Frame): void => { for (const b of encodeFrame(f)) size += out.push(b) && b.length; };
     if (!this.#settingsSent) {
@@ -486,7 +486,7 @@ export class CoreConnection {
   }
 
   /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
-  #writeData(out: Uint8Array[], left: number, now: number, held: Set<number | false>): void {
+  #writeData(out: ArrayLike<number>[], left: number, now: number, held: Set<number | false>): void {
     const ring = this.#ring;
     for (const s of this.sessions.values()) {
       if (!ring.includes(s) && !held.has(s.id) && this.#nextFrame(s, now)) ring.push(s);
