@@ -1,8 +1,8 @@
 // The client side of one mux connection, sans-IO (spec/frames.md, spec/sessions.md).
 //
 // Inputs (B): handleMessage(bytes, now), handleText(now), handleTransportClosed(now),
-// handleTimeout(now). Commands (C): open, send, finish, close, reset, consumed,
-// closeConnection. Outputs (D): pollTransmit, pollEvent, pollTimeout.
+// handleTimeout(now). Commands (C): open, send, finish, close, consumed, closeConnection,
+// and reset on Connection. Outputs (D): pollTransmit, pollEvent, pollTimeout.
 //
 // Contract: after every B or C call, drain pollTransmit() and pollEvent() until they return
 // null, then sleep until pollTimeout(). There is no timer, socket or clock in here.
