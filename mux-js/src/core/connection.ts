@@ -470,50 +470,53 @@ export class CoreConnection {
     else if (s.finSent && s.finReceived && !s.queue.length) this.#closeSession(s, 1000, "", 0, "peer");
   }
 
-  /** The next DATA frame a session can send now, or null (spec/sessions.md#fragments). */
-  #nextFrame(s: Session, now: number): { len: number; end: boolean; fin: boolean; starts: boolean } | null {
-    if (!s.canSendData) return null;
+  /**
+   * The payload length of the next DATA frame a session can send now, or -1 for none
+   * (spec/sessions.md#fragments): its queue's head or what is left of it, a fragment of it
+   * the credit and the pacer let through, or the FIN alone once the queue is empty.
+   */
+  #nextFrame(s: Session, now: number): number {
     const head = s.queue[0];
-    if (!head) return s.finQueued && !s.finSent ? { len: 0, end: false, fin: true, starts: false } : null;
-    const starts = !head.off;
     const p = s.pacer;
-    if (starts && (s.sendMsgs < 1 || (p && p[0].available(now) < 1))) return null;
+    if (!s.canSendData) return -1;
+    if (!head) return s.finQueued && !s.finSent ? 0 : -1;
+    if (!head.off && (s.sendMsgs < 1 || (p && p[0].available(now) < 1))) return -1;
     const rem = head.data.length - head.off;
     const room = Math.min(this.peer!.max_frame_size, s.sendBytes, p ? Math.floor(p[1].available(now)) : rem);
-    if (room >= rem) return { len: rem, end: true, fin: head.fin, starts };
     // Wait for credit: never a fragment under MIN_FRAGMENT.
-    return room >= MIN_FRAGMENT ? { len: room, end: false, fin: false, starts } : null;
+    return room >= rem ? rem : room >= MIN_FRAGMENT ? room : -1;
   }
 
   /** Deficit round robin over the sessions that can send (spec/sessions.md#deficit-round-robin). */
   #writeData(out: ArrayLike<number>[], left: number, now: number, held: Set<number | false>): void {
     const ring = this.#ring;
     for (const s of this.sessions.values()) {
-      if (!ring.includes(s) && !held.has(s.id) && this.#nextFrame(s, now)) ring.push(s);
+      if (!ring.includes(s) && !held.has(s.id) && this.#nextFrame(s, now) >= 0) ring.push(s);
     }
     for (let s; (s = ring[0]);) {
       if (!s.midTurn) { s.deficit += this.peer!.max_frame_size; s.midTurn = true; }
       for (;;) {
-        const f = this.#nextFrame(s, now);
-        if (!f) { ring.shift(); s.midTurn = false; s.deficit = 0; break; }
-        if (f.len > s.deficit) { ring.push(ring.shift()!); s.midTurn = false; break; }
-        if ((left -= 10 + f.len) < 0) return; // the turn continues in the next message
+        const len = this.#nextFrame(s, now);
+        if (len < 0) { ring.shift(); s.midTurn = false; s.deficit = 0; break; }
+        if (len > s.deficit) { ring.push(ring.shift()!); s.midTurn = false; break; }
+        if ((left -= 10 + len) < 0) return; // the turn continues in the next message
+        // Without a head, the frame is the FIN alone.
         const head = s.queue[0];
-        out.push(...encodeFrame({ type: "DATA", session_id: s.id, end: f.end, fin: f.fin, payload: head ? head.data.subarray(head.off, head.off + f.len) : new Uint8Array(0) }));
-        s.deficit -= f.len;
-        if (f.starts) s.sendMsgs--;
-        s.sendBytes -= f.len;
-        s.pacer?.[0].take(+f.starts, now);
-        s.pacer?.[1].take(f.len, now);
-        if (f.fin) s.finSent = true;
-        if (head) {
-          head.off += f.len;
-          if (f.end) {
-            s.queue.shift();
-            this.#events.push({ type: "sent", id: s.id });
-          }
+        const starts = !!head && !head.off;
+        const end = !!head && head.off + len === head.data.length;
+        const fin = head ? end && head.fin : true;
+        out.push(...encodeFrame({ type: "DATA", session_id: s.id, end, fin, payload: head ? head.data.subarray(head.off, (head.off += len)) : new Uint8Array(0) }));
+        s.deficit -= len;
+        if (starts) s.sendMsgs--;
+        s.sendBytes -= len;
+        s.pacer?.[0].take(+starts, now);
+        s.pacer?.[1].take(len, now);
+        if (fin) s.finSent = true;
+        if (end) {
+          s.queue.shift();
+          this.#events.push({ type: "sent", id: s.id });
         }
-        if (f.fin) this.#maybeFinishSession(s);
+        if (fin) this.#maybeFinishSession(s);
         if (!s.queue.length) this.#maybeSendClose(s);
         // Closed by the FIN or the CLOSE just queued: #closeSession took it off the ring.
         if (!this.sessions.has(s.id)) break;
