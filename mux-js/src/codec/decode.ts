@@ -46,15 +46,16 @@ export function decodeBody({ type, session_id, flags }: Header, payload: Uint8Ar
   }
   for (const [group, name, form] of LAYOUT[type]!) {
     let v: unknown;
-    if (form === "t" || form === "b") { const rest = take(len - pos, name); v = form === "t" ? text(rest, name) : rest; }
-    else if (form === "k") v = text(take(uint(1, name + "_len"), name), name);
-    else if (form === "a") v = take(uint(2, name + "_len"), name);
-    else if (form === "8") v = (BigInt(uint(4, name)) << 32n) | BigInt(uint(4, name));
-    else {
+    if (form === "8") v = (BigInt(uint(4, name)) << 32n) | BigInt(uint(4, name));
+    else if (+form) {
       const n = uint(+form, name);
       // spec/frames.md: the values a field may not take.
       if ((name === "code" && !isValidWireCode(n)) || (name === "permissions" && n > 3) || (name === "max_message_size" && !group && !n)) invalid(name, n);
       v = n;
+    } else {
+      // Bytes: after a u8 (k) or u16 (a) length, or to the end (t, b); k and t are UTF-8.
+      const b = take(form === "k" || form === "a" ? uint(form === "k" ? 1 : 2, name + "_len") : len - pos, name);
+      v = form === "k" || form === "t" ? text(b, name) : b;
     }
     if (group) ((f[group] ??= {}) as Record<string, unknown>)[name] = v; else f[name] = v;
   }
