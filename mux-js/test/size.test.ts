@@ -22,8 +22,8 @@ export async function minGzip(entry: string, external: string[] = []): Promise<{
 
 const CORE_TARGET = 8 * 1024;
 const REACT_TARGET = 2 * 1024;
-/** The core as measured at the commit that set it, plus about 1 %. */
-const CORE_CEILING = 9_900;
+/** The core as measured at the commit that set it (9,220 B at a8f1b2c), plus about 1 %. */
+const CORE_CEILING = 9_310;
 
 const core = await minGzip(join(here, "..", "src", "index.ts"));
 const react = await minGzip(join(here, "..", "src", "react", "index.ts"), ["react", "../driver/*", "../topics.js"]);

@@ -29,3 +29,9 @@ export interface FrameError {
 export function frameError(kind: FrameErrorKind, fields: Omit<FrameError, "kind" | "close_code"> = {}): FrameError {
   return { kind, ...fields, close_code: kind === "InvalidUtf8" ? 1007 : 1002 };
 }
+
+/** Throws the FrameError. */
+export const fail = (kind: FrameErrorKind, fields?: Omit<FrameError, "kind" | "close_code">): never => { throw frameError(kind, fields); };
+
+export const isFrameError = (x: unknown): x is FrameError =>
+  typeof x === "object" && x !== null && "close_code" in x && "kind" in x;

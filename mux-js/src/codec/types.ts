@@ -62,13 +62,10 @@ export function settingsWithDefaults(map: SettingsMap): Settings {
 
 /** spec/frames.md#frame-types: payload length bounds per type (DATA: receiver's MAX_FRAME_SIZE). */
 const CLOSE_LEN: [number, number] = [6, 6 + MAX_REASON_LEN];
-const LEN_BOUNDS: readonly [number, number][] = [
+export const LEN_BOUNDS: readonly [number, number][] = [
   [0, U32], [OPEN_FIXED_LEN, OPEN_FIXED_LEN + 255 + 65535], [21, 21], [8, 8], CLOSE_LEN, CLOSE_LEN,
   [0, 96], [8, 8], [8, 8], CLOSE_LEN, CLOSE_LEN,
 ];
-export const lenBounds = (t: number): [number, number] => LEN_BOUNDS[t] as [number, number];
-export const isConnectionFrame = (t: number): boolean => t >= 6;
-export const definedFlags = (t: number): number => (t ? 0 : FLAG_END | FLAG_FIN);
 
 /**
  * The payload layout of each type but SETTINGS, in wire order: `[group.]name:form`, the form

@@ -1,3 +1,3 @@
-export { Connection, transportLimit } from "./connection.js";
-export { Bucket, Pacer } from "./bucket.js";
+export { Connection, CoreConnection, transportLimit } from "./connection.js";
+export { Bucket, pacer, type Pacer } from "./bucket.js";
 export * from "./types.js";

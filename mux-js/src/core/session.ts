@@ -3,13 +3,18 @@ import type { Pacer } from "./bucket.js";
 import type { Settings } from "../codec/index.js";
 import type { Grant } from "./types.js";
 
-export type SessionState = "opening" | "open" | "closing" | "draining";
-
 /** A queued message and how much of it is written: `off > 0` once its first frame went. */
 export interface Outgoing { data: Uint8Array; off: number; fin: boolean }
 
+/** A close to report: the code, the reason and the peer's retry hint. */
+export interface CloseInfo { code: number; reason: string; retryAfterMs: number }
+
+/**
+ * Its state follows from what it holds: opening until the ACCEPT gives it a grant, closing
+ * once a CLOSE waits for the queue (closeAfter), draining once the peer's CLOSE waits for the
+ * held messages to be read (drainCode).
+ */
 export class Session {
-  state: SessionState = "opening";
   grant: Grant | null = null;
   pacer: Pacer | null = null;
   openDeadline: number;
@@ -33,10 +38,9 @@ export class Session {
   heldMsgs = 0;
   unannouncedMsgs = 0;
   unannouncedBytes = 0;
-  creditQueued = false;
-  drainCode: { code: number; reason: string; retryAfterMs: number } | null = null;
+  /** The peer's CLOSE, reported once every held message is read. */
+  drainCode: CloseInfo | null = null;
   deficit = 0;
-  inRing = false;
   midTurn = false;
 
   /** Windows from each side's SETTINGS: `peer`'s for sending, `own` for receiving. */
@@ -50,12 +54,12 @@ export class Session {
   }
 
   get canSendData(): boolean {
-    return this.state !== "draining" && (this.grant === null || this.grant.send);
+    return !this.drainCode && (this.grant?.send ?? true);
   }
 
   /** Credit read but not yet announced, on a session that still receives. */
   get hasCreditToAnnounce(): boolean {
-    return (this.unannouncedMsgs > 0 || this.unannouncedBytes > 0) && !this.finReceived && this.state !== "draining";
+    return (this.unannouncedMsgs > 0 || this.unannouncedBytes > 0) && !this.finReceived && !this.drainCode;
   }
 
   /**
@@ -63,10 +67,9 @@ export class Session {
    * announced now (a quarter window reached, or the peer low while nothing is held).
    */
   shouldAnnounce(): boolean {
-    if (!this.hasCreditToAnnounce) return false;
     const qm = Math.max(1, Math.floor(this.own.initial_credit_messages / 4));
     const qb = Math.floor(this.own.initial_credit_bytes / 4);
-    if (this.unannouncedMsgs >= qm || this.unannouncedBytes >= qb) return true;
-    return this.heldMsgs === 0 && (this.peerMsgs < qm || this.peerBytes < Math.max(qb, 1024));
+    return this.hasCreditToAnnounce && (this.unannouncedMsgs >= qm || this.unannouncedBytes >= qb ||
+      (!this.heldMsgs && (this.peerMsgs < qm || this.peerBytes < Math.max(qb, 1024))));
   }
 }

@@ -1,6 +1,6 @@
 // The WebSocket driver: owns the socket and the timers, feeds the sans-IO core, and turns its
 // events into promises, async iterators and WHATWG streams.
-import { Connection } from "../core/connection.js";
+import { CoreConnection } from "../core/connection.js";
 import type { CoreConfig, CoreEvent, Grant } from "../core/types.js";
 import { utf8 } from "../codec/utf8.js";
 
@@ -56,10 +56,13 @@ export class MuxCloseError extends Error {
   }
 }
 
-interface Pending { resolve: () => void; reject: (e: unknown) => void }
+/** Settles a pending promise: with an error it rejects, without it resolves. */
+type Settle = (err?: unknown) => void;
+const settle = (resolve: () => void, reject: (e: unknown) => void): Settle => (e) => e ? reject(e) : resolve();
 
 const utf8d = new TextDecoder();
 const toBytes = (data: Uint8Array | string): Uint8Array => (typeof data === "string" ? utf8.encode(data) : data);
+const closeError = (e: { code: number; reason: string; retryAfterMs: number }) => new MuxCloseError(e.code, e.reason, e.retryAfterMs);
 
 /** @internal Dispatches a CustomEvent. */
 export const emit = (t: EventTarget, type: string, detail?: unknown): void => { t.dispatchEvent(new CustomEvent(type, { detail })); };
@@ -74,7 +77,7 @@ function defer(fn: () => void): void {
   if (!port) {
     const ch = new MessageChannel();
     // Each as a microtask of its own, so one that throws does not hold back the others.
-    ch.port1.onmessage = () => { const q = deferred; deferred = []; for (const f of q) queueMicrotask(f); };
+    ch.port1.onmessage = () => { const q = deferred; deferred = []; q.map(queueMicrotask); };
     (ch.port1 as { unref?: () => void }).unref?.();
     port = ch.port2;
   }
@@ -88,11 +91,12 @@ export class MuxSession extends EventTarget {
   state: "opening" | "open" | "closed" = "opening";
   /** Set once the session has ended. */
   closeInfo: MuxCloseError | null = null;
-  /** @internal */ inbox: Uint8Array[] = [];
-  /** @internal */ waiters: ((m: Uint8Array | null) => void)[] = [];
-  /** @internal Sends queued in the core, resolved in order as each is written. */ inCore: Pending[] = [];
-  /** @internal */ ended = false;
-  /** @internal While the OPEN awaits its answer. */ opening: { resolve: (s: MuxSession) => void; reject: (e: unknown) => void } | null = null;
+  #inbox: Uint8Array[] = [];
+  #waiters: ((m: Uint8Array | null) => void)[] = [];
+  /** Sends queued in the core, settled in order as each is written. */
+  #inCore: Settle[] = [];
+  #ended = false;
+  /** @internal While the OPEN awaits its answer. */ opening: Settle | null = null;
   #stream: ReadableStream<Uint8Array> | null = null;
   readonly #client: MuxClient;
 
@@ -100,60 +104,83 @@ export class MuxSession extends EventTarget {
 
   /** Resolves once the message has been written to the socket, which needs the server's credit. */
   send(data: Uint8Array | string): Promise<void> {
-    return this.closeInfo
-      ? Promise.reject(this.closeInfo)
-      : new Promise((resolve, reject) => this.#client.write(this, toBytes(data), { resolve, reject }));
+    // A refusal (thrown here) rejects the promise.
+    return new Promise((resolve, reject) => {
+      if (this.closeInfo) throw this.closeInfo;
+      this.#client.write(this.id, toBytes(data));
+      this.#inCore.push(settle(resolve, reject));
+    });
   }
   sendText(text: string): Promise<void> { return this.send(text); }
   sendJson(value: unknown): Promise<void> { return this.send(JSON.stringify(value)); }
 
   /** The next message, or null at the end. Reading returns its credit to the server. */
   next(): Promise<Uint8Array | null> {
-    const m = this.inbox.shift();
-    if (m) { this.#client.consumed(this, m); return Promise.resolve(m); }
-    if (this.ended) return this.closeInfo && this.closeInfo.code !== 1000 ? Promise.reject(this.closeInfo) : Promise.resolve(null);
-    return new Promise((resolve) => this.waiters.push(resolve));
+    const m = this.#inbox.shift();
+    const c = this.closeInfo;
+    if (m) this.#client.consumed(this, m);
+    return m || !this.#ended ? new Promise((r) => m ? r(m) : this.#waiters.push(r))
+      : c && c.code !== 1000 ? Promise.reject(c) : Promise.resolve(null);
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
-    for (let m = await this.next(); m; m = await this.next()) yield m;
+    for (let m; (m = await this.next());) yield m;
   }
   async *texts(): AsyncGenerator<string> { for await (const m of this) yield utf8d.decode(m); }
   async *json<T = unknown>(): AsyncGenerator<T> { for await (const t of this.texts()) yield JSON.parse(t) as T; }
 
   /** A ReadableStream whose pulls grant credit: the server never runs ahead of the reader. */
   get readable(): ReadableStream<Uint8Array> {
-    this.#stream ??= new ReadableStream<Uint8Array>({
-      pull: async (ctl) => {
-        try {
-          const m = await this.next();
-          if (m) ctl.enqueue(m); else ctl.close();
-        } catch (e) { ctl.error(e); }
-      },
+    return (this.#stream ??= new ReadableStream<Uint8Array>({
+      pull: (ctl) => this.next().then((m) => m ? ctl.enqueue(m) : ctl.close(), (e) => ctl.error(e)),
       cancel: () => this.close(4010, "cancelled"),
-    }, { highWaterMark: 0 });
-    return this.#stream;
+    }, { highWaterMark: 0 }));
   }
 
   get writable(): WritableStream<Uint8Array> {
     return new WritableStream<Uint8Array>({
       write: (chunk) => this.send(chunk),
-      close: () => { this.#client.finish(this); },
+      close: () => this.finish(),
       abort: () => this.close(4010, "aborted"),
     });
   }
 
+  /** @internal One event of the core for this session. */
+  handle(e: CoreEvent & { id: number }): void {
+    switch (e.type) {
+      case "opened":
+        this.grant = e.grant;
+        this.state = "open";
+        return emit(this, "open", e.grant);
+      case "message": {
+        const w = this.#waiters.shift();
+        if (w) { this.#client.consumed(this, e.data, false); w(e.data); } else this.#inbox.push(e.data);
+        return emit(this, "message", e.data);
+      }
+      case "sent": return this.#inCore.shift()?.();
+      case "closed":
+        this.state = "closed";
+        this.closeInfo = closeError(e);
+        this.#inCore.splice(0).map((p) => p(this.closeInfo));
+      // falls through: no more messages, waiting reads get null
+      case "fin":
+        this.#ended = true;
+        this.#waiters.splice(0).map((w) => w(null));
+        if (this.closeInfo) emit(this, "close", this.closeInfo);
+    }
+  }
+
   /** Graceful close: queued messages are sent first. */
-  close(code = 1000, reason = ""): void { this.#client.closeSession(this, code, reason); }
+  close(code = 1000, reason = ""): void { this.#client.command(this, (c) => c.close(this.id, code, reason)); }
   /** Half-close: FIN after the queued messages. */
-  finish(): void { this.#client.finish(this); }
+  finish(): void { this.#client.command(this, (c) => c.finish(this.id)); }
 }
 
 export class MuxClient extends EventTarget {
   state: ClientState = "connecting";
   readonly ready: Promise<void>;
   readonly #ws: WebSocketLike;
-  readonly #core: Connection;
+  readonly #core: CoreConnection;
   readonly #clock: () => number;
   readonly #timers: Timers;
   #timer: unknown = null;
@@ -161,7 +188,7 @@ export class MuxClient extends EventTarget {
   readonly #sessions = new Map<number, MuxSession>();
   /** OPENs awaiting an answer. */
   #opening = 0;
-  #readyWaiter!: Pending;
+  #readyWaiter!: Settle;
   readonly #high: number;
   readonly #low: number;
   #blockedOnBuffer = false;
@@ -180,16 +207,16 @@ export class MuxClient extends EventTarget {
     this.#maxPending = Math.max(1, opts.maxPendingOpens ?? 8);
     // The core's queue holds every send until credit lets it go; each send() is a pending
     // promise, so the caller's awaiting is the backpressure and the core needs no bound.
-    this.#core = new Connection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
-    this.ready = new Promise((resolve, reject) => { this.#readyWaiter = { resolve, reject }; });
+    this.#core = new CoreConnection(this.#clock(), { ...opts.core, maxQueuedMessages: Infinity, sendBufferBytes: Infinity });
+    this.ready = new Promise((resolve, reject) => { this.#readyWaiter = settle(resolve, reject); });
     this.ready.catch(() => undefined);
     const ws = (this.#ws = new WS(url, ["mux.v1", ...(opts.token ? ["bearer." + opts.token] : [])]));
     ws.binaryType = "arraybuffer";
     ws.onopen = () => this.pump();
-    ws.onmessage = (ev) => {
+    ws.onmessage = ({ data }) => {
       const now = this.#clock();
-      if (typeof ev.data === "string") this.#core.handleText(now);
-      else this.#core.handleMessage(new Uint8Array(ev.data as ArrayBuffer), now);
+      if (typeof data === "string") this.#core.handleText(now);
+      else this.#core.handleMessage(new Uint8Array(data as ArrayBuffer), now);
       // The replies the application makes to this message, and to the messages already queued
       // behind it, leave together in the deferred pump.
       this.#drainEvents();
@@ -211,9 +238,10 @@ export class MuxClient extends EventTarget {
     const s = new MuxSession(this, id, kind);
     this.#sessions.set(id, s);
     this.#opening++;
-    const p = new Promise<MuxSession>((resolve, reject) => { s.opening = { resolve, reject }; });
-    this.pump();
-    return p;
+    return new Promise<MuxSession>((resolve, reject) => {
+      s.opening = (e) => e ? reject(e) : resolve(s);
+      this.pump();
+    });
   }
 
   close(code = 1000, reason = ""): void {
@@ -228,13 +256,20 @@ export class MuxClient extends EventTarget {
     this.pump();
   }
 
-  /** @internal The core queues the message until credit lets it go. */
-  write(s: MuxSession, data: Uint8Array, p: Pending): void {
-    try { this.#core.send(s.id, data); } catch (e) { p.reject(e); return; }
-    s.inCore.push(p);
+  /** @internal The core queues the message until credit lets it go; throws its refusal. */
+  write(id: number, data: Uint8Array): void {
+    this.#core.send(id, data);
     this.#soon();
   }
-  /** @internal */ consumed(s: MuxSession, m: Uint8Array): void { this.#core.consumed(s.id, m.length); this.#soon(); }
+  /** @internal A message was read; its credit leaves with the next pump (a later one if `soon`). */
+  consumed(s: MuxSession, m: Uint8Array, soon = true): void {
+    this.#core.consumed(s.id, m.length);
+    if (soon) this.#soon();
+  }
+  /** @internal A command on a session that has not ended, then a pump. */
+  command(s: MuxSession, fn: (core: CoreConnection) => void): void {
+    if (!s.closeInfo) { fn(this.#core); this.pump(); }
+  }
 
   /**
    * A pump in a task after those already queued: sends and reads made together, or in reply to
@@ -246,12 +281,6 @@ export class MuxClient extends EventTarget {
     this.#pumpQueued = true;
     (this.#timers.defer ?? defer)(() => { this.#pumpQueued = false; this.pump(); });
   }
-  /** @internal */ finish(s: MuxSession): void { if (!s.closeInfo) { this.#core.finish(s.id); this.pump(); } }
-  /** @internal */ closeSession(s: MuxSession, code: number, reason: string): void {
-    if (s.closeInfo) return;
-    this.#core.close(s.id, code, reason);
-    this.pump();
-  }
 
   /** Hands queued sends to the core, drains its outputs, and re-arms the timer (the contract). */
   pump(): void {
@@ -262,54 +291,57 @@ export class MuxClient extends EventTarget {
   }
 
   #drainEvents(): void {
-    for (let e = this.#core.pollEvent(); e; e = this.#core.pollEvent()) this.#dispatch(e);
+    for (let e; (e = this.#core.pollEvent());) this.#dispatch(e);
   }
 
   /** Frames coalesced per transmit; writing pauses while the socket buffers past highWater. */
   #flush(): void {
     const ws = this.#ws;
     const core = this.#core;
+    const full = () => ws.bufferedAmount > this.#high;
     if (this.#wsClosed || (ws as { readyState?: number }).readyState === 0) return;
-    if (ws.bufferedAmount > this.#high) this.#blockedOnBuffer = true;
+    if (full()) this.#blockedOnBuffer = true;
     if (this.#blockedOnBuffer && ws.bufferedAmount > this.#low) return;
     this.#blockedOnBuffer = false;
     const now = this.#clock();
-    for (let m = core.pollTransmit(now); m; m = core.pollTransmit(now)) {
+    for (let m; !this.#blockedOnBuffer && (m = core.pollTransmit(now));) {
       ws.send(m);
-      if (ws.bufferedAmount > this.#high) { this.#blockedOnBuffer = true; break; }
+      this.#blockedOnBuffer = full();
     }
-    if (core.isClosed && !this.#blockedOnBuffer) {
-      const c = core.closeCode!;
+    const c = core.closeCode;
+    if (c !== null && !this.#blockedOnBuffer) {
       // Browsers let an application close with 1000 or 3000–4999 only.
-      ws.close(c === 1000 || (c >= 3000 && c <= 4999) ? c : 1000);
+      ws.close(c >= 3000 && c <= 4999 ? c : 1000);
       this.#wsClosed = true;
     }
   }
 
   #arm(): void {
+    const timers = this.#timers;
     let at = this.#core.pollTimeout() ?? Infinity;
     if (this.#blockedOnBuffer) at = Math.min(at, this.#clock() + 10); // bufferedAmount has no drain event
     // A later deadline (the keepalive moves with every message) keeps the armed timer: it
     // fires early, the core finds nothing due, and the timer is armed again then.
     if (at === this.#timerAt || (at > this.#timerAt && at < Infinity)) return;
-    if (this.#timer !== null) this.#timers.clear(this.#timer);
+    if (this.#timer !== null) timers.clear(this.#timer);
     this.#timer = null;
     this.#timerAt = at;
-    if (at === Infinity) return;
-    this.#timer = this.#timers.set(() => {
-      this.#timer = null;
-      this.#timerAt = Infinity;
-      this.#core.handleTimeout(this.#clock());
-      this.pump();
-    }, Math.max(0, at - this.#clock()));
+    if (at < Infinity) {
+      this.#timer = timers.set(() => {
+        this.#timer = null;
+        this.#timerAt = Infinity;
+        this.#core.handleTimeout(this.#clock());
+        this.pump();
+      }, Math.max(0, at - this.#clock()));
+    }
   }
 
-  /** The OPEN of `s` has its answer (`err` for a refusal): the next waiting open() may go. */
-  #answered(s: MuxSession, err?: MuxCloseError): void {
+  /** Once the OPEN of `s` has its answer (a close for a refusal): the next waiting open() may go. */
+  #answered(s: MuxSession): void {
     const o = s.opening;
-    if (!o) return;
+    if (!o || s.state === "opening") return;
     s.opening = null;
-    if (err) o.reject(err); else o.resolve(s);
+    o(s.closeInfo);
     this.#opening--;
     this.#openQueue.shift()?.();
   }
@@ -317,50 +349,23 @@ export class MuxClient extends EventTarget {
   #dispatch(e: CoreEvent): void {
     if (e.type === "ready") {
       this.state = "open";
-      this.#readyWaiter.resolve();
+      this.#readyWaiter();
       return emit(this, "open");
     }
     if (e.type === "goaway") return emit(this, "goaway", e);
     if (e.type === "connection_closed") {
+      const err = closeError(e);
       this.state = "closed";
-      const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
-      this.#readyWaiter.reject(err);
-      for (const r of this.#openQueue.splice(0)) r();
+      this.#readyWaiter(err);
+      this.#openQueue.splice(0).map((r) => r());
       return emit(this, "close", err);
     }
     const s = this.#sessions.get(e.id);
     if (!s) return;
-    switch (e.type) {
-      case "opened":
-        s.grant = e.grant;
-        s.state = "open";
-        this.#answered(s);
-        return emit(s, "open", e.grant);
-      case "message": {
-        const w = s.waiters.shift();
-        if (w) { this.#core.consumed(s.id, e.data.length); w(e.data); } else s.inbox.push(e.data);
-        return emit(s, "message", e.data);
-      }
-      case "sent": s.inCore.shift()?.resolve(); return;
-      case "fin": return ended(s);
-      case "closed": {
-        const err = new MuxCloseError(e.code, e.reason, e.retryAfterMs);
-        s.closeInfo = err;
-        s.state = "closed";
-        this.#sessions.delete(e.id);
-        this.#answered(s, err);
-        for (const p of s.inCore.splice(0)) p.reject(err);
-        ended(s);
-        emit(s, "close", err);
-      }
-    }
+    if (e.type === "closed") this.#sessions.delete(e.id);
+    s.handle(e);
+    this.#answered(s);
   }
-}
-
-/** No more messages: waiting reads get null. */
-function ended(s: MuxSession): void {
-  s.ended = true;
-  for (const w of s.waiters.splice(0)) w(null);
 }
 
 /** Connects to a mux server: `const client = connect(url, { token })`. */

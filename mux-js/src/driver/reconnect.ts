@@ -42,8 +42,8 @@ interface Queued { data: Uint8Array; resolve: () => void; reject: (e: unknown) =
 export class DurableSession extends EventTarget {
   current: MuxSession | null = null;
   closed: MuxCloseError | null = null;
-  /** @internal */ queue: Queued[] = [];
-  /** @internal */ queuedBytes = 0;
+  #queue: Queued[] = [];
+  #queuedBytes = 0;
   readonly #owner: ReconnectingClient;
   /** @internal The kind each (re-)open sends; a topic's carries its resume position. */ readonly openKind: () => string;
   constructor(owner: ReconnectingClient, readonly kind: string, readonly auth?: Uint8Array | string, openKind?: () => string) {
@@ -54,14 +54,16 @@ export class DurableSession extends EventTarget {
 
   /** Sends now if connected; otherwise queues, within the bounds, until the session is re-opened. */
   send(data: Uint8Array): Promise<void> {
-    if (this.closed) return Promise.reject(this.closed);
-    if (this.current && this.current.state === "open" && !this.queue.length) return this.current.send(data);
+    const queue = this.#queue;
+    const current = this.current;
     const o = this.#owner.limits;
-    if (this.queue.length >= o.messages || this.queuedBytes + data.length > o.bytes) {
-      return Promise.reject(new QueueOverflowError(this.queue.length, this.queuedBytes));
+    if (this.closed) return Promise.reject(this.closed);
+    if (current?.state === "open" && !queue.length) return current.send(data);
+    if (queue.length >= o.messages || this.#queuedBytes + data.length > o.bytes) {
+      return Promise.reject(new QueueOverflowError(queue.length, this.#queuedBytes));
     }
-    this.queuedBytes += data.length;
-    return new Promise((resolve, reject) => this.queue.push({ data, resolve, reject }));
+    this.#queuedBytes += data.length;
+    return new Promise((resolve, reject) => queue.push({ data, resolve, reject }));
   }
 
   /** @internal */ attach(s: MuxSession): void {
@@ -76,15 +78,19 @@ export class DurableSession extends EventTarget {
         this.#owner.reopen(this);
       }
     })();
-    for (const q of this.queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
-    this.queuedBytes = 0;
+    for (const q of this.#queue.splice(0)) s.send(q.data).then(q.resolve, q.reject);
+    this.#queuedBytes = 0;
     emit(this, "open");
   }
 
   close(code = 1000, reason = ""): void {
-    this.closed = new MuxCloseError(code, reason);
     this.current?.close(code, reason);
-    for (const q of this.queue.splice(0)) q.reject(this.closed);
+    this.end(new MuxCloseError(code, reason));
+  }
+
+  /** @internal Ended for good: the queued sends fail with `e`. */ end(e: MuxCloseError): void {
+    this.closed = e;
+    for (const q of this.#queue.splice(0)) q.reject(e);
     this.#owner.forget(this);
   }
 }
@@ -121,40 +127,47 @@ export class ReconnectingClient extends EventTarget {
   session(kind: string, opts: { auth?: Uint8Array | string; openKind?: () => string } = {}): DurableSession {
     const d = new DurableSession(this, kind, opts.auth, opts.openKind);
     this.#sessions.add(d);
-    if (this.state === "open") this.#reopen(d);
+    this.reopen(d);
     return d;
   }
 
   /** @internal Opens `d` again on the current connection, if there is one. */
   reopen(d: DurableSession): void {
-    if (this.state === "open" && this.#sessions.has(d)) this.#reopen(d);
+    const client = this.client!;
+    if (this.state !== "open" || !this.#sessions.has(d)) return;
+    client.open(d.openKind(), { auth: d.auth }).then((s) => {
+      if (d.closed || this.client !== client) s.close(); else d.attach(s);
+    }, (e: unknown) => {
+      // Re-open policy: a refusal that cannot succeed later ends the session for good.
+      if (e instanceof MuxCloseError && !isRetryable(e.code)) {
+        d.end(e);
+        emit(d, "close", e);
+      }
+    });
   }
 
   /** @internal */ forget(d: DurableSession): void { this.#sessions.delete(d); }
 
   close(code = 1000, reason = ""): void {
     this.#setState("closed");
-    if (this.#timer !== null) this.#timers.clear(this.#timer);
+    this.#timers.clear(this.#timer);
     this.client?.close(code, reason);
   }
 
   #setState(s: ReconnectState): void {
-    if (this.state === s) return;
-    this.state = s;
-    emit(this, "state", s);
+    if (this.state !== s) emit(this, "state", (this.state = s));
   }
 
   async #connect(reason: "initial" | "reconnect"): Promise<void> {
+    const o = this.#o;
+    let token = o.token;
+    try {
+      if (o.getToken && this.state !== "closed") token = await o.getToken(reason);
+    } catch { return this.#retry(); }
     if (this.state === "closed") return;
-    let token = this.#o.token;
-    if (this.#o.getToken) {
-      try { token = await this.#o.getToken(reason); } catch { return this.#retry(); }
-    }
-    if ((this.state as ReconnectState) === "closed") return;
-    const client = connect(this.#url, { ...this.#o, token });
-    this.client = client;
+    const client = (this.client = connect(this.#url, { ...o, token }));
     const timers = this.#timers;
-    const timeout = timers.set(() => client.abort(), this.#o.connectTimeoutMs ?? 5000);
+    const timeout = timers.set(() => client.abort(), o.connectTimeoutMs ?? 5000);
     client.addEventListener("close", (e) => {
       timers.clear(timeout);
       if (this.client !== client || this.state === "closed") return;
@@ -162,10 +175,9 @@ export class ReconnectingClient extends EventTarget {
       for (const d of this.#sessions) d.current = null;
       if (!isRetryable(err.code)) {
         this.#setState("closed");
-        emit(this, "close", err);
-        return;
+        return emit(this, "close", err);
       }
-      if (this.#clock() - this.#upSince >= (this.#o.minUptimeMs ?? 5000) && this.state === "open") this.attempt = 0;
+      if (this.#clock() - this.#upSince >= (o.minUptimeMs ?? 5000) && this.state === "open") this.attempt = 0;
       this.#retry(err.retryAfterMs);
     });
     client.ready.then(() => {
@@ -173,35 +185,19 @@ export class ReconnectingClient extends EventTarget {
       if (this.client !== client) return;
       this.#upSince = this.#clock();
       this.#setState("open");
-      for (const d of this.#sessions) this.#reopen(d);
+      for (const d of this.#sessions) this.reopen(d);
     }, () => undefined);
   }
 
   #retry(hintMs = 0): void {
+    const o = this.#o;
     if (this.state === "closed") return;
-    const delay = Math.max(hintMs, backoffDelay(this.attempt++, this.#o.minDelayMs ?? 500, this.#o.maxDelayMs ?? 30_000, this.#o.random ?? Math.random));
+    const delay = Math.max(hintMs, backoffDelay(this.attempt++, o.minDelayMs ?? 500, o.maxDelayMs ?? 30_000, o.random ?? Math.random));
     this.retryAt = this.#clock() + delay;
     this.#setState("reconnecting");
     // Every wait, the first and the later ones: "reconnecting in N s" for a UI.
     emit(this, "retry", delay);
-    this.#timer = this.#timers.set(() => { this.#timer = null; void this.#connect("reconnect"); }, delay);
-  }
-
-  #reopen(d: DurableSession): void {
-    const client = this.client;
-    if (!client) return;
-    client.open(d.openKind(), { auth: d.auth }).then((s) => {
-      if (d.closed || this.client !== client) { s.close(); return; }
-      d.attach(s);
-    }, (e: unknown) => {
-      // Re-open policy: a refusal that cannot succeed later ends the session for good.
-      if (e instanceof MuxCloseError && !isRetryable(e.code)) {
-        d.closed = e;
-        for (const q of d.queue.splice(0)) q.reject(e);
-        this.#sessions.delete(d);
-        emit(d, "close", e);
-      }
-    });
+    this.#timer = this.#timers.set(() => void this.#connect("reconnect"), delay);
   }
 }
 
