@@ -35,7 +35,7 @@ const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// Connections the accept loop takes in one go before it yields to the scheduler: each
 /// costs syscalls and a spawn, and without a bound (tokio's budget allows 128) a storm of
 /// them would hold the worker thread for a millisecond while established connections wait.
-const ACCEPT_SLICE: usize = 8;
+const ACCEPT_SLICE: usize = 2;
 
 pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
