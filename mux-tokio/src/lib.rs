@@ -62,6 +62,7 @@ pub mod fuzzing;
 mod observe;
 pub mod quota;
 mod read_ahead;
+mod replies;
 mod server;
 mod session;
 mod signal;

@@ -166,6 +166,8 @@ mod tungstenite_adapter {
         /// `async fn`s on the way store their arguments twice (P7); a pointer is cheap to
         /// hold twice.
         inner: Box<WebSocketStream<S>>,
+        /// Raised while tungstenite reads, for a [`crate::replies::Replies`] under it.
+        reading: Option<crate::replies::Reading>,
     }
 
     impl<S> TungsteniteTransport<S> {
@@ -173,6 +175,18 @@ mod tungstenite_adapter {
         pub fn new(inner: WebSocketStream<S>) -> Self {
             TungsteniteTransport {
                 inner: Box::new(inner),
+                reading: None,
+            }
+        }
+
+        /// Wraps a WebSocket over a [`crate::replies::Replies`] stream driven by `reading`.
+        pub(crate) fn with_reading(
+            inner: WebSocketStream<S>,
+            reading: crate::replies::Reading,
+        ) -> Self {
+            TungsteniteTransport {
+                inner: Box::new(inner),
+                reading: Some(reading),
             }
         }
     }
@@ -236,7 +250,15 @@ mod tungstenite_adapter {
         type Item = Result<WsMessage, TransportError>;
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            Pin::new(&mut *self.inner).poll_next(cx).map(|item| {
+            let this = &mut *self;
+            if let Some(reading) = &this.reading {
+                reading.set(true);
+            }
+            let polled = Pin::new(&mut *this.inner).poll_next(cx);
+            if let Some(reading) = &this.reading {
+                reading.set(false);
+            }
+            polled.map(|item| {
                 item.map(|r| {
                     r.map(|m| match m {
                         Message::Binary(b) => WsMessage::Binary(b),

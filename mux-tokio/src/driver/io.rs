@@ -452,7 +452,12 @@ impl<T: Transport> Driver<T> {
                         state.conn.handle_message(now, bytes);
                     }
                     Some(Ok(WsMessage::Text)) => state.conn.handle_text_message(now),
-                    Some(Ok(WsMessage::Control)) => state.conn.handle_transport_control(now),
+                    Some(Ok(WsMessage::Control)) => {
+                        // The WebSocket library's answer (a pong) may be held back under
+                        // it (`replies`): this pass's write flushes it.
+                        self.unflushed = true;
+                        state.conn.handle_transport_control(now);
+                    }
                     Some(Err(e)) if e.close_code().is_some() => {
                         // The peer broke RFC 6455 itself; the socket still works, so the
                         // connection is failed with the code (CONN_CLOSE, then the

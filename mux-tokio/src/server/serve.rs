@@ -26,6 +26,7 @@ use crate::budget::{Pressure, CONNECTION_STATE};
 use crate::driver::{connection, Acceptor};
 use crate::quota::{QuotaDecision, QuotaKey, QuotaKind};
 use crate::read_ahead::ReadAhead;
+use crate::replies::{Reading, Replies};
 use crate::sparse::ShrinkSparse;
 use crate::transport::TungsteniteTransport;
 
@@ -419,14 +420,15 @@ where
     let fixed_cost = CONNECTION_STATE.saturating_add(config.read_buffer_size);
     let charge = Arc::new(shared.budget.charge(fixed_cost));
     stream.charge_to(charge.clone());
+    let reading = Reading::default();
     let ws = Box::pin(WebSocketStream::from_partially_read(
-        ReadAhead::new(stream),
+        Replies::new(ReadAhead::new(stream), reading.clone()),
         rest,
         Role::Server,
         Some(config.websocket_config()),
     ));
     async move {
-        let transport = TungsteniteTransport::new(ws.await);
+        let transport = TungsteniteTransport::with_reading(ws.await, reading);
         run_transport(
             transport, charge, fixed_cost, peer, shared, accepted, principal,
         )
