@@ -194,6 +194,26 @@ fn open_close_cycles_with_empty_entries_leave_nothing_behind() {
 
 // ---- rows 8 and 18: tiny and unread messages ------------------------------------------------
 
+/// The receiving endpoint of rows 8 and 18, room for `sessions` plus a reader, with no
+/// limit but memory in the way, and its declared memory budget; its peer accepts CREDITs as
+/// fast as they come (the reader's credit is not paced).
+fn tiny_message_target(sessions: u32) -> (RawPeer, i64) {
+    let config = quiet(|c| {
+        c.limits.max_sessions = sessions + 1;
+        c.limits.max_tombstones = 0;
+        c.limits.opens_per_sec = u32::MAX;
+        c.limits.opens_burst = u32::MAX;
+        c.limits.control_budget = u32::MAX;
+        c.limits.max_recv_buffer = 8 << 20;
+    });
+    let declared = budget(&config);
+    let settings = Settings::default().with(Setting::ControlBudget, 1_000_000);
+    (
+        RawPeer::with_settings(Side::Server, config, settings),
+        declared,
+    )
+}
+
 /// Rows 8 and 18: 100 sessions the application never reads each receive 64 one-byte and
 /// empty messages, every one sent next to 64 KiB of frames for a session that is read (so a
 /// zero-copy slice would pin a whole WebSocket message per held byte). What the connection
@@ -203,18 +223,7 @@ fn open_close_cycles_with_empty_entries_leave_nothing_behind() {
 #[test]
 fn held_tiny_messages_hold_no_more_than_they_are_charged() {
     const SESSIONS: u32 = 100;
-    let config = quiet(|c| {
-        c.limits.max_sessions = SESSIONS + 1;
-        c.limits.max_tombstones = 0;
-        c.limits.opens_per_sec = u32::MAX;
-        c.limits.opens_burst = u32::MAX;
-        c.limits.control_budget = u32::MAX;
-        c.limits.max_recv_buffer = 8 << 20;
-    });
-    let declared = budget(&config);
-    // A peer that accepts CREDITs as fast as they come (the reader's credit is not paced).
-    let settings = Settings::default().with(Setting::ControlBudget, 1_000_000);
-    let mut peer = RawPeer::with_settings(Side::Server, config, settings);
+    let (mut peer, declared) = tiny_message_target(SESSIONS);
     let pad = vec![0u8; 16_000];
     let start = live();
     let mut after_round = Vec::new();
@@ -281,17 +290,7 @@ const ARENA_BASE: i64 = 32 * 1024;
 #[test]
 fn unread_tiny_messages_between_small_ones_pin_no_more_than_they_are_charged() {
     const SESSIONS: u32 = 100;
-    let config = quiet(|c| {
-        c.limits.max_sessions = SESSIONS + 1;
-        c.limits.max_tombstones = 0;
-        c.limits.opens_per_sec = u32::MAX;
-        c.limits.opens_burst = u32::MAX;
-        c.limits.control_budget = u32::MAX;
-        c.limits.max_recv_buffer = 8 << 20;
-    });
-    let declared = budget(&config);
-    let settings = Settings::default().with(Setting::ControlBudget, 1_000_000);
-    let mut peer = RawPeer::with_settings(Side::Server, config, settings);
+    let (mut peer, declared) = tiny_message_target(SESSIONS);
     let small = vec![0u8; 2_000];
     let reader = peer.open_accepted(1, Grant::full());
     let ids: Vec<SessionId> = (1..=SESSIONS)
